@@ -1,0 +1,37 @@
+# The README's commands. Every target is idempotent; the venv is rebuilt only when
+# pyproject.toml changes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS := service,gateway,ops,infra,dev
+SERVE_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv test serve lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+serve: $(STAMP)
+	$(VENV)/bin/text2img serve $(SERVE_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check service infra scripts tests benchmarks
+	$(VENV)/bin/ruff format --check service infra scripts tests benchmarks
+	$(VENV)/bin/mypy service/text2img infra scripts
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
