@@ -1,0 +1,219 @@
+"""The gateway's HTTP app: token check first, then proxy, wake or explain.
+
+Run: `uvicorn text2img.gateway.app:create_app --factory` or `python -m text2img.gateway`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mimetypes
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from text2img.auth import FailureThrottle, bearer_from_header, load_token, token_matches
+from text2img.errors import UserError
+from text2img.gateway.compute import VmRef
+from text2img.gateway.proxy import UpstreamDown, forward, timeouts
+from text2img.gateway.settings import GatewaySettings
+from text2img.gateway.waker import (
+    Asleep,
+    ComputeBackend,
+    Decision,
+    Ready,
+    StartFailed,
+    VmBackend,
+    Waker,
+    Waking,
+)
+
+log = logging.getLogger("text2img.gateway")
+
+# GET requests that only observe: they report the VM's state but never wake it, so a
+# browser tab or `scripts/vm status` polling them does not keep the GPU VM running.
+OBSERVE_PATHS = frozenset({"/readyz", "/v1/status", "/metrics"})
+PUBLIC_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
+
+
+def _error(status: int, code: str, message: str, *, type_: str, **extra: object) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code, **extra}}
+    return JSONResponse(body, status_code=status)
+
+
+def client_address(request: Request, trust_forwarded_for: bool) -> str:
+    """The caller's address: Cloud Run replaces X-Forwarded-For with the caller's IP, so its
+    first hop is the client; elsewhere fall back to the socket peer."""
+    if trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        first = forwarded.split(",", 1)[0].strip()
+        if first:
+            return first
+    return request.client.host if request.client else "unknown"
+
+
+def _static_root() -> Traversable | None:
+    try:
+        return files("text2img.api") / "static"
+    except ModuleNotFoundError:
+        return None
+
+
+def decision_response(decision: Decision) -> Response:
+    if isinstance(decision, Waking):
+        eta = round(decision.eta_s)
+        resp = _error(
+            503,
+            "waking",
+            decision.message,
+            type_="unavailable",
+            phase=decision.phase,
+            retry_after=decision.retry_after_s,
+            eta_seconds=eta,
+        )
+        resp.headers["Retry-After"] = str(decision.retry_after_s)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+    if isinstance(decision, StartFailed):
+        resp = _error(
+            503,
+            "start_failed",
+            decision.message,
+            type_="unavailable",
+            cause=decision.cause,
+            retry_after=decision.retry_after_s,
+        )
+        resp.headers["Retry-After"] = str(decision.retry_after_s)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+    if isinstance(decision, Asleep):
+        resp = _error(
+            503,
+            "asleep",
+            decision.message,
+            type_="unavailable",
+            phase="asleep",
+            vm_status=decision.status,
+        )
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+    raise AssertionError(f"no response for {decision!r}")
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    backend: VmBackend | None = None,
+    static_root: Traversable | None = None,
+) -> Starlette:
+    """The gateway app. Refuses to start without a token or without the VM's identity.
+
+    `backend` and `static_root` default to the Compute API and the service's web UI
+    (`text2img.api/static`); tests pass their own.
+    """
+    settings = settings or GatewaySettings()
+    token = load_token(settings.api_token, settings.api_token_file)
+    if token is None:
+        raise UserError(
+            "the gateway needs the API token: set TEXT2IMG_API_TOKEN (Cloud Run: a secret "
+            "environment variable); it refuses to run open"
+        )
+    missing = [
+        f"TEXT2IMG_GATEWAY_{name.upper()}"
+        for name in ("project", "zone", "instance")
+        if not getattr(settings, name)
+    ]
+    if missing:
+        raise UserError(f"the gateway does not know its VM: set {', '.join(missing)}")
+    vm = VmRef(settings.project, settings.zone, settings.instance)
+    vm_backend = backend or ComputeBackend(vm, settings.compute_endpoint)
+    throttle = FailureThrottle(max_failures=settings.max_auth_failures)
+    static_root = static_root if static_root is not None else _static_root()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=20)
+        async with httpx.AsyncClient(
+            timeout=timeouts(settings.connect_timeout_s, settings.read_timeout_s),
+            limits=limits,
+            follow_redirects=False,
+        ) as http:
+            app.state.http = http
+            app.state.waker = Waker(settings, vm_backend, http, token)
+            yield
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def static_file(request: Request) -> Response:
+        name = PUBLIC_FILES.get(request.url.path) or request.path_params.get("path", "")
+        parts = [p for p in str(name).split("/") if p]
+        if static_root is None or not parts or any(p in (".", "..") for p in parts):
+            return _error(404, "not_found", "no such file", type_="invalid_request_error")
+        item = static_root.joinpath(*parts)
+        if not item.is_file():
+            return _error(404, "not_found", "no such file", type_="invalid_request_error")
+        media = mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
+        if media.startswith("text/") or media == "application/javascript":
+            media += "; charset=utf-8"
+        return Response(item.read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"})
+
+    async def gateway(request: Request) -> Response:
+        client = client_address(request, settings.trust_forwarded_for)
+        wait = throttle.retry_after(client)
+        if wait is not None:
+            resp = _error(
+                429,
+                "too_many_failures",
+                "too many requests with a wrong token; wait and try again with the right one",
+                type_="rate_limit_error",
+            )
+            resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+            return resp
+        presented = bearer_from_header(request.headers.get("authorization"))
+        if not token_matches(presented, token):
+            throttle.failure(client)
+            resp = _error(
+                401,
+                "invalid_api_key",
+                "missing or wrong token: send `Authorization: Bearer <token>` (the token is "
+                "printed by `pulumi stack output token --show-secrets`)",
+                type_="invalid_request_error",
+            )
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+        throttle.success(client)
+        waker: Waker = request.app.state.waker
+        wake = not (request.method in ("GET", "HEAD") and request.url.path in OBSERVE_PATHS)
+        decision = await waker.check(wake=wake)
+        if isinstance(decision, Ready):
+            try:
+                return await forward(request, decision.base_url, request.app.state.http, client)
+            except UpstreamDown as exc:
+                log.info("upstream %s did not answer: %s", decision.base_url, exc)
+                waker.invalidate()
+                decision = await waker.check(wake=wake)
+                if isinstance(decision, Ready):
+                    return _error(
+                        502,
+                        "upstream_unreachable",
+                        "the service on the GPU VM did not answer; try again shortly",
+                        type_="server_error",
+                    )
+        return decision_response(decision)
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    routes = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/", static_file, methods=["GET", "HEAD"]),
+        Route("/favicon.ico", static_file, methods=["GET", "HEAD"]),
+        Route("/static/{path:path}", static_file, methods=["GET", "HEAD"]),
+        Route("/{rest:path}", gateway, methods=methods),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

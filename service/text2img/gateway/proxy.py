@@ -1,0 +1,99 @@
+"""Stream a request to the service and its response back, without buffering bodies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+# RFC 9110 §7.6.1 connection-specific headers, plus what the proxy itself must set
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+DROP_REQUEST = HOP_BY_HOP | {"host"}
+# uvicorn adds its own
+DROP_RESPONSE = HOP_BY_HOP | {"server", "date"}
+
+
+class UpstreamDown(Exception):
+    """The service did not accept the connection (the VM stopped or is booting)."""
+
+
+def _filtered(headers: list[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
+    named_in_connection = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [
+        (name, value)
+        for name, value in headers
+        if name.lower() not in drop and name.lower() not in named_in_connection
+    ]
+
+
+def timeouts(connect_s: float, read_s: float) -> httpx.Timeout:
+    """Connect fast (a sleeping VM must not hold the request), read long (generation)."""
+    return httpx.Timeout(connect=connect_s, read=read_s, write=60.0, pool=10.0)
+
+
+async def forward(
+    request: Request, base_url: str, client: httpx.AsyncClient, client_ip: str
+) -> StreamingResponse:
+    """Send `request` to `base_url` and stream the answer back.
+
+    Raises UpstreamDown when the connection cannot be made (nothing was sent yet, so the
+    caller may answer "waking" instead).
+    """
+    url = base_url + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    headers = _filtered(
+        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+        DROP_REQUEST,
+    )
+    headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
+    headers.append(("x-forwarded-for", client_ip))
+    headers.append(("x-forwarded-proto", request.headers.get("x-forwarded-proto", "https")))
+    has_body = request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or (
+        "content-length" in request.headers or "transfer-encoding" in request.headers
+    )
+    upstream_req = client.build_request(
+        request.method,
+        url,
+        headers=headers,
+        content=request.stream() if has_body else None,
+    )
+    try:
+        resp = await client.send(upstream_req, stream=True)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise UpstreamDown(str(exc)) from exc
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        finally:
+            await resp.aclose()
+
+    response = StreamingResponse(body(), status_code=resp.status_code)
+    # replace Starlette's defaults by the upstream's headers (repeated ones kept)
+    response.raw_headers = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in _filtered(list(resp.headers.multi_items()), DROP_RESPONSE)
+    ]
+    return response

@@ -1,0 +1,1 @@
+"""Local fake servers for cloud APIs (tests only)."""

@@ -1,0 +1,108 @@
+"""Proxying to a ready service: streaming both ways, status codes and headers kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from conftest import AUTH, BIG_SIZE, TOKEN, VM, Upstream
+
+from tests.fakes.compute import FakeCompute
+
+
+@pytest.fixture
+def gateway(make_gateway: Callable[..., str], fake: FakeCompute) -> str:
+    fake.set_status(VM, "RUNNING")
+    return make_gateway()
+
+
+def test_sse_events_arrive_before_the_upstream_finishes(gateway: str, upstream: Upstream) -> None:
+    with httpx.stream("GET", gateway + "/sse", headers=AUTH, timeout=10) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.headers["cache-control"] == "no-cache"
+        lines = resp.iter_lines()
+        first = _next_event(lines)
+        # the upstream is still holding the stream open: nothing was buffered
+        assert first == ("progress", {"fraction": 0.1})
+        assert not upstream.sse_finished.is_set()
+        upstream.release_sse.set()
+        assert _next_event(lines) == ("progress", {"fraction": 1.0})
+        assert _next_event(lines) == ("done", {})
+
+
+def _next_event(lines: Iterator[str]) -> tuple[str, object]:
+    event, data = "", ""
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and event:
+            return event, json.loads(data)
+    raise AssertionError("stream ended")
+
+
+def test_large_body_streams_through_with_its_headers(gateway: str) -> None:
+    digest = hashlib.sha256()
+    size = 0
+    with httpx.stream("GET", gateway + "/big", headers=AUTH, timeout=30) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"] == "image/png"
+        assert resp.headers["content-disposition"] == 'attachment; filename="big.png"'
+        assert resp.headers["cache-control"] == "private, max-age=60"
+        assert int(resp.headers["content-length"]) == BIG_SIZE
+        for chunk in resp.iter_raw():
+            digest.update(chunk)
+            size += len(chunk)
+    expected = hashlib.sha256(bytes(range(256)) * 4096 * (BIG_SIZE // (256 * 4096)))
+    assert size == BIG_SIZE
+    assert digest.hexdigest() == expected.hexdigest()
+
+
+def test_large_upload_streams_to_the_service(gateway: str, upstream: Upstream) -> None:
+    payload = b"\x89PNG" + bytes(range(256)) * 40_000  # ~10 MB
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(payload), 1 << 20):
+            yield payload[i : i + (1 << 20)]
+
+    resp = httpx.post(
+        gateway + "/echo?x=1&y=%E3%83%86",
+        headers={**AUTH, "Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "drop"},
+        content=chunks(),
+        timeout=30,
+    )
+    assert resp.status_code == 201
+    body = resp.json()
+    assert body["size"] == len(payload)
+    assert body["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert body["query"] == "x=1&y=%E3%83%86"
+    seen = upstream.seen[-1]
+    assert seen["authorization"] == f"Bearer {TOKEN}"  # the service checks it too
+    assert "x-secret-hop" not in seen  # named in Connection: hop-by-hop
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["host"] != gateway.removeprefix("http://")  # Host is the upstream's own
+
+
+def test_status_codes_and_retry_after_are_preserved(gateway: str) -> None:
+    resp = httpx.post(gateway + "/busy", headers=AUTH)
+    assert resp.status_code == 429
+    assert resp.headers["retry-after"] == "7"
+    assert resp.headers["x-upstream"] == "yes"
+    assert resp.json()["error"]["code"] == "busy"
+    missing = httpx.get(gateway + "/no/such/path", headers=AUTH)
+    assert missing.status_code == 404
+
+
+def test_observing_requests_are_proxied_when_ready(gateway: str, fake: FakeCompute) -> None:
+    resp = httpx.get(gateway + "/v1/status", headers=AUTH)
+    assert resp.status_code == 200
+    assert resp.json()["idle_seconds"] == 12.5
+    # readiness is cached: a second request does not ask Compute again
+    calls = fake.calls["get"]
+    httpx.get(gateway + "/v1/status", headers=AUTH)
+    assert fake.calls["get"] == calls

@@ -1,0 +1,177 @@
+"""Waking the VM: one start for a burst, the waking body, phases, start failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from conftest import AUTH, VM, Upstream
+
+from tests.fakes.asgi_server import serve_in_thread
+from tests.fakes.compute import FakeCompute
+
+
+def _waking(resp: httpx.Response) -> dict[str, Any]:
+    assert resp.status_code == 503, resp.text
+    body = resp.json()["error"]
+    assert body["type"] == "unavailable"
+    assert int(resp.headers["retry-after"]) == body["retry_after"]
+    assert resp.headers["cache-control"] == "no-store"
+    return body
+
+
+async def test_twenty_concurrent_requests_start_the_vm_exactly_once(
+    make_gateway: Callable[..., str], fake: FakeCompute
+) -> None:
+    fake.boot_delay_s = None  # stays STAGING until the test says otherwise
+    url = make_gateway()
+    async with httpx.AsyncClient(headers=AUTH, timeout=30) as client:
+        responses = await asyncio.gather(
+            *(client.post(url + "/v1/images/generations", json={"prompt": "x"}) for _ in range(20))
+        )
+        for resp in responses:
+            body = _waking(resp)
+            assert body["code"] == "waking"
+            assert body["phase"] == "starting_vm"
+            assert 0 < body["eta_seconds"] <= 100
+            assert "waking the GPU VM" in str(body["message"]) or "starting" in str(body["message"])
+        assert fake.calls["start"] == 1
+        assert fake.instances[VM].status == "STAGING"
+        # more polls while it boots still do not start it again
+        again = await client.post(url + "/v1/images/generations", json={"prompt": "x"})
+        assert _waking(again)["phase"] == "starting_vm"
+    assert fake.calls["start"] == 1
+
+
+def test_wake_phases_then_proxy_when_ready(
+    make_gateway: Callable[..., str], fake: FakeCompute, upstream: Upstream
+) -> None:
+    fake.boot_delay_s = None
+    url = make_gateway(state_cache_s=0.0, ready_cache_s=0.0)
+    post = lambda: httpx.post(url + "/echo", headers=AUTH, content=b"hello")  # noqa: E731
+    assert _waking(post())["phase"] == "starting_vm"
+    fake.finish_boot(VM)
+    # the VM runs but the service does not answer yet: booting
+    upstream.ready = False
+    body = _waking(post())
+    assert body["phase"] == "loading_model"
+    upstream.ready = True
+    resp = post()
+    assert resp.status_code == 201
+    assert resp.json()["size"] == 5
+    assert fake.calls["start"] == 1
+
+
+def test_running_vm_without_service_is_booting(
+    make_gateway: Callable[..., str], fake: FakeCompute
+) -> None:
+    fake.set_status(VM, "RUNNING")
+    # nothing listens on this port: the VM is up but the service is not
+    url = make_gateway(upstream_url="http://127.0.0.1:9", state_cache_s=0.0)
+    body = _waking(httpx.get(url + "/v1/models", headers=AUTH))
+    assert body["phase"] == "booting"
+    assert fake.calls["start"] == 0
+
+
+def test_observing_requests_do_not_wake_the_vm(
+    make_gateway: Callable[..., str], fake: FakeCompute
+) -> None:
+    url = make_gateway()
+    for path in ("/readyz", "/v1/status", "/metrics"):
+        resp = httpx.get(url + path, headers=AUTH)
+        assert resp.status_code == 503
+        body = resp.json()["error"]
+        assert body["code"] == "asleep"
+        assert body["vm_status"] == "TERMINATED"
+        assert "scripts/vm start" in body["message"]
+    assert fake.calls["start"] == 0
+    assert fake.calls["get"] >= 1
+
+
+def test_stopping_vm_is_started_after_it_stopped(
+    make_gateway: Callable[..., str], fake: FakeCompute
+) -> None:
+    fake.set_status(VM, "STOPPING")
+    url = make_gateway(state_cache_s=0.0)
+    body = _waking(httpx.post(url + "/v1/translations", headers=AUTH, json={}))
+    assert "powering off" in str(body["message"])
+    assert fake.calls["start"] == 0
+    fake.set_status(VM, "TERMINATED")
+    _waking(httpx.post(url + "/v1/translations", headers=AUTH, json={}))
+    assert fake.calls["start"] == 1
+
+
+def test_upstream_gone_after_ready_turns_into_waking(
+    make_gateway: Callable[..., str], fake: FakeCompute
+) -> None:
+    """The VM powered itself off: a cached "ready" must not turn into a proxy error."""
+    fake.set_status(VM, "RUNNING")
+    vm_service = Upstream()
+    ctx = serve_in_thread(vm_service.app())
+    service_url = ctx.__enter__()
+    url = make_gateway(upstream_url=service_url, state_cache_s=0.0, ready_cache_s=600.0)
+    assert httpx.post(url + "/echo", headers=AUTH, content=b"x").status_code == 201
+    ctx.__exit__(None, None, None)  # the service process dies with the VM
+    fake.power_off(VM)
+    resp = httpx.post(url + "/echo", headers=AUTH, content=b"x")
+    assert _waking(resp)["phase"] == "starting_vm"
+    assert fake.calls["start"] == 1
+
+
+@pytest.mark.parametrize(
+    ("failure", "via_operation", "cause", "advice"),
+    [
+        ("ZONE_RESOURCE_POOL_EXHAUSTED", True, "ZONE_RESOURCE_POOL_EXHAUSTED", "config set zone"),
+        ("ZONE_RESOURCE_POOL_EXHAUSTED", False, "ZONE_RESOURCE_POOL_EXHAUSTED", "another zone"),
+        ("QUOTA_EXCEEDED", False, "QUOTA_EXCEEDED", "Request more GPU quota"),
+        ("QUOTA_EXCEEDED", True, "QUOTA_EXCEEDED", "NVIDIA_T4_GPUS"),
+        ("PERMISSION_DENIED", False, "PERMISSION_DENIED", "service account"),
+        ("NOT_FOUND", False, "NOT_FOUND", "pulumi up"),
+    ],
+)
+def test_start_failures_are_explained(
+    make_gateway: Callable[..., str],
+    fake: FakeCompute,
+    failure: str,
+    via_operation: bool,
+    cause: str,
+    advice: str,
+) -> None:
+    fake.inject("start", failure, via_operation=via_operation, times=None)
+    url = make_gateway(failure_hold_s=60.0)
+    resp = httpx.post(url + "/v1/images/generations", headers=AUTH, json={"prompt": "x"})
+    assert resp.status_code == 503
+    body = resp.json()["error"]
+    assert body["code"] == "start_failed"
+    assert body["cause"] == cause
+    assert advice in body["message"]
+    assert int(resp.headers["retry-after"]) > 0
+    # the failure is held: retries do not hammer the Compute API
+    again = httpx.post(url + "/v1/images/generations", headers=AUTH, json={"prompt": "x"})
+    assert again.json()["error"]["cause"] == cause
+    assert fake.calls["start"] == 1
+
+
+def test_capacity_failure_reported_later_on_the_operation(
+    make_gateway: Callable[..., str], fake: FakeCompute, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compute accepts the start, then fails the operation (no GPU in the zone)."""
+    from text2img.gateway import waker
+
+    monkeypatch.setattr(waker, "OPERATION_POLL_S", 0.0)
+    fake.boot_delay_s = None
+    url = make_gateway(state_cache_s=0.0)
+    assert _waking(httpx.post(url + "/x", headers=AUTH))["phase"] == "starting_vm"
+    op = next(iter(fake.operations.values()))
+    op.done, op.error = True, ("ZONE_RESOURCE_POOL_EXHAUSTED", "The zone does not have enough")
+    fake.set_status(VM, "TERMINATED")
+    time.sleep(0.01)
+    body = httpx.post(url + "/x", headers=AUTH).json()["error"]
+    assert body["code"] == "start_failed"
+    assert body["cause"] == "ZONE_RESOURCE_POOL_EXHAUSTED"
+    assert fake.calls["operation"] >= 1
+    assert fake.calls["start"] == 1
