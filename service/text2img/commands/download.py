@@ -1,19 +1,67 @@
-"""`text2img download` (placeholder until the service lands)."""
+"""`text2img download`: fetch, verify and convert the GLIDE weights into the cache."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from text2img.errors import UserError
-
-HELP = "download and verify the GLIDE weights"
+HELP = "download and verify the GLIDE weights (resumes; quick when all is in place)"
+PARTS = ("base", "upsample", "tokenizer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=["glide", "tiny"], default="glide")
-    parser.add_argument("--host", default=None)
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the weights live (default: $TEXT2IMG_MODEL_CACHE, else "
+        "$XDG_CACHE_HOME/text2img, else ~/.cache/text2img)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        action="append",
+        help="fetch only this part (repeatable); default: all of them",
+    )
+    parser.add_argument("--force", action="store_true", help="fetch and convert again")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only report what is present and intact (re-hashes files, no network); "
+        "exit status 1 if anything is missing or damaged",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output; one summary line")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("the weight download is not built yet (issue #3); nothing was started")
+    from text2img.glide import weights
+    from text2img.glide.download import human_size
+
+    cache_dir: Path = (args.cache_dir or weights.default_cache_dir()).expanduser().resolve()
+    manifest = weights.default_manifest()
+    if args.check:
+        statuses = weights.weights_status(cache_dir, manifest=manifest, only=args.only)
+        for st in statuses:
+            print(st.line())
+        bad = [st for st in statuses if not st.ok]
+        if bad:
+            print(f"{len(bad)} of {len(statuses)} not ready: run `text2img download`")
+            return 1
+        print(f"all ready in {cache_dir}")
+        return 0
+    weights.ensure_weights(
+        cache_dir,
+        progress=not args.quiet,
+        only=args.only,
+        force=args.force,
+        manifest=manifest,
+    )
+    statuses = weights.weights_status(cache_dir, manifest=manifest, only=args.only, deep=False)
+    total = sum(st.size or 0 for st in statuses)
+    if args.quiet:
+        print(f"GLIDE weights ready in {cache_dir} ({human_size(total)})")
+        return 0
+    for st in statuses:
+        print(st.line())
+    print(f"GLIDE weights ready in {cache_dir} ({human_size(total)} on disk)")
+    return 0

@@ -1,0 +1,396 @@
+"""Resumable, verified HTTP downloads into a cache directory (no torch in here).
+
+`fetch` streams a URL into `<dest>.part` with a progress bar, resumes a partial file with
+an HTTP Range request (guarded by If-Range, so a changed file on the server restarts
+cleanly; a server that ignores Range and answers 200 also restarts cleanly), retries
+connection drops and 5xx/429 answers with bounded backoff, checks the size (Content-Length /
+Content-Range and the expected size), the sha256 where known and the Content-MD5 the server
+advertises (Azure Blob Storage sends one), then renames the file into place atomically.
+Every failure a user can fix becomes a one-line `UserError` saying what to do next.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from text2img.errors import UserError
+
+CHUNK = 1 << 20
+RERUN = "run `text2img download` again"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failed request is retried (connection errors, drops, 5xx, 429)."""
+
+    attempts: int = 5  # consecutive failures without progress before giving up
+    backoff_s: float = 1.0  # first wait; doubles each time
+    max_backoff_s: float = 30.0
+    connect_timeout_s: float = 15.0
+    read_timeout_s: float = 60.0
+
+    def wait(self, failures: int) -> None:
+        time.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** max(0, failures - 1)))
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def say(message: str, enabled: bool = True) -> None:
+    if enabled:
+        print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def cache_lock(cache_dir: Path, *, progress: bool = True) -> Iterator[None]:
+    """Exclusive lock on the cache so two processes never write the same files."""
+    make_dir(cache_dir)
+    with (cache_dir / ".lock").open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another text2img process using {cache_dir} …", progress)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the weights cache {path} ({exc.strerror}); "
+            "choose a writable place with --cache-dir or TEXT2IMG_MODEL_CACHE"
+        ) from None
+
+
+def fsync_replace(src: Path, dest: Path) -> None:
+    """Rename `src` over `dest` atomically and make the rename durable."""
+    with src.open("rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(src, dest)
+    dir_fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def disk_full_error(
+    exc: OSError, target: Path, needed: int, what: str, resumable: bool = True
+) -> UserError:
+    free = shutil.disk_usage(target.parent).free
+    again = f"then {RERUN}" + (" (it resumes)" if resumable else "")
+    return UserError(
+        f"disk full while {what} {target} ({exc.strerror}): {human_size(needed)} more is "
+        f"needed there, {human_size(free)} is free; free some space or point "
+        f"TEXT2IMG_MODEL_CACHE/--cache-dir elsewhere, {again}"
+    )
+
+
+def check_free_space(target: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(target.parent).free
+    if free < needed + 16 * 1000**2:
+        raise UserError(
+            f"not enough disk space for {what} in {target.parent}: {human_size(needed)} "
+            f"needed, {human_size(free)} free; free some space or point "
+            "TEXT2IMG_MODEL_CACHE/--cache-dir elsewhere"
+        )
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth retrying (after a backoff)."""
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_UNREACHABLE = (
+    "check the network connection (or set TEXT2IMG_WEIGHTS_URL to a mirror you can reach)"
+)
+
+
+def _describe_transport_error(exc: httpx.TransportError, url: str) -> str:
+    host = httpx.URL(url).host
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError):
+        if re.search(r"name or service|nodename|name resolution|getaddrinfo", text, re.I):
+            return f"cannot resolve {host} (DNS failure: {text})"
+        return f"cannot connect to {host} ({text})"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{host} timed out ({type(exc).__name__})"
+    return f"connection to {host} broke off ({text})"
+
+
+def _md5_header(response: httpx.Response, partial: bool) -> str | None:
+    """The whole file's MD5 as hex, when the server states it (Azure Blob Storage does)."""
+    value = response.headers.get("x-ms-blob-content-md5")
+    if value is None and not partial:
+        value = response.headers.get("content-md5")
+    if not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except ValueError:
+        return None
+
+
+@dataclass
+class _State:
+    """What is known about the partial file across attempts (saved next to it)."""
+
+    url: str
+    etag: str | None = None
+    total: int | None = None
+    md5: str | None = None
+
+    @classmethod
+    def load(cls, path: Path, url: str) -> _State | None:
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("url") != url:
+            return None
+        return cls(url=url, etag=data.get("etag"), total=data.get("total"), md5=data.get("md5"))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__))
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    size: int
+    sha256: str
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    retry: RetryPolicy | None = None,
+    label: str | None = None,
+) -> Fetched:
+    """Download `url` to `dest` (resuming `dest.part`), verify it, rename it into place."""
+    retry = retry or RetryPolicy()
+    label = label or dest.name
+    part = dest.with_name(dest.name + ".part")
+    state_path = dest.with_name(dest.name + ".part.json")
+    make_dir(dest.parent)
+    state = _State.load(state_path, url) if part.exists() else None
+    if state is None:
+        part.unlink(missing_ok=True)
+        state = _State(url=url)
+    timeout = httpx.Timeout(retry.read_timeout_s, connect=retry.connect_timeout_s)
+    failures = 0
+    with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+        while True:
+            offset = part.stat().st_size if part.exists() else 0
+            try:
+                if _attempt(client, url, part, state, state_path, offset, size, progress, label):
+                    break
+                failures = 0  # progress was made; the server simply ended early
+            except _Retry as exc:
+                grew = part.exists() and part.stat().st_size > offset
+                failures = 0 if grew else failures + 1
+                if failures >= retry.attempts:
+                    raise UserError(
+                        f"could not download {label} from {url} after {failures} tries: {exc}; "
+                        f"{_UNREACHABLE}, then {RERUN} (it resumes)"
+                    ) from None
+                say(f"{label}: {exc}; retrying", progress)
+                retry.wait(failures)
+    return _verify(part, dest, state, state_path, url, sha256, size, label)
+
+
+def _attempt(
+    client: httpx.Client,
+    url: str,
+    part: Path,
+    state: _State,
+    state_path: Path,
+    offset: int,
+    size: int | None,
+    progress: bool,
+    label: str,
+) -> bool:
+    """One GET; True when the part file is complete, False to continue, _Retry on failure."""
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if state.etag and not state.etag.startswith("W/"):
+            headers["If-Range"] = state.etag
+    try:
+        with client.stream("GET", url, headers=headers) as response:
+            status = response.status_code
+            if status == 416 and offset:
+                # Range starts at or past the end: complete if the sizes agree, else start over.
+                m = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("content-range", ""))
+                if m and int(m.group(1)) == offset and (size is None or size == offset):
+                    state.total = offset
+                    return True
+                part.unlink()
+                raise _Retry("the partial file no longer fits the server's copy; starting over")
+            _raise_for_status(response, url, label)
+            if status == 206:
+                m = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
+                if not m or int(m.group(1)) != offset:
+                    part.unlink(missing_ok=True)
+                    raise _Retry("the server answered a different byte range; starting over")
+                total = None if m.group(3) == "*" else int(m.group(3))
+            else:
+                if offset:
+                    say(f"{label}: the server does not resume downloads; starting over", progress)
+                offset = 0
+                length = response.headers.get("content-length")
+                encoded = response.headers.get("content-encoding", "identity") != "identity"
+                total = int(length) if length and not encoded else None
+            if size is not None and total is not None and total != size:
+                raise UserError(
+                    f"{url} is {total} bytes but {label} should be {size} bytes: this is not "
+                    "the expected file (check TEXT2IMG_WEIGHTS_URL if you use a mirror)"
+                )
+            state.total = total if total is not None else size
+            state.etag = response.headers.get("etag")
+            state.md5 = _md5_header(response, partial=status == 206) or state.md5
+            state.save(state_path)
+            if state.total is not None:
+                check_free_space(part, state.total - offset, label)
+            _stream_body(response, part, offset, state.total, progress, label)
+    except httpx.TransportError as exc:
+        raise _Retry(_describe_transport_error(exc, url)) from None
+    written = part.stat().st_size
+    if state.total is None or written == state.total:
+        return True
+    if written > state.total:
+        part.unlink()
+        raise _Retry(f"received more bytes than the {state.total} announced; starting over")
+    return False
+
+
+def _raise_for_status(response: httpx.Response, url: str, label: str) -> None:
+    status = response.status_code
+    if status in (200, 206):
+        return
+    if status == 429 or status >= 500:
+        raise _Retry(f"the server answered HTTP {status}")
+    if status in (404, 410):
+        raise UserError(
+            f"{label} is not at {url} (HTTP {status}); if TEXT2IMG_WEIGHTS_URL points at a "
+            "mirror, copy the file there or unset it to use the original source"
+        )
+    if status in (401, 403):
+        raise UserError(
+            f"access to {url} was refused (HTTP {status}); check the mirror's permissions "
+            "(TEXT2IMG_WEIGHTS_URL) or a proxy in between"
+        )
+    raise UserError(f"unexpected HTTP {status} from {url} while fetching {label}")
+
+
+def _stream_body(
+    response: httpx.Response,
+    part: Path,
+    offset: int,
+    total: int | None,
+    progress: bool,
+    label: str,
+) -> None:
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(
+        total=total,
+        initial=offset,
+        unit="B",
+        unit_scale=True,
+        desc=label,
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=0.5 if tty else 15.0,
+        leave=True,
+    )
+    with bar, part.open("ab" if offset else "wb") as f:
+        for chunk in response.iter_raw():
+            _write(f, chunk, part, total, label)
+            bar.update(len(chunk))
+
+
+def _write(f: IO[bytes], chunk: bytes, part: Path, total: int | None, label: str) -> None:
+    try:
+        f.write(chunk)
+        f.flush()
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            have = part.stat().st_size
+            needed = (total - have) if total is not None else len(chunk)
+            raise disk_full_error(exc, part, needed, f"downloading {label} to") from None
+        raise UserError(
+            f"cannot write {part} ({exc.strerror}); check the cache directory"
+        ) from None
+
+
+def _verify(
+    part: Path,
+    dest: Path,
+    state: _State,
+    state_path: Path,
+    url: str,
+    sha256: str | None,
+    size: int | None,
+    label: str,
+) -> Fetched:
+    got = part.stat().st_size
+    bad: str | None = None
+    if size is not None and got != size:
+        bad = f"it is {got} bytes, {size} expected (truncated or wrong file)"
+    digest = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
+    with part.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            md5.update(chunk)
+    if bad is None and sha256 is not None and digest.hexdigest() != sha256.lower():
+        bad = f"its sha256 is {digest.hexdigest()}, {sha256} expected (corrupted)"
+    if bad is None and state.md5 is not None and md5.hexdigest() != state.md5:
+        bad = f"its MD5 {md5.hexdigest()} differs from the server's {state.md5} (corrupted)"
+    if bad is not None:
+        part.unlink()
+        state_path.unlink(missing_ok=True)
+        raise UserError(f"downloaded {label} from {url} is damaged: {bad}; deleted it, {RERUN}")
+    fsync_replace(part, dest)
+    state_path.unlink(missing_ok=True)
+    return Fetched(path=dest, size=got, sha256=digest.hexdigest())
