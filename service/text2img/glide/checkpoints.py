@@ -1,0 +1,29 @@
+"""Build the released GLIDE models and fill them from the weights cache (strict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from text2img.glide import weights
+from text2img.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
+from text2img.glide.unet import Text2ImUNet, build_model
+
+RELEASED_OPTIONS = {"base": BASE_OPTIONS, "upsample": UPSAMPLE_OPTIONS}
+
+
+def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape of the released model `name` ("base" | "upsample")."""
+    model = build_model(RELEASED_OPTIONS[name], device="meta")
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def load_released(cache_dir: Path, name: str) -> Text2ImUNet:
+    """The released model `name` with its weights (float32 on the CPU; cast later)."""
+    model = build_model(RELEASED_OPTIONS[name], device="meta")
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    state = weights.load_state_dict(cache_dir, name, expected)
+    state = {key: value.to(torch.float32) for key, value in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
