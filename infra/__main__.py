@@ -1,0 +1,101 @@
+"""text2img on Google Cloud: composes the stack and exports what users and scripts need."""
+
+import sys
+from pathlib import Path
+
+# Pulumi runs this folder as a script; make `infra` importable as a package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra import pricing
+from infra.apis import enable_apis
+from infra.config import load_settings
+from infra.gateway import create_gateway
+from infra.iam import grant_vm_access, service_account
+from infra.images import build_images
+from infra.metadata import instance_metadata, read_startup_script
+from infra.naming import Names
+from infra.network import create_network
+from infra.registry import create_repository, image_base
+from infra.secrets import create_token
+from infra.server import GpuServer, ServerArgs
+
+settings = load_settings()
+names = Names(stack=pulumi.get_stack(), project=settings.project)
+startup_script = read_startup_script()
+
+apis = enable_apis(settings)
+network = create_network(settings, names, apis)
+repo = create_repository(settings, names, apis)
+token = create_token(settings, names, apis)
+images = build_images(settings, names, image_base(settings, repo), repo, apis)
+
+vm_account = service_account("vm", "text2img GPU VM", settings, names, apis)
+vm_grants = grant_vm_access(settings, vm_account, repo, token.secret, apis)
+
+after_apis = pulumi.InvokeOutputOptions(depends_on=apis)
+boot_image = gcp.compute.get_image_output(
+    project=settings.image_project,
+    family=None if settings.image_name else settings.image_family,
+    name=settings.image_name or None,
+    opts=after_apis,
+)
+project_number = gcp.organizations.get_project_output(
+    project_id=settings.project, opts=after_apis
+).number
+
+server = GpuServer(
+    "server",
+    ServerArgs(
+        settings=settings,
+        names=names,
+        subnet=network.vm_subnet,
+        network_tag=network.vm_tag,
+        service_account_email=vm_account.email,
+        boot_image=boot_image.self_link,
+        metadata=instance_metadata(
+            settings,
+            startup_script=startup_script,
+            image=images.service,
+            token_secret=token.secret.id,
+        ),
+        project_number=project_number,
+        deps=[*apis, *vm_grants, network.nat, *network.firewalls],
+    ),
+)
+
+gateway = create_gateway(
+    settings,
+    names,
+    image=images.gateway,
+    network=network,
+    token=token,
+    instance=server.instance,
+    deps=[*apis, *network.firewalls],
+)
+
+pulumi.export("url", gateway.url)
+pulumi.export("token", token.value)
+pulumi.export("project", settings.project)
+pulumi.export("region", settings.region)
+pulumi.export("zone", settings.zone)
+pulumi.export("instance_name", server.instance.name)
+pulumi.export("spot", settings.spot)
+pulumi.export("idle_minutes", settings.idle_minutes)
+pulumi.export("image", images.service)
+pulumi.export("gateway_image", images.gateway)
+pulumi.export("image_name", server.boot_image.apply(lambda link: link.rsplit("/", 1)[-1]))
+pulumi.export(
+    "ssh_command",
+    server.instance.name.apply(
+        lambda n: (
+            f"gcloud compute ssh {n} --zone {settings.zone} "
+            f"--project {settings.project} --tunnel-through-iap"
+        )
+    ),
+)
+pulumi.export("hourly_cost_estimate", pricing.hourly_cost_estimate(settings))
+pulumi.export("monthly_asleep_cost_estimate", pricing.monthly_asleep_estimate(settings))
+pulumi.export("price_table", f"{pricing.PRICE_TABLE_DATE}; {pricing.PRICE_TABLE_SOURCE}")

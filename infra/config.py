@@ -1,0 +1,261 @@
+"""The stack's settings: read once from Pulumi config into a frozen dataclass, validated.
+
+Keys, types, defaults and descriptions are declared once, in Pulumi.yaml. Every invalid
+value is reported at preview time with the key's name and what to set instead.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zoneinfo
+from dataclasses import dataclass
+
+import pulumi
+
+NAMESPACE = "text2img"
+
+# GPUs that attach to N1 machine types; every other GPU comes with a fixed A2/A3/G2 shape.
+N1_GPU_TYPES = frozenset(
+    {"nvidia-tesla-t4", "nvidia-tesla-p4", "nvidia-tesla-v100", "nvidia-tesla-p100"}
+)
+BUILD_MACHINE_TYPES = frozenset(
+    {"e2-medium", "e2-highcpu-8", "e2-highcpu-32", "n1-highcpu-8", "n1-highcpu-32"}
+)
+
+_PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_N1_RE = re.compile(r"^n1-(standard|highmem|highcpu)-(1|2|4|8|16|32|64|96)$")
+_IMAGE_FAMILY_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_IMAGE_REF_RE = re.compile(
+    r"^(?P<host>[a-z0-9.-]+(:[0-9]+)?)/(?P<path>[a-z0-9._/-]+)@sha256:[0-9a-f]{64}$"
+)
+# minute hour day-of-month month day-of-week, each field digits, *, ranges, steps, lists
+_CRON_FIELD_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_CRON_ATOM_RE = re.compile(r"^(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?$")
+
+
+class ConfigError(pulumi.RunError):
+    """Invalid stack configuration; the message lists every bad key and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program needs from `pulumi config`, typed and validated."""
+
+    project: str
+    region: str
+    zone: str
+    machine_type: str
+    gpu_type: str
+    gpu_count: int
+    spot: bool
+    image_family: str
+    image_project: str
+    image_name: str
+    disk_size_gb: int
+    idle_minutes: int
+    boot_grace_minutes: int
+    service_port: int
+    model_cache_dir: str
+    translation: bool
+    schedule_start: str
+    schedule_stop: str
+    schedule_time_zone: str
+    service_image: str
+    gateway_image: str
+    build_machine_type: str
+    gateway_max_instances: int
+    subnet_cidr: str
+    gateway_egress_cidr: str
+
+    @property
+    def has_schedule(self) -> bool:
+        return bool(self.schedule_start or self.schedule_stop)
+
+    @property
+    def needs_build(self) -> bool:
+        return not (self.service_image and self.gateway_image)
+
+
+def _cron_error(expr: str) -> str | None:
+    fields = expr.split()
+    if len(fields) != 5:
+        return f"needs 5 fields (minute hour day month weekday), got {len(fields)}"
+    for field, (low, high) in zip(fields, _CRON_FIELD_RANGES, strict=True):
+        for atom in field.split(","):
+            if not _CRON_ATOM_RE.match(atom):
+                return f"field {field!r} is not a cron field"
+            numbers = [int(n) for n in re.findall(r"[0-9]+", atom.split("/")[0])]
+            if any(n < low or n > high for n in numbers):
+                return f"field {field!r} is outside {low}-{high}"
+    return None
+
+
+def _check_cidr(key: str, value: str, errors: list[str]) -> ipaddress.IPv4Network | None:
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        errors.append(f"{key}: {value!r} is not an IPv4 network ({exc})")
+        return None
+    if not net.is_private:
+        errors.append(f"{key}: {value!r} is not a private range (use e.g. 10.20.0.0/24)")
+        return None
+    return net
+
+
+def validate(s: Settings) -> list[str]:
+    """Return one message per invalid setting (empty when all are valid)."""
+    errors: list[str] = []
+
+    def bad(key: str, message: str) -> None:
+        errors.append(f"{NAMESPACE}:{key}: {message}")
+
+    if not _PROJECT_RE.match(s.project):
+        bad("project", f"{s.project!r} is not a project id (6-30 lowercase letters, digits, -)")
+    if not _REGION_RE.match(s.region):
+        bad("region", f"{s.region!r} is not a region name like asia-northeast1")
+    if not re.match(rf"^{re.escape(s.region)}-[a-z]$", s.zone):
+        bad("zone", f"{s.zone!r} is not a zone of region {s.region!r} (e.g. {s.region}-a)")
+    if s.gpu_type not in N1_GPU_TYPES:
+        bad("gpuType", f"{s.gpu_type!r} is not one of {', '.join(sorted(N1_GPU_TYPES))}")
+    if not _N1_RE.match(s.machine_type):
+        bad(
+            "machineType",
+            f"{s.machine_type!r} cannot take a {s.gpu_type} GPU: use an N1 type such as "
+            "n1-standard-4 (GPUs attach only to N1; shared-core f1/g1 are excluded)",
+        )
+    if s.gpu_count not in (1, 2, 4):
+        bad("gpuCount", f"{s.gpu_count} must be 1, 2 or 4")
+    if not _IMAGE_FAMILY_RE.match(s.image_family):
+        bad("imageFamily", f"{s.image_family!r} is not an image family name")
+    if s.image_name and not _IMAGE_FAMILY_RE.match(s.image_name):
+        bad("imageName", f"{s.image_name!r} is not an image name")
+    if not 50 <= s.disk_size_gb <= 2000:
+        bad("diskSizeGb", f"{s.disk_size_gb} is outside 50-2000 (the DLVM image needs 50)")
+    if not 5 <= s.idle_minutes <= 1440:
+        bad("idleMinutes", f"{s.idle_minutes} is outside 5-1440 minutes")
+    if not 10 <= s.boot_grace_minutes <= 240:
+        bad("bootGraceMinutes", f"{s.boot_grace_minutes} is outside 10-240 minutes")
+    if not 1024 <= s.service_port <= 65535:
+        bad("servicePort", f"{s.service_port} is outside 1024-65535")
+    if not s.model_cache_dir.startswith("/") or any(c in s.model_cache_dir for c in " '\"$`\\"):
+        bad("modelCacheDir", f"{s.model_cache_dir!r} must be an absolute path without spaces")
+    for key, expr in (("scheduleStart", s.schedule_start), ("scheduleStop", s.schedule_stop)):
+        if expr and (why := _cron_error(expr)):
+            bad(key, f"{expr!r} is not a 5-field cron expression: {why}")
+    try:
+        zoneinfo.ZoneInfo(s.schedule_time_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        bad("scheduleTimeZone", f"{s.schedule_time_zone!r} is not an IANA time zone (Asia/Tokyo)")
+    for key, ref in (("serviceImage", s.service_image), ("gatewayImage", s.gateway_image)):
+        if ref and not _IMAGE_REF_RE.match(ref):
+            bad(
+                key,
+                f"{ref!r} is not an image reference by digest "
+                "(HOST/PATH/NAME@sha256:<64 hex>); tags are mutable, digests are not",
+            )
+    if s.build_machine_type not in BUILD_MACHINE_TYPES:
+        bad(
+            "buildMachineType",
+            f"{s.build_machine_type!r} is not one of {sorted(BUILD_MACHINE_TYPES)}",
+        )
+    if not 1 <= s.gateway_max_instances <= 10:
+        bad("gatewayMaxInstances", f"{s.gateway_max_instances} is outside 1-10")
+    cidr_errors: list[str] = []
+    vm_net = _check_cidr(f"{NAMESPACE}:subnetCidr", s.subnet_cidr, cidr_errors)
+    gw_net = _check_cidr(f"{NAMESPACE}:gatewayEgressCidr", s.gateway_egress_cidr, cidr_errors)
+    errors.extend(cidr_errors)
+    if gw_net is not None and gw_net.prefixlen > 26:
+        bad(
+            "gatewayEgressCidr",
+            f"{s.gateway_egress_cidr!r} is smaller than /26 (Direct VPC egress)",
+        )
+    if vm_net is not None and gw_net is not None and vm_net.overlaps(gw_net):
+        bad("gatewayEgressCidr", f"{s.gateway_egress_cidr!r} overlaps subnetCidr {s.subnet_cidr!r}")
+    return errors
+
+
+def _get(cfg: pulumi.Config, key: str, missing: list[str]) -> str:
+    value = cfg.get(key)
+    if value is None:
+        missing.append(key)
+        return ""
+    return value
+
+
+def _as_int(key: str, raw: str, errors: list[str]) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        errors.append(f"{NAMESPACE}:{key}: {raw!r} is not an integer")
+        return 0
+
+
+def _as_bool(key: str, raw: str, errors: list[str]) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    errors.append(f"{NAMESPACE}:{key}: {raw!r} is not true or false")
+    return False
+
+
+def load_settings() -> Settings:
+    """Read every key once, convert, validate; raise ConfigError listing all problems."""
+    cfg = pulumi.Config(NAMESPACE)
+    missing: list[str] = []
+    errors: list[str] = []
+
+    def text(key: str) -> str:
+        return _get(cfg, key, missing).strip()
+
+    def integer(key: str) -> int:
+        raw = text(key)
+        return _as_int(key, raw, errors) if raw else 0
+
+    def boolean(key: str) -> bool:
+        raw = text(key)
+        return _as_bool(key, raw, errors) if raw else False
+
+    settings = Settings(
+        project=text("project"),
+        region=text("region"),
+        zone=text("zone"),
+        machine_type=text("machineType"),
+        gpu_type=text("gpuType"),
+        gpu_count=integer("gpuCount"),
+        spot=boolean("spot"),
+        image_family=text("imageFamily"),
+        image_project=text("imageProject"),
+        image_name=text("imageName"),
+        disk_size_gb=integer("diskSizeGb"),
+        idle_minutes=integer("idleMinutes"),
+        boot_grace_minutes=integer("bootGraceMinutes"),
+        service_port=integer("servicePort"),
+        model_cache_dir=text("modelCacheDir"),
+        translation=boolean("translation"),
+        schedule_start=text("scheduleStart"),
+        schedule_stop=text("scheduleStop"),
+        schedule_time_zone=text("scheduleTimeZone"),
+        service_image=text("serviceImage"),
+        gateway_image=text("gatewayImage"),
+        build_machine_type=text("buildMachineType"),
+        gateway_max_instances=integer("gatewayMaxInstances"),
+        subnet_cidr=text("subnetCidr"),
+        gateway_egress_cidr=text("gatewayEgressCidr"),
+    )
+    # keys with a default in Pulumi.yaml are always present under the CLI; only `project`
+    # (no default) can be missing there.
+    optional_empty = {"imageName", "scheduleStart", "scheduleStop", "serviceImage", "gatewayImage"}
+    missing = [k for k in missing if k not in optional_empty]
+    if missing:
+        errors = [
+            f"{NAMESPACE}:{key}: not set (`pulumi config set {key} <value>`; "
+            "see Pulumi.yaml for its meaning)"
+            for key in missing
+        ]
+    else:
+        errors.extend(validate(settings))
+    if errors:
+        raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
+    return settings

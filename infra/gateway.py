@@ -1,0 +1,164 @@
+"""The Cloud Run gateway: public HTTPS, checks the token, wakes and proxies to the VM.
+
+Its service account can only read the token secret, get and start THIS VM (custom role
+bound on the instance) and read zone operations (to follow its own start call). It
+reaches the VM's internal IP through Direct VPC egress from its own subnet, which is the
+only source the firewall admits to the service port. Invocation is open to allUsers on
+purpose: browsers and OpenAI SDKs cannot send Google identity tokens, so the gateway
+checks the kit's own bearer token first, before it does anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.config import Settings
+from infra.iam import (
+    GATEWAY_INSTANCE_PERMISSIONS,
+    GATEWAY_PROJECT_PERMISSIONS,
+    custom_role,
+    member,
+    service_account,
+)
+from infra.naming import Names
+from infra.network import Network
+from infra.secrets import Token, grant_accessor
+
+REQUEST_TIMEOUT = "900s"  # long generations and progress streams pass through
+
+
+@dataclass(frozen=True)
+class Gateway:
+    service: gcp.cloudrunv2.Service
+    account: gcp.serviceaccount.Account
+
+    @property
+    def url(self) -> pulumi.Output[str]:
+        return self.service.uri
+
+
+def create_gateway(
+    settings: Settings,
+    names: Names,
+    *,
+    image: pulumi.Input[str],
+    network: Network,
+    token: Token,
+    instance: gcp.compute.Instance,
+    deps: Sequence[pulumi.Resource],
+) -> Gateway:
+    account = service_account("gw", "text2img gateway", settings, names, deps)
+    principal = member(account)
+    starter = custom_role(
+        "gateway-instance-role",
+        "gateway_start",
+        "text2img gateway: get and start the GPU VM",
+        GATEWAY_INSTANCE_PERMISSIONS,
+        settings,
+        names,
+        deps,
+    )
+    operations = custom_role(
+        "gateway-operations-role",
+        "gateway_ops",
+        "text2img gateway: read zone operations",
+        GATEWAY_PROJECT_PERMISSIONS,
+        settings,
+        names,
+        deps,
+    )
+    grants: list[pulumi.Resource] = [
+        gcp.compute.InstanceIAMMember(
+            "gateway-instance-start",
+            project=settings.project,
+            zone=settings.zone,
+            instance_name=instance.name,
+            role=starter.name,
+            member=principal,
+        ),
+        gcp.projects.IAMMember(
+            "gateway-zone-operations",
+            project=settings.project,
+            role=operations.name,
+            member=principal,
+        ),
+        grant_accessor("gateway-token-accessor", token, principal),
+    ]
+    env: dict[str, pulumi.Input[str]] = {
+        "TEXT2IMG_GATEWAY_PROJECT": settings.project,
+        "TEXT2IMG_GATEWAY_ZONE": settings.zone,
+        "TEXT2IMG_GATEWAY_INSTANCE": instance.name,
+        "TEXT2IMG_GATEWAY_UPSTREAM_PORT": str(settings.service_port),
+    }
+    service = gcp.cloudrunv2.Service(
+        "gateway",
+        name=names.resource("gateway"),
+        project=settings.project,
+        location=settings.region,
+        ingress="INGRESS_TRAFFIC_ALL",
+        deletion_protection=False,
+        labels=names.labels,
+        template=gcp.cloudrunv2.ServiceTemplateArgs(
+            service_account=account.email,
+            timeout=REQUEST_TIMEOUT,
+            scaling=gcp.cloudrunv2.ServiceTemplateScalingArgs(
+                min_instance_count=0, max_instance_count=settings.gateway_max_instances
+            ),
+            vpc_access=gcp.cloudrunv2.ServiceTemplateVpcAccessArgs(
+                egress="PRIVATE_RANGES_ONLY",
+                network_interfaces=[
+                    gcp.cloudrunv2.ServiceTemplateVpcAccessNetworkInterfaceArgs(
+                        network=network.vpc.id,
+                        subnetwork=network.gateway_subnet.id,
+                    )
+                ],
+            ),
+            labels=names.labels,
+            containers=[
+                gcp.cloudrunv2.ServiceTemplateContainerArgs(
+                    image=image,
+                    envs=[
+                        *(
+                            gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=k, value=v)
+                            for k, v in env.items()
+                        ),
+                        gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(
+                            name="TEXT2IMG_API_TOKEN",
+                            value_source=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceArgs(
+                                secret_key_ref=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs(
+                                    secret=token.secret.secret_id, version="latest"
+                                )
+                            ),
+                        ),
+                    ],
+                    resources=gcp.cloudrunv2.ServiceTemplateContainerResourcesArgs(
+                        limits={"cpu": "1", "memory": "512Mi"},
+                        cpu_idle=True,
+                        startup_cpu_boost=True,
+                    ),
+                    startup_probe=gcp.cloudrunv2.ServiceTemplateContainerStartupProbeArgs(
+                        http_get=gcp.cloudrunv2.ServiceTemplateContainerStartupProbeHttpGetArgs(
+                            path="/healthz"
+                        ),
+                        period_seconds=2,
+                        failure_threshold=15,
+                    ),
+                )
+            ],
+        ),
+        # the revision reads the secret at deploy time: version and access must exist first
+        opts=pulumi.ResourceOptions(depends_on=[*deps, token.version, *grants]),
+    )
+    gcp.cloudrunv2.ServiceIamMember(
+        "gateway-public-invoker",
+        project=settings.project,
+        location=settings.region,
+        name=service.name,
+        role="roles/run.invoker",
+        member="allUsers",
+    )
+    return Gateway(service, account)

@@ -1,0 +1,191 @@
+"""The GPU server: the VM and its optional daily start/stop schedule, one component.
+
+Ordering for the schedule (docs/gcp-facts.md §5): the Compute Engine service agent needs
+start/stop permission before a schedule is attached, or the attach fails with 412; so the
+grant is created before the VM (explicit dependency) and the attachment after both.
+The schedule is attached with a ResourcePolicyAttachment, so turning it on or off later
+does not recreate the VM (its disk holds the cached weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.config import Settings
+from infra.naming import Names
+
+SCHEDULE_AGENT_ROLE = "roles/compute.instanceAdmin.v1"
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    settings: Settings
+    names: Names
+    subnet: gcp.compute.Subnetwork
+    network_tag: str
+    service_account_email: pulumi.Input[str]
+    boot_image: pulumi.Input[str]
+    metadata: Mapping[str, pulumi.Input[str]]
+    project_number: pulumi.Input[str]
+    deps: Sequence[pulumi.Resource]
+
+
+def scheduling(settings: Settings) -> gcp.compute.InstanceSchedulingArgs:
+    """GPUs require TERMINATE on host maintenance. Spot: SPOT + preemptible + no automatic
+    restart + STOP on preemption (the disk stays; the gateway starts it again)."""
+    if settings.spot:
+        return gcp.compute.InstanceSchedulingArgs(
+            on_host_maintenance="TERMINATE",
+            provisioning_model="SPOT",
+            preemptible=True,
+            automatic_restart=False,
+            instance_termination_action="STOP",
+        )
+    return gcp.compute.InstanceSchedulingArgs(
+        on_host_maintenance="TERMINATE",
+        provisioning_model="STANDARD",
+        preemptible=False,
+        automatic_restart=True,
+    )
+
+
+class GpuServer(pulumi.ComponentResource):
+    instance: gcp.compute.Instance
+    schedule: gcp.compute.ResourcePolicy | None
+
+    def __init__(
+        self, name: str, args: ServerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("text2img:infra:GpuServer", name, None, opts)
+        s, names = args.settings, args.names
+        child = pulumi.ResourceOptions(parent=self)
+        instance_deps: list[pulumi.Resource] = list(args.deps)
+
+        self.schedule = None
+        agent_grant: gcp.projects.IAMMember | None = None
+        if s.has_schedule:
+            agent_grant = gcp.projects.IAMMember(
+                f"{name}-schedule-agent",
+                project=s.project,
+                role=SCHEDULE_AGENT_ROLE,
+                member=pulumi.Output.from_input(args.project_number).apply(
+                    lambda n: f"serviceAccount:service-{n}@compute-system.iam.gserviceaccount.com"
+                ),
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=list(args.deps))
+                ),
+            )
+            self.schedule = gcp.compute.ResourcePolicy(
+                f"{name}-schedule",
+                name=names.resource("schedule"),
+                project=s.project,
+                region=s.region,
+                description="text2img daily start/stop",
+                instance_schedule_policy=gcp.compute.ResourcePolicyInstanceSchedulePolicyArgs(
+                    time_zone=s.schedule_time_zone,
+                    vm_start_schedule=(
+                        gcp.compute.ResourcePolicyInstanceSchedulePolicyVmStartScheduleArgs(
+                            schedule=s.schedule_start
+                        )
+                        if s.schedule_start
+                        else None
+                    ),
+                    vm_stop_schedule=(
+                        gcp.compute.ResourcePolicyInstanceSchedulePolicyVmStopScheduleArgs(
+                            schedule=s.schedule_stop
+                        )
+                        if s.schedule_stop
+                        else None
+                    ),
+                ),
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=list(args.deps))
+                ),
+            )
+            instance_deps.append(agent_grant)
+
+        self.instance = gcp.compute.Instance(
+            f"{name}-vm",
+            name=names.resource("gpu"),
+            project=s.project,
+            zone=s.zone,
+            machine_type=s.machine_type,
+            guest_accelerators=[
+                gcp.compute.InstanceGuestAcceleratorArgs(type=s.gpu_type, count=s.gpu_count)
+            ],
+            scheduling=scheduling(s),
+            boot_disk=gcp.compute.InstanceBootDiskArgs(
+                auto_delete=True,
+                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
+                    image=args.boot_image,
+                    size=s.disk_size_gb,
+                    type="pd-balanced",
+                    labels=names.labels,
+                ),
+            ),
+            network_interfaces=[
+                # no access_configs: no external IP; outbound goes through Cloud NAT
+                gcp.compute.InstanceNetworkInterfaceArgs(subnetwork=args.subnet.id)
+            ],
+            tags=[args.network_tag],
+            service_account=gcp.compute.InstanceServiceAccountArgs(
+                email=args.service_account_email,
+                scopes=["https://www.googleapis.com/auth/cloud-platform"],
+            ),
+            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
+                enable_secure_boot=False,  # the NVIDIA driver module is not signed for it
+                enable_vtpm=True,
+                enable_integrity_monitoring=True,
+            ),
+            metadata=dict(args.metadata),
+            labels=names.labels,
+            allow_stopping_for_update=True,
+            deletion_protection=False,
+            description=f"text2img GPU server of stack {names.stack}",
+            opts=pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions(
+                    depends_on=instance_deps,
+                    # a newer image in the family must not replace the VM (and its cached
+                    # weights) on every `pulumi up`; the schedule attaches separately below
+                    ignore_changes=["bootDisk.initializeParams.image", "resourcePolicies"],
+                ),
+            ),
+        )
+
+        if self.schedule is not None and agent_grant is not None:
+            gcp.compute.ResourcePolicyAttachment(
+                f"{name}-schedule-attachment",
+                project=s.project,
+                zone=s.zone,
+                instance=self.instance.name,
+                name=self.schedule.name,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[agent_grant, self.instance])
+                ),
+            )
+
+        self.register_outputs(
+            {
+                "instance_name": self.instance.name,
+                "zone": self.instance.zone,
+                "internal_ip": self.internal_ip,
+                "boot_image": self.boot_image,
+                "schedule": self.schedule.self_link if self.schedule else None,
+            }
+        )
+
+    @property
+    def internal_ip(self) -> pulumi.Output[str]:
+        return self.instance.network_interfaces.apply(lambda nics: nics[0].network_ip or "")
+
+    @property
+    def boot_image(self) -> pulumi.Output[str]:
+        """The image the VM was created from (may be older than the family's newest)."""
+        return self.instance.boot_disk.apply(
+            lambda disk: (disk.initialize_params.image if disk.initialize_params else "") or ""
+        )

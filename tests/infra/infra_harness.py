@@ -1,0 +1,198 @@
+"""Runs the real Pulumi program (infra/__main__.py) under pulumi.runtime.set_mocks and
+records every resource registration: type, name, parent, inputs, dependencies.
+
+Config defaults are loaded from Pulumi.yaml, because the SDK applies them only under the
+CLI, not under mocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime.settings import SETTINGS
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = ROOT / "infra" / "__main__.py"
+PROJECT_FILE = ROOT / "Pulumi.yaml"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TOKEN = "tok" + "Q7x" * 15  # what the mocked RandomPassword generates (48 characters)
+TEST_PROJECT = "t2i-test-project"
+PROJECT_NUMBER = "123456789012"
+IMAGE_NAME = "common-cu129-ubuntu-2204-nvidia-580-v20260416"
+
+
+def project_defaults() -> dict[str, Any]:
+    """Every key's default from Pulumi.yaml (keys without one are left out)."""
+    spec = yaml.safe_load(PROJECT_FILE.read_text())["config"]
+    return {key: decl["default"] for key, decl in spec.items() if "default" in decl}
+
+
+def config_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass
+class Registration:
+    type: str
+    name: str
+    urn: str
+    parent: str
+    inputs: dict[str, Any]
+    dependencies: list[str]
+    custom: bool
+
+    def text(self) -> str:
+        return json.dumps(self.inputs, sort_keys=True, default=str)
+
+
+def _fake_digest(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+class Mocks(pulumi.runtime.Mocks):
+    """Fills in what the provider would compute (emails, URIs, ids) from the inputs."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        state = dict(args.inputs)
+        typ = args.typ
+        name = state.get("name", args.name)
+        if typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = TOKEN
+        elif typ == "gcp:serviceaccount/account:Account":
+            state["email"] = f"{state['accountId']}@{state['project']}.iam.gserviceaccount.com"
+        elif typ == "gcp:secretmanager/secret:Secret":
+            return f"projects/{state['project']}/secrets/{state['secretId']}", state
+        elif typ == "gcp:artifactregistry/repository:Repository":
+            state["name"] = state["repositoryId"]
+        elif typ == "gcp:projects/iAMCustomRole:IAMCustomRole":
+            state["name"] = f"projects/{state['project']}/roles/{state['roleId']}"
+        elif typ == "gcp:cloudrunv2/service:Service":
+            state["uri"] = f"https://{name}-abc123-an.a.run.app"
+        elif typ == "gcp:compute/instance:Instance":
+            state["networkInterfaces"] = [
+                {**nic, "networkIp": "10.20.0.2"} for nic in state.get("networkInterfaces", [])
+            ]
+        elif typ == "command:local:Command":
+            image = state["environment"]["T2I_IMAGE"]
+            state["stdout"] = f"{image}@sha256:{_fake_digest(image)}\n"
+        elif typ == "gcp:compute/resourcePolicy:ResourcePolicy":
+            state["selfLink"] = f"https://compute.googleapis.com/compute/v1/{name}"
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        if args.token == "gcp:compute/getImage:getImage":
+            name = args.args.get("name") or IMAGE_NAME
+            link = (
+                "https://www.googleapis.com/compute/v1/projects/"
+                f"{args.args['project']}/global/images/{name}"
+            )
+            return {"name": name, "selfLink": link, "family": args.args.get("family")}, []
+        if args.token == "gcp:organizations/getProject:getProject":
+            return {"number": PROJECT_NUMBER, "projectId": args.args["projectId"]}, []
+        raise AssertionError(f"unexpected invoke {args.token}")
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: Mocks) -> None:
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registrations.append(
+                Registration(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    parent=request.parent,
+                    inputs=pulumi.runtime.rpc.deserialize_properties(request.object),
+                    dependencies=list(request.dependencies),
+                    custom=request.custom,
+                )
+            )
+        return response
+
+
+@dataclass
+class Plan:
+    stack: str
+    resources: list[Registration]
+    outputs: dict[str, Any]
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, typ: str) -> list[Registration]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str) -> Registration:
+        found = self.of_type(typ)
+        assert len(found) == 1, f"{len(found)} resources of type {typ}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return next(r for r in self.resources if r.urn == urn)
+
+
+def _run_main() -> None:
+    runpy.run_path(str(MAIN), run_name="__main__")
+
+
+@contextmanager
+def _patched_export(sink: dict[str, Any]) -> Iterator[None]:
+    original = pulumi.export
+    pulumi.export = lambda name, value: sink.__setitem__(name, value)
+    try:
+        yield
+    finally:
+        pulumi.export = original
+
+
+def run_program(
+    stack: str = "dev",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    project: str | None = TEST_PROJECT,
+) -> Plan:
+    """Run infra/__main__.py under mocks with Pulumi.yaml defaults + overrides."""
+    values = project_defaults()
+    if project is not None:
+        values["project"] = project
+    values.update(overrides or {})
+    monitor = RecordingMonitor(Mocks())
+    pulumi.runtime.set_mocks(
+        monitor.mocks, project="text2img", stack=stack, preview=False, monitor=monitor
+    )
+    pulumi.runtime.set_all_config(
+        {f"text2img:{key}": config_value(value) for key, value in values.items()}, []
+    )
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
+    exported: dict[str, Any] = {}
+    with _patched_export(exported):
+        _sync_await(run_pulumi_func(_run_main))
+
+    outputs: dict[str, Any] = {}
+    secret: set[str] = set()
+    for key, value in exported.items():
+        out = pulumi.Output.from_input(value)
+        outputs[key] = _sync_await(out.future())
+        if _sync_await(out.is_secret()):
+            secret.add(key)
+    return Plan(stack, monitor.registrations, outputs, secret)
