@@ -7,7 +7,7 @@ import base64
 import hashlib
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -129,7 +129,7 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
-def serve(files: dict[str, bytes]) -> Iterator[FileServer]:
+def serve(files: dict[str, bytes]) -> Generator[FileServer, None, None]:
     """Run a FileServer in a thread for the duration of a fixture."""
     state = FileServer(files=files)
     httpd = _QuietServer(("127.0.0.1", 0), _handler(state))

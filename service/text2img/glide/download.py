@@ -108,6 +108,23 @@ def fsync_replace(src: Path, dest: Path) -> None:
         os.close(dir_fd)
 
 
+def write_atomic(dest: Path, data: bytes, label: str) -> None:
+    """Write `data` to `dest` through a temporary file and an atomic rename."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    check_free_space(tmp, len(data), label)
+    view = memoryview(data)
+    try:
+        with tmp.open("wb") as f:
+            for i in range(0, len(view), 64 * CHUNK):
+                f.write(view[i : i + 64 * CHUNK])
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise disk_full_error(exc, tmp, len(data), "writing", resumable=False) from None
+        raise UserError(f"cannot write {tmp} ({exc.strerror}); check the cache dir") from None
+    fsync_replace(tmp, dest)
+
+
 def disk_full_error(
     exc: OSError, target: Path, needed: int, what: str, resumable: bool = True
 ) -> UserError:

@@ -15,7 +15,6 @@ replaced later makes the cache stale and it is converted again.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -29,13 +28,11 @@ from text2img.errors import UserError
 from text2img.glide.download import (
     RetryPolicy,
     cache_lock,
-    check_free_space,
-    disk_full_error,
     fetch,
-    fsync_replace,
     human_size,
     say,
     sha256_file,
+    write_atomic,
 )
 
 if TYPE_CHECKING:
@@ -156,9 +153,8 @@ def _record(cache_dir: Path, name: str, sha256: str) -> None:
     records = _records(cache_dir)
     st = (cache_dir / name).stat()
     records[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
-    tmp = cache_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
-    fsync_replace(tmp, cache_dir / "manifest.json")
+    data = json.dumps(records, indent=1, sort_keys=True).encode()
+    write_atomic(cache_dir / "manifest.json", data, "the cache's manifest")
 
 
 def _known_sha256(cache_dir: Path, name: str, *, rehash: bool = False) -> str | None:
@@ -371,9 +367,8 @@ def _convert(
     progress: bool,
 ) -> None:
     """Check `<name>.pt` and write `<name>.fp16.safetensors` atomically (lock held)."""
+    import safetensors.torch
     import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
 
     pt = cache_dir / spec.source.name
     sd = _load_pt(pt, spec.name)
@@ -414,23 +409,9 @@ def _convert(
         "text2img_source_sha256": sha,
         "text2img_num_params": str(count),
     }
-    dest = cache_dir / spec.cache_name
-    tmp = dest.with_name(dest.name + ".tmp")
-    needed = sum(v.numel() * v.element_size() for v in out.values())
-    check_free_space(tmp, needed, f"the fp16 copy of {pt.name}")
-    try:
-        save_file(out, str(tmp), metadata=metadata)
-    except (OSError, SafetensorError) as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(
-                f"cannot write {tmp} ({exc.strerror}); check the cache directory"
-            ) from None
-        if not isinstance(exc, OSError) and "No space" not in str(exc):
-            raise UserError(f"cannot write {tmp} ({exc}); check the cache directory") from None
-        err = exc if isinstance(exc, OSError) else OSError(errno.ENOSPC, "No space left on device")
-        raise disk_full_error(err, tmp, needed, "writing", resumable=False) from None
-    fsync_replace(tmp, dest)
+    data = safetensors.torch.save(out, metadata=metadata)
+    del out, sd
+    write_atomic(cache_dir / spec.cache_name, data, f"the fp16 copy of {pt.name}")
 
 
 # --- status (`text2img download --check`) ----------------------------------------------
