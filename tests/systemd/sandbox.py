@@ -1,0 +1,351 @@
+"""A sandbox for systemd/startup.sh: stub binaries, a fake metadata server and a fake
+Secret Manager on 127.0.0.1, and a temporary root for every path the script writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP = REPO / "systemd" / "startup.sh"
+DIGEST = "sha256:" + "a" * 64
+IMAGE = f"asia-northeast1-docker.pkg.dev/my-proj/text2img/text2img@{DIGEST}"
+IMAGE2 = f"asia-northeast1-docker.pkg.dev/my-proj/text2img/text2img@sha256:{'b' * 64}"
+SECRET = "projects/my-proj/secrets/text2img-api-token"
+API_TOKEN = "t2i-SECRET-api-token-3f9c1e5a7b2d4c6e"
+ACCESS_TOKEN = "ya29.FAKE-access-token-51a2b3c4d5e6"
+INTERNAL_IP = "10.128.0.7"
+
+
+def default_attributes() -> dict[str, str]:
+    return {
+        "text2img-image": IMAGE,
+        "text2img-idle-minutes": "15",
+        "text2img-boot-grace-minutes": "25",
+        "text2img-token-secret": SECRET,
+        "text2img-translate-project": "my-proj",
+        "text2img-translation": "on",
+        "startup-script": "#!/bin/bash\n# (the startup script)\n",
+        "enable-oslogin": "TRUE",
+    }
+
+
+@dataclass
+class FakeGoogle:
+    """The metadata server and Secret Manager, as far as startup.sh and the watcher use them."""
+
+    attributes: dict[str, str] = field(default_factory=default_attributes)
+    secret_value: bytes = API_TOKEN.encode() + b"\n"
+    secret_status: int = 200
+    metadata_failures: int = 0  # answer 503 to this many metadata requests first
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    etag_counter: int = 1
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    url: str = ""
+
+    def set_attribute(self, key: str, value: str) -> None:
+        with self.changed:
+            self.attributes[key] = value
+            self.etag_counter += 1
+            self.changed.notify_all()
+
+    @property
+    def etag(self) -> str:
+        return f"etag-{self.etag_counter}"
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+
+def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(code)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            fake.requests.append(("GET", self.path, dict(self.headers.items())))
+            parts = urlsplit(self.path)
+            if parts.path.startswith("/computeMetadata/v1/"):
+                self._metadata(parts.path.removeprefix("/computeMetadata/v1/"), parts.query)
+            elif parts.path.startswith("/v1/") and parts.path.endswith("/versions/latest:access"):
+                self._secret(
+                    parts.path.removeprefix("/v1/").removesuffix("/versions/latest:access")
+                )
+            elif parts.path == "/nvidia/gpgkey":
+                self._send(200, b"-----BEGIN PGP PUBLIC KEY BLOCK-----\nfake\n")
+            else:
+                self._send(404, b"not found")
+
+        def _metadata(self, path: str, query: str) -> None:
+            if self.headers.get("Metadata-Flavor") != "Google":
+                self._send(403, b"Missing Metadata-Flavor:Google header")
+                return
+            if fake.metadata_failures > 0:
+                fake.metadata_failures -= 1
+                self._send(503, b"busy")
+                return
+            if path == "instance/service-accounts/default/token":
+                body = {"access_token": ACCESS_TOKEN, "expires_in": 3599, "token_type": "Bearer"}
+                self._send(200, json.dumps(body).encode())
+            elif path == "instance/network-interfaces/0/ip":
+                self._send(200, INTERNAL_IP.encode())
+            elif path == "instance/attributes/":
+                args = parse_qs(query)
+                with fake.changed:
+                    if args.get("wait_for_change") == ["true"]:
+                        last = args.get("last_etag", [""])[0]
+                        timeout = float(args.get("timeout_sec", ["30"])[0])
+                        fake.changed.wait_for(lambda: fake.etag != last, timeout=timeout)
+                    attrs = json.dumps(fake.attributes).encode()
+                    etag = fake.etag
+                self._send(200, attrs, {"ETag": etag, "Content-Type": "application/json"})
+            elif path.startswith("instance/attributes/"):
+                key = path.removeprefix("instance/attributes/")
+                if key in fake.attributes:
+                    self._send(200, fake.attributes[key].encode())
+                else:
+                    self._send(404, b"not found")
+            else:
+                self._send(404, b"not found")
+
+        def _secret(self, name: str) -> None:
+            if self.headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}":
+                self._send(401, b'{"error": {"code": 401}}')
+                return
+            if fake.secret_status != 200:
+                self._send(fake.secret_status, b'{"error": {"code": %d}}' % fake.secret_status)
+                return
+            body = {
+                "name": f"{name}/versions/3",
+                "payload": {"data": base64.b64encode(fake.secret_value).decode()},
+            }
+            self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+    return Handler
+
+
+@contextmanager
+def fake_google() -> Iterator[FakeGoogle]:
+    fake = FakeGoogle()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        with fake.changed:
+            fake.etag_counter += 1000  # release waiting long polls
+            fake.changed.notify_all()
+        server.shutdown()
+        server.server_close()
+
+
+# ---- stub binaries ---------------------------------------------------------------------
+
+# Every stub first appends its argv, shell-quoted, to $STUB_DIR/calls.log.
+_RECORD = r"""
+{ printf "%s" "$(basename "$0")"; for a in "$@"; do printf " %q" "$a"; done; echo; } \
+  >>"$STUB_DIR/calls.log"
+"""
+
+STUBS: dict[str, str] = {
+    "docker": r"""
+case "$1" in
+  login) cat >>"$STUB_DIR/docker-login.stdin"; echo "Login Succeeded" ;;
+  pull)
+    n=$(cat "$STUB_DIR/pull-failures" 2>/dev/null || echo 0)
+    if [ "$n" -gt 0 ]; then
+      echo $((n - 1)) >"$STUB_DIR/pull-failures"
+      echo "Error response from daemon: unavailable" >&2; exit 1
+    fi
+    echo "${@: -1}" >>"$STUB_DIR/images" ;;
+  image) grep -qxF -- "${@: -1}" "$STUB_DIR/images" 2>/dev/null ;;
+  info) echo "27.5.1" ;;
+  run) if [ -f "$STUB_DIR/run-fails" ]; then echo "download failed" >&2; exit 1; fi ;;
+esac
+""",
+    "systemctl": r"""
+args=(); for a in "$@"; do case "$a" in --*) ;; *) args+=("$a") ;; esac; done
+mkdir -p "$STUB_DIR/enabled" "$STUB_DIR/active"
+case "${args[0]}" in
+  is-enabled) [ -e "$STUB_DIR/enabled/${args[1]}" ] ;;
+  is-active) [ -e "$STUB_DIR/active/${args[1]}" ] ;;
+  enable) touch "$STUB_DIR/enabled/${args[1]}" ;;
+  start|restart) touch "$STUB_DIR/active/${args[1]}" ;;
+  stop) rm -f "$STUB_DIR/active/${args[1]}" ;;
+esac
+""",
+    "nvidia-smi": r"""
+if [ -e "$STUB_DIR/no-driver" ]; then
+  echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver." >&2; exit 9
+fi
+echo "Tesla T4, 580.95.05"
+""",
+    "nvidia-ctk": r"""
+for a in "$@"; do case "$a" in --config=*) cfg="${a#--config=}" ;; esac; done
+mkdir -p "$(dirname "$cfg")"
+echo '{"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}' >"$cfg"
+""",
+    "apt-get": r"""
+for a in "$@"; do
+  case "$a" in
+    docker.io) cp "$STUB_DIR/available/docker" "$STUB_DIR/bin/docker" ;;
+    nvidia-container-toolkit) cp "$STUB_DIR/available/nvidia-ctk" "$STUB_DIR/bin/nvidia-ctk" ;;
+  esac
+done
+""",
+    "gpg": r"""
+out=; prev=; for a in "$@"; do [ "$prev" = "-o" ] && out=$a; prev=$a; done
+echo "dearmored" >"$out"
+""",
+    "logger": r"""
+shift 2; [ "$1" = "--" ] && shift; printf '%s\n' "$*" >>"$STUB_DIR/journal.log"
+""",
+    "poweroff": "",
+    "google_metadata_script_runner": "",
+}
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Sandbox:
+    """One VM's disk (root), stub binaries (stub/bin) and the fake Google endpoints."""
+
+    tmp: Path
+    google: FakeGoogle
+    env_extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = self.tmp / "root"
+        self.stub = self.tmp / "stub"
+        self.bin = self.stub / "bin"
+        available = self.stub / "available"
+        for d in (self.root, self.bin, available):
+            d.mkdir(parents=True, exist_ok=True)
+        for name, body in STUBS.items():
+            script = "#!/bin/bash" + _RECORD + body
+            for where in (self.bin, available):
+                path = where / name
+                path.write_text(script)
+                path.chmod(0o755)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{self.bin}:/usr/bin:/bin",
+            "HOME": str(self.tmp),
+            "STUB_DIR": str(self.stub),
+            "TEXT2IMG_ROOT": str(self.root),
+            "GCE_METADATA_HOST": self.google.host,
+            "TEXT2IMG_SECRETMANAGER_ENDPOINT": self.google.url,
+            "TEXT2IMG_NVIDIA_REPO": self.google.url + "/nvidia",
+            "TEXT2IMG_DRIVER_TIMEOUT": "2",
+            "TEXT2IMG_DRIVER_POLL": "0.2",
+            "TEXT2IMG_RETRY_ATTEMPTS": "3",
+            "TEXT2IMG_RETRY_DELAY": "0",
+            "TEXT2IMG_NET_TIMEOUT": "30",
+            **self.env_extra,
+        }
+
+    def run(self) -> Result:
+        proc = subprocess.run(
+            ["bash", str(STARTUP)],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    # ---- what the stubs recorded -----------------------------------------------------
+
+    def calls(self, name: str | None = None) -> list[list[str]]:
+        log = self.stub / "calls.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        out = [shlex.split(line) for line in lines]
+        return [c for c in out if name is None or c[0] == name]
+
+    def clear_calls(self) -> None:
+        (self.stub / "calls.log").unlink(missing_ok=True)
+
+    def journal(self) -> str:
+        path = self.stub / "journal.log"
+        return path.read_text() if path.exists() else ""
+
+    def path(self, vm_path: str) -> Path:
+        return self.root / vm_path.lstrip("/")
+
+    def set_pull_failures(self, n: int) -> None:
+        (self.stub / "pull-failures").write_text(f"{n}\n")
+
+    def remove_stub(self, name: str) -> None:
+        (self.bin / name).unlink()
+
+    def flag(self, name: str) -> None:
+        (self.stub / name).touch()
+
+    def unflag(self, name: str) -> None:
+        (self.stub / name).unlink(missing_ok=True)
+
+
+def systemctl_verbs(calls: list[list[str]]) -> list[tuple[str, str]]:
+    """(verb, unit) for each systemctl call, options dropped."""
+    out = []
+    for call in calls:
+        args = [a for a in call[1:] if not a.startswith("--")]
+        out.append((args[0], args[1] if len(args) > 1 else ""))
+    return out
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def all_output(sandbox: Sandbox, *results: Result) -> str:
+    """Everything a person could read: stdout, stderr, the journal, the recorded argv."""
+    parts = [r.stdout + r.stderr for r in results]
+    parts.append(sandbox.journal())
+    calls = sandbox.stub / "calls.log"
+    parts.append(calls.read_text() if calls.exists() else "")
+    return "\n".join(parts)
+
+
+def environ_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
