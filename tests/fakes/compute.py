@@ -88,6 +88,13 @@ class FakeInstance:
     last_start: str = ""
     last_stop: str = ""
     serial: str = ""
+    metadata: dict[str, str] = field(
+        default_factory=lambda: {
+            "startup-script": "#!/bin/bash\necho startup",
+            "text2img-idle-minutes": "20",
+            "text2img-port": "8080",
+        }
+    )
 
 
 @dataclass
@@ -324,6 +331,11 @@ class FakeCompute:
                     "acceleratorCount": 1,
                 }
             ],
+            "metadata": {
+                "kind": "compute#metadata",
+                "fingerprint": "abc=",
+                "items": [{"key": k, "value": v} for k, v in inst.metadata.items()],
+            },
             "scheduling": {
                 "onHostMaintenance": "TERMINATE",
                 "automaticRestart": False,

@@ -38,6 +38,7 @@ class InstanceInfo:
     spot: bool
     machine_type: str
     gpus: tuple[str, ...]
+    metadata: dict[str, str]  # only the kit's own `text2img-*` keys
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,11 @@ def instance_info(inst: compute_v1.Instance) -> InstanceInfo:
         spot=spot,
         machine_type=_last_segment(inst.machine_type) if inst.machine_type else "",
         gpus=gpus,
+        metadata={
+            item.key: item.value
+            for item in inst.metadata.items
+            if item.key.startswith("text2img-")
+        },
     )
 
 

@@ -1,0 +1,176 @@
+"""scripts/vm subcommands against the fake Compute API and a real gateway."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import ModuleType
+
+import pytest
+from conftest import VM, Env
+
+
+def run(vm: ModuleType, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = vm.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _hours_ago(hours: float) -> str:
+    return (datetime.now(UTC) - timedelta(hours=hours)).isoformat().replace("+00:00", "Z")
+
+
+def test_status_asleep(vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    env.fake.instances[VM].spot = True
+    env.fake.instances[VM].last_stop = _hours_ago(2)
+    code, out, err = run(vm_module, capsys, "status")
+    assert code == 0, err
+    assert f"instance  {VM} (project proj, zone asia-northeast1-a)" in out
+    assert "state     TERMINATED (asleep for 2 h 00 min)" in out
+    assert "machine   n1-standard-4, 1 x nvidia-tesla-t4" in out
+    assert "spot      yes" in out
+    assert "cost      ~$0.54/hour while running (estimate); now only the disk is billed" in out
+    assert "service   asleep; the next request wakes it" in out
+    assert f"url       {env.gateway_url}" in out
+    assert env.fake.calls["start"] == 0
+
+
+def test_status_running_shows_idle_and_autostop(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.fake.set_status(VM, "RUNNING")
+    env.fake.instances[VM].last_start = _hours_ago(1)
+    env.fake.instances[VM].metadata["text2img-idle-minutes"] = "30"
+    code, out, err = run(vm_module, capsys, "status")
+    assert code == 0, err
+    assert "state     RUNNING (up 1 h 00 min)" in out
+    assert "spot      no" in out
+    assert "this run so far ~$0.54" in out
+    assert "service   ready, model tiny; idle 4 min, autostop in 26 min (after 30 idle min)" in out
+    env.service.jobs = 2
+    _, out, _ = run(vm_module, capsys, "status")
+    assert "busy (2 job(s)), autostop waits" in out
+
+
+def test_status_with_gateway_down_still_reports_the_vm(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.fake.set_status(VM, "RUNNING")
+    env.set_outputs(env.outputs(url="http://127.0.0.1:9"))
+    code, out, _ = run(vm_module, capsys, "status")
+    assert code == 0
+    assert "state     RUNNING" in out
+    assert "service   the gateway http://127.0.0.1:9 is unreachable" in out
+
+
+def test_start_and_stop(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(vm_module, capsys, "start")
+    assert code == 0, err
+    assert f"{VM} is running" in out
+    assert env.fake.instances[VM].status == "RUNNING"
+    assert env.fake.calls["start"] == 1
+    code, out, _ = run(vm_module, capsys, "start")
+    assert "already running" in out
+    assert env.fake.calls["start"] == 1
+    code, out, err = run(vm_module, capsys, "stop")
+    assert code == 0, err
+    assert "is stopped; the GPU is no longer billed" in out
+    assert env.fake.instances[VM].status == "TERMINATED"
+    code, out, _ = run(vm_module, capsys, "stop")
+    assert "already stopped" in out
+    assert env.fake.calls["stop"] == 1
+
+
+def test_start_wait_shows_progress_until_ready(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.fake.boot_delay_s = 0.3
+    code, out, err = run(vm_module, capsys, "start", "--wait", "--timeout", "30")
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"ready: {env.gateway_url}"
+
+
+def test_wait_times_out_with_the_last_phase(
+    vm_module: ModuleType,
+    env: Env,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env.fake.set_status(VM, "RUNNING")
+    env.service.ready = False
+    code, out, err = run(vm_module, capsys, "wait", "--timeout", "1")
+    assert code == 1
+    assert "  loading_model" in out
+    assert err.count("\n") == 1
+    assert "not ready after 1 s (last: loading_model" in err
+
+
+def test_wait_on_a_sleeping_vm_says_how_to_start_it(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(vm_module, capsys, "wait", "--timeout", "5")
+    assert code == 1
+    assert "scripts/vm start --wait" in err
+    assert env.fake.calls["start"] == 0
+
+
+def test_start_capacity_failure_is_one_clear_line(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.fake.inject("start", "ZONE_RESOURCE_POOL_EXHAUSTED", via_operation=True)
+    code, _, err = run(vm_module, capsys, "start")
+    assert code == 1
+    assert err.startswith("scripts/vm start: error: Google Cloud has no free GPU")
+    assert "pulumi config set zone" in err
+    assert err.count("\n") == 1
+
+
+def test_deploy_reruns_the_startup_script_over_iap(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(vm_module, capsys, "deploy")
+    assert code == 1
+    assert "is TERMINATED; start it first" in err
+    assert env.gcloud_calls() == []
+    env.fake.set_status(VM, "RUNNING")
+    code, out, err = run(vm_module, capsys, "deploy")
+    assert code == 0, err
+    assert "deployed" in out
+    assert env.gcloud_calls() == [
+        [
+            "compute", "ssh", VM, "--zone", "asia-northeast1-a", "--project", "proj",
+            "--tunnel-through-iap", "--command", "sudo google_metadata_script_runner startup",
+        ]
+    ]  # fmt: skip
+
+
+def test_logs_serial_and_journal(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.fake.instances[VM].serial = "".join(f"boot line {i}\n" for i in range(50))
+    code, out, _ = run(vm_module, capsys, "logs", "-n", "3")
+    assert code == 0
+    assert out.splitlines() == ["boot line 47", "boot line 48", "boot line 49"]
+    assert env.fake.calls["serial"] == 1
+    env.fake.set_status(VM, "RUNNING")
+    code, _, _ = run(vm_module, capsys, "logs", "--journal", "-n", "50")
+    assert code == 0
+    (call,) = env.gcloud_calls()
+    assert call[:8] == ["compute", "ssh", VM, "--zone", "asia-northeast1-a", "--project", "proj",
+                        "--tunnel-through-iap"]  # fmt: skip
+    assert call[8] == "--command"
+    assert call[9].startswith("sudo journalctl --no-pager -n 50 -t text2img-startup")
+    assert "-u text2img.service" in call[9]
+
+
+def test_flags_override_the_stack(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.set_outputs(fail="no stack named 'dev' found")
+    code, out, err = run(
+        vm_module, capsys, "--project", "proj", "--zone", "asia-northeast1-a", "--instance", VM,
+        "status",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "state     TERMINATED" in out
