@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import AUTH, TOKEN
 
 from tests.fakes.compute import FakeCompute
+from tests.gateway.gateway_support import AUTH, TOKEN
 from text2img.errors import UserError
 from text2img.gateway.app import _static_root, create_app
 from text2img.gateway.settings import GatewaySettings

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import AUTH, BIG_SIZE, TOKEN, VM, Upstream
 
 from tests.fakes.compute import FakeCompute
+from tests.gateway.gateway_support import AUTH, BIG_SIZE, TOKEN, VM, Upstream
 
 
 @pytest.fixture

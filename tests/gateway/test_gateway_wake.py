@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import AUTH, VM, Upstream
 
 from tests.fakes.asgi_server import serve_in_thread
 from tests.fakes.compute import FakeCompute
+from tests.gateway.gateway_support import AUTH, VM, Upstream
 
 
 def _waking(resp: httpx.Response) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from types import ModuleType
 
 import pytest
-from conftest import VM, Env
+
+from tests.scripts.vm_support import VM, Env
 
 
 def run(vm: ModuleType, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

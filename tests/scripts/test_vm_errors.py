@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import ROOT, VM, Env
+from tests.scripts.vm_support import ROOT, VM, Env
 
 
 def launch(
