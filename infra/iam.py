@@ -17,7 +17,11 @@ VM_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
 TRANSLATE_ROLE = "roles/cloudtranslate.user"
 BUILD_PROJECT_ROLES = ("roles/logging.logWriter",)
 # the gateway may read and start exactly one VM (granted on that instance) ...
-GATEWAY_INSTANCE_PERMISSIONS = ("compute.instances.get", "compute.instances.start")
+GATEWAY_INSTANCE_PERMISSIONS = (
+    "compute.instances.get",
+    "compute.instances.start",
+    "compute.instances.resume",  # a suspended VM is woken by resume, not start
+)
 # ... and follow the start operation it launched (zone operations have no narrower scope)
 GATEWAY_PROJECT_PERMISSIONS = ("compute.zoneOperations.get",)
 FORBIDDEN_ROLES = frozenset({"roles/owner", "roles/editor"})
