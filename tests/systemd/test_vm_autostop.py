@@ -1,0 +1,325 @@
+"""Autostop, as written by startup.sh: the pure decision with a fake clock, and the real
+program run against a fake /v1/status endpoint with a stub poweroff command."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+MIN = 60.0
+T0 = 1_800_000_000.0  # the fake clock's boot time
+TOKEN = "autostop-test-token-5e1f"
+
+
+@pytest.fixture(scope="module")
+def autostop(installed: Path) -> ModuleType:
+    path = installed / "usr/local/lib/text2img/autostop.py"
+    spec = importlib.util.spec_from_file_location("text2img_autostop", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- the pure decision -------------------------------------------------------------------
+
+
+def run_minutes(autostop: ModuleType, statuses: list[Any], *, paused: bool = False) -> list[Any]:
+    """Feed one observation per minute after boot; returns the decisions."""
+    cfg = autostop.Config(idle_minutes=20, boot_grace_minutes=30)
+    state = autostop.State()
+    decisions = []
+    for minute, status in enumerate(statuses, start=1):
+        obs = autostop.Observation(
+            now=T0 + minute * MIN, uptime=minute * MIN, status=status, paused=paused
+        )
+        decision, state = autostop.decide(obs, state, cfg)
+        if decision.poweroff:  # as the program does after a successful poweroff
+            state = dataclasses.replace(state, poweroff_at=obs.now)
+        decisions.append(decision)
+    return decisions
+
+
+def ready(autostop: ModuleType, idle_min: float, jobs: int = 0, queue: int = 0) -> Any:
+    return autostop.Status(
+        ready=True, idle_seconds=idle_min * MIN, jobs_in_flight=jobs, queue_depth=queue
+    )
+
+
+def first_poweroff(decisions: list[Any]) -> int | None:
+    """1-based minute of the first poweroff, None if never."""
+    return next((i for i, d in enumerate(decisions, start=1) if d.poweroff), None)
+
+
+def test_idle_past_the_limit_powers_off_exactly_once(autostop: ModuleType) -> None:
+    # ready from minute 3; the last request finished at minute 5
+    statuses = [None, None] + [ready(autostop, 0 if m <= 5 else m - 5) for m in range(3, 36)]
+    decisions = run_minutes(autostop, statuses)
+    assert first_poweroff(decisions) == 25  # 20 idle minutes after minute 5
+    assert decisions[23].state == "idle"
+    assert not decisions[23].poweroff
+    # asked once; while the shutdown runs it is not asked again ...
+    assert [d.state for d in decisions[25:29]] == ["powering-off"] * 4
+    assert sum(d.poweroff for d in decisions[:29]) == 1
+    # ... but a VM still up 5 minutes after a poweroff request asks again
+    assert decisions[29].poweroff
+
+
+def test_idle_counts_from_boot_not_from_before_it(autostop: ModuleType) -> None:
+    # a status claiming more idle time than the VM has been up (e.g. a clock jump)
+    decisions = run_minutes(autostop, [ready(autostop, 500)] * 25)
+    assert first_poweroff(decisions) == 20
+
+
+def test_a_running_or_queued_job_is_never_interrupted(autostop: ModuleType) -> None:
+    busy = [ready(autostop, 999, jobs=1)] * 60 + [ready(autostop, 999, queue=2)] * 60
+    decisions = run_minutes(autostop, busy)
+    assert first_poweroff(decisions) is None
+    assert {d.state for d in decisions} == {"busy"}
+
+
+def test_idle_restarts_after_a_long_job(autostop: ModuleType) -> None:
+    # the service reports idle since its start while a job ran: use the job's end
+    statuses = [ready(autostop, 0, jobs=1)] * 30 + [ready(autostop, 30 + m) for m in range(30)]
+    decisions = run_minutes(autostop, statuses)
+    assert first_poweroff(decisions) == 50  # 20 minutes after the job was last seen
+
+
+def test_service_never_ready_powers_off_after_the_boot_grace(autostop: ModuleType) -> None:
+    not_ready = autostop.Status(ready=False, idle_seconds=0, jobs_in_flight=0, queue_depth=0)
+    for status in (None, not_ready):  # not answering at all, or loading forever
+        decisions = run_minutes(autostop, [status] * 40)
+        assert first_poweroff(decisions) == 30
+        assert decisions[0].state == "booting"
+        assert not decisions[0].poweroff
+        assert decisions[29].state == "never-ready"
+
+
+def test_just_booted_waits(autostop: ModuleType) -> None:
+    decisions = run_minutes(autostop, [None] * 5 + [ready(autostop, 0)] * 5)
+    assert first_poweroff(decisions) is None
+    assert [d.state for d in decisions[:5]] == ["booting"] * 5
+
+
+def test_paused_never_powers_off(autostop: ModuleType) -> None:
+    decisions = run_minutes(autostop, [None] * 90, paused=True)
+    assert first_poweroff(decisions) is None
+    assert {d.state for d in decisions} == {"paused"}
+
+
+def test_service_down_after_being_ready(autostop: ModuleType) -> None:
+    # ready and used until minute 10, then it stops answering (crash, new image loading):
+    # nothing can run, so idle counts from the later of the last request and the loss,
+    # and the limit is the shorter of the idle limit and the boot grace.
+    statuses: list[Any] = [ready(autostop, 0)] * 10 + [None] * 40
+    decisions = run_minutes(autostop, statuses)
+    assert first_poweroff(decisions) == 31  # lost at minute 11, 20 minutes later
+    assert decisions[12].state == "down"
+    assert not decisions[12].poweroff
+    # it comes back within the window: back to normal idle accounting, no poweroff
+    statuses = [ready(autostop, 0)] * 10 + [None] * 5 + [ready(autostop, 0)] * 10
+    assert first_poweroff(run_minutes(autostop, statuses)) is None
+
+
+def test_a_new_boot_forgets_the_previous_one(autostop: ModuleType) -> None:
+    cfg = autostop.Config(idle_minutes=20, boot_grace_minutes=30)
+    old = autostop.State(boot_at=T0 - 3600 * 5, ever_ready=True, last_active_at=T0 - 3600 * 5)
+    obs = autostop.Observation(now=T0 + 2 * MIN, uptime=2 * MIN, status=None)
+    decision, state = autostop.decide(obs, old, cfg)
+    assert decision.state == "booting"
+    assert not decision.poweroff
+    assert state.boot_at == T0
+    assert not state.ever_ready
+
+
+def test_log_line_names_state_idle_limit_and_action(autostop: ModuleType) -> None:
+    decision = autostop.Decision("idle", 21.04, 20, True, "no request for the idle limit")
+    assert decision.log_line() == (
+        "state=idle idle=21.0min limit=20min action=poweroff: no request for the idle limit"
+    )
+
+
+# ---- the real program against a fake status endpoint -----------------------------------
+
+
+@dataclass
+class FakeService:
+    body: dict[str, Any] = field(
+        default_factory=lambda: {
+            "ready": True,
+            "model": "glide",
+            "idle_seconds": 0.0,
+            "jobs_in_flight": 0,
+            "queue_depth": 0,
+            "started_at": T0,
+            "last_activity_at": None,
+        }
+    )
+    auth_seen: list[str | None] = field(default_factory=list)
+    url: str = ""
+
+
+@pytest.fixture
+def service() -> Iterator[FakeService]:
+    fake = FakeService()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            fake.auth_seen.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                code, body = 401, {"error": {"message": "bad token"}}
+            else:
+                code, body = 200, fake.body
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1/status"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Program:
+    installed: Path
+    tmp: Path
+    url: str
+
+    def __post_init__(self) -> None:
+        (self.tmp / "service.env").write_text(f"TEXT2IMG_MODEL=glide\nTEXT2IMG_API_TOKEN={TOKEN}\n")
+        poweroff = self.tmp / "poweroff"
+        poweroff.write_text(
+            '#!/bin/bash\necho "$@" >>"$(dirname "$0")/poweroff.calls"\n'
+            'exit "$(cat "$(dirname "$0")/poweroff.rc" 2>/dev/null || echo 0)"\n'
+        )
+        poweroff.chmod(0o755)
+
+    @property
+    def poweroffs(self) -> list[str]:
+        calls = self.tmp / "poweroff.calls"
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    def run(self, minute: float) -> str:
+        (self.tmp / "uptime").write_text(f"{minute * MIN:.2f} 1234.00\n")
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "TEXT2IMG_AUTOSTOP_NOW": str(T0 + minute * MIN),
+            "TEXT2IMG_AUTOSTOP_UPTIME_FILE": str(self.tmp / "uptime"),
+            "TEXT2IMG_AUTOSTOP_STATUS_URL": self.url,
+            "TEXT2IMG_AUTOSTOP_TOKEN_FILE": str(self.tmp / "service.env"),
+            "TEXT2IMG_AUTOSTOP_PAUSE_FILE": str(self.tmp / "autostop.paused"),
+            "TEXT2IMG_AUTOSTOP_STATE_FILE": str(self.tmp / "run" / "autostop.json"),
+            "TEXT2IMG_AUTOSTOP_POWEROFF_COMMAND": f"{self.tmp / 'poweroff'} --now-please",
+            "TEXT2IMG_AUTOSTOP_IDLE_MINUTES": "10",
+            "TEXT2IMG_AUTOSTOP_BOOT_GRACE_MINUTES": "15",
+        }
+        result = subprocess.run(
+            [sys.executable, str(self.installed / "usr/local/lib/text2img/autostop.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+@pytest.fixture
+def program(installed: Path, tmp_path: Path, service: FakeService) -> Program:
+    return Program(installed, tmp_path, service.url)
+
+
+def test_program_powers_off_once_when_idle(program: Program, service: FakeService) -> None:
+    logs = []
+    for minute in range(2, 16):
+        service.body["idle_seconds"] = (minute - 2) * MIN  # ready since minute 2, unused
+        logs.append(program.run(minute))
+    assert program.poweroffs == ["--now-please"]  # exactly once, with the configured command
+    first = next(i for i, line in enumerate(logs) if "action=poweroff" in line)
+    assert first == 10  # minute 12: 10 idle minutes since minute 2
+    assert "state=idle idle=10.0min limit=10min action=poweroff" in logs[first]
+    assert "state=idle idle=9.0min limit=10min action=wait" in logs[first - 1]
+    assert "state=powering-off" in logs[first + 1]
+    assert all(seen == f"Bearer {TOKEN}" for seen in service.auth_seen)
+    assert TOKEN not in "".join(logs)
+
+
+def test_program_never_stops_a_running_job(program: Program, service: FakeService) -> None:
+    service.body.update(jobs_in_flight=1, idle_seconds=0)
+    for minute in range(1, 40, 3):
+        assert "state=busy" in program.run(minute)
+    assert program.poweroffs == []
+
+
+def test_program_powers_off_when_the_service_never_answers(program: Program) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        program.url = f"http://127.0.0.1:{s.getsockname()[1]}/v1/status"
+    early = program.run(3)
+    assert "state=booting" in early
+    assert "action=wait" in early
+    assert "URLError" in early  # the reason is in the log
+    assert program.poweroffs == []
+    late = program.run(15)
+    assert "state=never-ready" in late
+    assert "action=poweroff" in late
+    assert "journalctl -t text2img-startup" in late
+    assert program.poweroffs == ["--now-please"]
+
+
+def test_program_pause_file(program: Program, service: FakeService) -> None:
+    service.body["idle_seconds"] = 999 * MIN
+    (program.tmp / "autostop.paused").touch()
+    out = program.run(100)
+    assert "state=paused" in out
+    assert "action=wait" in out
+    assert "autostop.paused to re-arm" in out
+    assert program.poweroffs == []
+    (program.tmp / "autostop.paused").unlink()
+    assert "action=poweroff" in program.run(101)
+    assert program.poweroffs == ["--now-please"]
+
+
+def test_program_retries_a_failed_poweroff(program: Program, service: FakeService) -> None:
+    service.body["idle_seconds"] = 60 * MIN
+    (program.tmp / "poweroff.rc").write_text("1\n")
+    assert "retrying next run" in program.run(70)
+    (program.tmp / "poweroff.rc").write_text("0\n")
+    program.run(71)
+    program.run(72)
+    assert program.poweroffs == ["--now-please", "--now-please"]
+
+
+def test_program_treats_a_wrong_token_as_not_answering(
+    program: Program, service: FakeService
+) -> None:
+    (program.tmp / "service.env").write_text("TEXT2IMG_API_TOKEN=stale\n")
+    out = program.run(3)
+    assert "HTTP 401" in out
+    assert "state=booting" in out
+    assert "stale" not in out
