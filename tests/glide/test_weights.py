@@ -285,3 +285,18 @@ def test_disk_full_during_conversion_is_a_user_error(server, cache):
     with pytest.raises(UserError, match=r"disk full while writing .*base.fp16.safetensors.tmp"):
         ensure(server, cache, only=["base"])
     assert not tmp.exists()
+
+
+def test_check_rehashes_and_finds_a_damaged_cache_file(server, cache):
+    manifest = fake_manifest(server.base_url)
+    ensure(server, cache, only=["base"])
+    assert all(s.ok for s in weights.weights_status(cache, manifest=manifest, only=["base"]))
+    cached = cache / "base.fp16.safetensors"
+    data = bytearray(cached.read_bytes())
+    data[-5] ^= 0x40  # bit rot in the tensor data: the header still parses
+    cached.write_bytes(bytes(data))
+    states = [(s.name, s.state) for s in weights.weights_status(cache, manifest=manifest)]
+    assert ("base", "damaged") in states
+    assert ("base.pt", "ok") in states
+    ensure(server, cache, only=["base"], force=True)
+    assert all(s.ok for s in weights.weights_status(cache, manifest=manifest, only=["base"]))

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
             print(st.line())
         bad = [st for st in statuses if not st.ok]
         if bad:
-            print(f"{len(bad)} of {len(statuses)} not ready: run `text2img download`")
+            damaged = any(b.state == "damaged" for b in bad)
+            hint = " (with --force for damaged files)" if damaged else ""
+            print(f"{len(bad)} of {len(statuses)} not ready: run `text2img download`{hint}")
             return 1
         print(f"all ready in {cache_dir}")
         return 0

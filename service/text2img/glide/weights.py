@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -393,14 +394,14 @@ def _convert(
     say(f"converting {pt.name} to fp16 safetensors (once)", progress)
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if not bool(torch.isfinite(v).all()):
+        peak = float(v.abs().amax()) if v.numel() else 0.0  # NaN/inf propagate into the max
+        if not math.isfinite(peak):
             raise UserError(
                 f"{pt} holds NaN/inf values in {k}: corrupted; run "
                 f"`text2img download --force --only {spec.name}`"
             )
         # A value beyond fp16's range would become inf: keep such a tensor in fp32.
-        fits = v.numel() == 0 or float(v.abs().max()) <= FP16_MAX
-        out[k] = v.to(torch.float16 if fits else torch.float32).contiguous()
+        out[k] = v.to(torch.float16 if peak <= FP16_MAX else torch.float32).contiguous()
     metadata = {
         "format": "pt",
         "text2img_cache_format": CACHE_FORMAT,
@@ -412,6 +413,7 @@ def _convert(
     data = safetensors.torch.save(out, metadata=metadata)
     del out, sd
     write_atomic(cache_dir / spec.cache_name, data, f"the fp16 copy of {pt.name}")
+    _record(cache_dir, spec.cache_name, hashlib.sha256(data).hexdigest())  # for --check
 
 
 # --- status (`text2img download --check`) ----------------------------------------------
@@ -466,25 +468,14 @@ def weights_status(
                 "unverified" if rec is None else "ok" if rec["sha256"] == pt_sha else "damaged"
             )
             out.append(FileStatus(spec.source.name, pt, pt_state, size_of(pt)))
-        meta = cache_metadata(cached)
-        if meta is None:
+        cached_rec = _records(cache_dir).get(spec.cache_name)
+        if cache_metadata(cached) is None:
             state = "not converted" if pt_sha is not None else "missing"
-        elif pt_sha is not None and meta.get("text2img_source_sha256") != pt_sha:
+        elif not _cache_is_current(cache_dir, spec):
             state = "stale"
+        elif deep and cached_rec and sha256_file(cached) != cached_rec["sha256"]:
+            state = "damaged"
         else:
-            state = "ok" if _cache_is_current(cache_dir, spec) else "stale"
+            state = "ok"
         out.append(FileStatus(spec.name, cached, state, size_of(cached)))
     return out
-
-
-def with_urls(manifest: Manifest, url_base: str) -> Manifest:
-    """The same manifest with every file fetched from `url_base/<file name>` (tests, mirrors)."""
-    base = url_base.rstrip("/")
-
-    def moved(rf: RemoteFile) -> RemoteFile:
-        return replace(rf, url=f"{base}/{Path(rf.name).name}")
-
-    return Manifest(
-        checkpoints=tuple(replace(s, source=moved(s.source)) for s in manifest.checkpoints),
-        tokenizer=(moved(manifest.tokenizer[0]), moved(manifest.tokenizer[1])),
-    )

@@ -1,0 +1,123 @@
+"""Cold load of the fp16 safetensors cache against `torch.load` of the original fp32 `.pt`.
+
+A full-size random state dict shaped like GLIDE base (from base_params.json in
+GLIDE_REFERENCE_DIR) is saved as upstream ships it (fp32, `torch.save`), converted once
+through `text2img.glide.weights` (the real conversion path), then each file is loaded in a
+FRESH PROCESS after its pages were evicted from the page cache (fsync, then
+posix_fadvise(DONTNEED)); every tensor is touched page by page so that lazy (mmap) loads
+pay for their reads too. Time is measured inside the child, after `import torch`.
+Reports medians of REPEAT runs and the ratio. Temporary files are removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
+
+CHILD = r"""
+import json, sys, time, torch
+torch.set_num_threads(2)
+kind, path, listing = sys.argv[1], sys.argv[2], sys.argv[3]
+def touch(sd):
+    # read one element per 512 (>= one per 4 KiB page for fp16 and fp32)
+    return sum(float(t.reshape(-1)[::512].float().sum()) for t in sd.values())
+t0 = time.perf_counter()
+if kind == "pt":
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+elif kind == "pt-mmap":
+    sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+else:
+    from pathlib import Path
+    from text2img.glide.weights import load_state_dict
+    expected = {k: tuple(v) for k, v in json.loads(open(listing).read())["shapes"].items()}
+    sd = load_state_dict(Path(path), "base", expected)
+touch(sd)
+print(time.perf_counter() - t0)
+"""
+
+
+def evict(path: Path) -> None:
+    """Drop the file's pages from the page cache (works for clean pages, no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def child(kind: str, target: Path, listing: Path, files: list[Path], cold: bool) -> float:
+    if cold:
+        for f in files:
+            evict(f)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(target), str(listing)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    import torch
+
+    torch.set_num_threads(2)
+    listing = REFERENCE / "base_params.json"
+    if not listing.exists():
+        print(f"skipped: no {listing} (set GLIDE_REFERENCE_DIR)")
+        return 0
+    shapes = json.loads(listing.read_text())["shapes"]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-glide-load-"))
+    try:
+        gen = torch.Generator().manual_seed(0)
+        sd = {k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}
+        n = sum(v.numel() for v in sd.values())
+        pt = tmp / "base.pt"
+        torch.save(sd, pt)
+        del sd
+        from text2img.glide.weights import load_state_dict
+
+        t0 = time.perf_counter()
+        load_state_dict(tmp, "base", {k: tuple(v) for k, v in shapes.items()})  # converts once
+        convert_s = time.perf_counter() - t0
+        cached = tmp / "base.fp16.safetensors"
+        files = [pt, cached]
+        print(f"base-shaped state dict: {len(shapes)} tensors, {n:,} values")
+        print(f".pt (fp32, torch.save): {pt.stat().st_size / 1e9:.2f} GB")
+        print(f"cache (fp16 safetensors): {cached.stat().st_size / 1e9:.2f} GB")
+        print(f"one-time conversion: {convert_s:.1f} s")
+        print(f"cold = fresh process + posix_fadvise(DONTNEED) on both files; median of {REPEAT}")
+        results: dict[str, list[float]] = {}
+        for cold in (True, False):
+            for _ in range(REPEAT):
+                kinds = (("pt", pt), ("pt-mmap", pt), ("cache", tmp))
+                for kind, target in kinds if cold else (kinds[0], kinds[2]):
+                    key = f"{'cold' if cold else 'warm'} {kind}"
+                    results.setdefault(key, []).append(child(kind, target, listing, files, cold))
+        med = {k: statistics.median(v) for k, v in results.items()}
+        for key, runs in results.items():
+            spread = ", ".join(f"{r:.2f}" for r in runs)
+            print(f"{key:<14} {med[key]:6.2f} s   ({spread})")
+        for temp in ("cold", "warm"):
+            base, ours = med[f"{temp} pt"], med[f"{temp} cache"]
+            print(f"{temp}: torch.load(.pt) / fp16 cache load = {base / ours:.2f}x")
+        mmap_ratio = med["cold pt-mmap"] / med["cold cache"]
+        print(f"cold: torch.load(.pt, mmap=True) / fp16 cache load = {mmap_ratio:.2f}x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
