@@ -1,19 +1,156 @@
-"""`text2img serve` (placeholder until the service lands)."""
+"""`text2img serve`: the web UI and the OpenAI-compatible API on one port.
+
+Without an API token the service listens on 127.0.0.1 only (and refuses any other
+--host), so nobody else can use the GPU; with a token every API call needs it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import sys
+from typing import TYPE_CHECKING
 
 from text2img.errors import UserError
 
+if TYPE_CHECKING:
+    from text2img.settings import Settings
+
 HELP = "serve the web UI and the OpenAI-compatible API"
+DEFAULT_PORT = 8080
+LOOPBACK = "127.0.0.1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=["glide", "tiny"], default="glide")
-    parser.add_argument("--host", default=None)
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--model",
+        choices=["glide", "tiny"],
+        default=None,
+        help="glide: the released GLIDE weights (downloaded once); tiny: small random-weight "
+        "model for smoke tests, its images are noise (default: $TEXT2IMG_MODEL or glide)",
+    )
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default 127.0.0.1; another address needs an API token)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default=None,
+        help="where the model runs (default: $TEXT2IMG_DEVICE, else auto)",
+    )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="do not download missing GLIDE weights (fail instead)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_host(host: str | None, has_token: bool) -> str:
+    """Where to listen; refuses a non-loopback address without a token."""
+    if host is None:
+        return LOOPBACK
+    if not has_token and not is_loopback(host):
+        raise UserError(
+            f"refusing to listen on {host} without an API token: anyone who can reach it "
+            "could use this service; set TEXT2IMG_API_TOKEN (or TEXT2IMG_API_TOKEN_FILE) to "
+            "a long random value, or leave out --host to serve on 127.0.0.1 only"
+        )
+    return host
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from pydantic import ValidationError
+
+    from text2img.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if args.model:
+        overrides["model"] = args.model
+    if args.device:
+        overrides["device"] = args.device
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "TEXT2IMG_" + "_".join(str(p) for p in first["loc"]).upper()
+        raise UserError(f"{name}: {first['msg']}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("the service is not built yet (issue #4); nothing was started")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0-65535, not {args.port}")
+    import uvicorn
+
+    from text2img.api.app import create_app
+    from text2img.auth import load_token
+
+    settings = _settings(args)
+    token = load_token(settings.api_token, settings.api_token_file)
+    host = resolve_host(args.host, token is not None)
+    if settings.model == "glide" and not args.no_download:
+        from text2img.glide.weights import ensure_weights
+
+        ensure_weights(settings.model_cache, progress=True)
+
+    failures: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_failure(message: str) -> None:
+        failures.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_failure=on_load_failure)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    if token is None:
+        print(
+            "text2img serve: no API token set (TEXT2IMG_API_TOKEN): listening on "
+            f"{host} only, without authentication",
+            file=sys.stderr,
+        )
+    if settings.model == "tiny":
+        print(
+            "text2img serve: --model tiny draws with RANDOM WEIGHTS: its images are noise, "
+            "for smoke tests only",
+            file=sys.stderr,
+        )
+    shown = f"[{host}]" if ":" in host else host
+    if args.port:
+        print(
+            f"text2img serve: web UI and API at http://{shown}:{args.port}/ "
+            f"(model {settings.model}, pid {os.getpid()})",
+            file=sys.stderr,
+        )
+    server.run()
+    if failures:
+        raise UserError(failures[0])
+    return 0

@@ -1,0 +1,102 @@
+"""From a request body to a queued job, shared by the images and the jobs routes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import secrets
+from typing import Any
+
+from text2img.api.errors import ApiError
+from text2img.api.jobs import Job
+from text2img.api.scheduler import QueueFull, Scheduler, SchedulerStopped
+from text2img.api.schemas import ImageData, ImageGenerationRequest
+from text2img.api.state import ServiceState
+from text2img.glide.pipeline import SamplingSettings
+from text2img.translate import Mode, Translation, TranslationError, TranslationRefused
+
+
+async def translate(state: ServiceState, text: str, mode: Mode, param: str) -> Translation:
+    """Translate off the event loop; 400 when refused, 502 when the API fails."""
+    try:
+        result = await asyncio.to_thread(state.translator.translate, text, mode)
+    except TranslationRefused as exc:
+        state.metrics.translations.labels("refused").inc()
+        raise ApiError(400, str(exc), param=param, code="untranslatable_prompt") from exc
+    except TranslationError as exc:
+        state.metrics.translations.labels("failed").inc()
+        raise ApiError(
+            502, str(exc), type="upstream_error", code="translation_failed", param=param
+        ) from exc
+    state.metrics.translations.labels("translated" if result.translated else "passed").inc()
+    return result
+
+
+def sampling_settings(body: ImageGenerationRequest) -> SamplingSettings:
+    changes: dict[str, Any] = {}
+    if body.guidance_scale is not None:
+        changes["guidance_scale"] = body.guidance_scale
+    if body.sampler is not None:
+        changes["base_sampler"] = body.sampler
+    if body.steps is not None:
+        changes["base_steps"] = body.steps
+    if body.upsample_steps is not None and body.size == "256x256":
+        changes["upsample_steps"] = body.upsample_steps
+    try:
+        base = SamplingSettings(size=64 if body.size == "64x64" else 256)
+        settings = dataclasses.replace(base, **changes)
+        settings.validate()
+    except ValueError as exc:
+        raise ApiError(400, str(exc), code="invalid_settings") from exc
+    return settings
+
+
+async def create_job(
+    state: ServiceState, scheduler: Scheduler, body: ImageGenerationRequest
+) -> Job:
+    """Validate, translate and queue; raises ApiError (400, 429, 502, 503)."""
+    if body.response_format == "url":
+        raise ApiError(
+            400,
+            "response_format 'url' is not supported: this service keeps no images, so they "
+            "come back inline; use response_format 'b64_json'",
+            param="response_format",
+            code="unsupported_response_format",
+        )
+    settings = sampling_settings(body)
+    translation = await translate(state, body.prompt, body.translate, "prompt")
+    first = body.seed if body.seed is not None else secrets.randbelow(2**32)
+    job = Job(
+        prompt=translation.text,
+        original_prompt=body.prompt,
+        settings=settings,
+        seeds=[first + i for i in range(body.n)],
+        timeout_s=state.settings.request_timeout_s,
+    )
+    job.bind_loop(asyncio.get_running_loop())
+    try:
+        scheduler.submit(job)
+    except QueueFull as exc:
+        state.metrics.rejected.inc()
+        raise ApiError(
+            429,
+            f"the GPU queue is full ({scheduler.queue_limit} requests waiting); retry after "
+            f"{exc.retry_after} s",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from exc
+    except SchedulerStopped as exc:
+        raise ApiError(503, str(exc), type="unavailable", code="shutting_down") from exc
+    return job
+
+
+def image_data(job: Job) -> list[ImageData]:
+    return [
+        ImageData(
+            b64_json=base64.b64encode(png).decode("ascii"), revised_prompt=job.prompt, seed=seed
+        )
+        for png, seed in zip(job.images, job.seeds, strict=True)
+        if png is not None
+    ]

@@ -1,0 +1,109 @@
+"""The job API the web UI uses: submit, follow progress (server-sent events), fetch, cancel.
+
+POST   /v1/jobs               same body as /v1/images/generations -> 202 job
+GET    /v1/jobs/{id}          the job; `data` (the images) once it succeeded
+GET    /v1/jobs/{id}/events   text/event-stream: `queued`, `progress`, then `done`
+DELETE /v1/jobs/{id}          cancel (a queued job never runs; a running one stops)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import StreamingResponse
+
+from text2img.api.deps import Authorized, ReadyScheduler, State
+from text2img.api.errors import ApiError
+from text2img.api.generation import create_job, image_data
+from text2img.api.jobs import Job, JobState
+from text2img.api.scheduler import Scheduler
+from text2img.api.schemas import ERROR_RESPONSES, ImageGenerationRequest, JobOut
+
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized], responses=ERROR_RESPONSES
+)
+
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+KEEPALIVE_S = 15.0
+
+
+def _job_out(job: Job, scheduler: Scheduler, model: str, *, images: bool) -> JobOut:
+    out = job.summary()
+    out["model"] = model
+    out["queue_position"] = scheduler.queue_position(job)
+    if images and job.state is JobState.SUCCEEDED:
+        out["data"] = image_data(job)
+    return JobOut.model_validate(out)
+
+
+def _find(state: State, job_id: str) -> Job:
+    job = state.jobs.get(job_id)
+    if job is None:
+        raise ApiError(
+            404,
+            f"no job {job_id!r} (finished jobs are kept {state.settings.job_ttl_s:.0f} s)",
+            type="not_found_error",
+            code="job_not_found",
+            param="job_id",
+        )
+    return job
+
+
+@router.post("", status_code=202, response_model=JobOut)
+async def submit_job(
+    body: ImageGenerationRequest, state: State, scheduler: ReadyScheduler
+) -> JobOut:
+    """Queue a generation and return at once; follow it with /events."""
+    job = await create_job(state, scheduler, body)
+    state.jobs.add(job)
+    return _job_out(job, scheduler, state.model_name, images=False)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+async def get_job(job_id: JobId, state: State, scheduler: ReadyScheduler) -> JobOut:
+    """The job's state, progress and, once it succeeded, its images."""
+    return _job_out(_find(state, job_id), scheduler, state.model_name, images=True)
+
+
+@router.delete("/{job_id}", response_model=JobOut)
+async def cancel_job(job_id: JobId, state: State, scheduler: ReadyScheduler) -> JobOut:
+    """Cancel the job (no effect once it is finished)."""
+    job = _find(state, job_id)
+    if not job.finished:
+        scheduler.cancel(job)
+        await job.wait_done(5.0)
+    return _job_out(job, scheduler, state.model_name, images=False)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "progress events"}},
+)
+async def job_events(job_id: JobId, state: State, scheduler: ReadyScheduler) -> StreamingResponse:
+    """Server-sent events until the job finishes (then fetch it with GET /v1/jobs/{id})."""
+    job = _find(state, job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        yield "retry: 1000\n\n"
+        seen = -1
+        while True:
+            if job.seq != seen:
+                seen = job.seq
+                out = _job_out(job, scheduler, state.model_name, images=False)
+                event = {"queued": "queued", "running": "progress"}.get(out.status, "done")
+                data = json.dumps(out.model_dump(exclude_none=True), ensure_ascii=False)
+                yield f"event: {event}\ndata: {data}\n\n"
+                if job.finished:
+                    return
+            if not await job.wait_change(seen, KEEPALIVE_S):
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,359 @@
+"""The GPU worker: one thread, a bounded FIFO queue, batching of compatible jobs.
+
+- `submit` refuses a job when `queue_limit` jobs already wait (QueueFull, HTTP 429).
+- The worker takes the oldest waiting job and fills one sampling batch, up to the
+  pipeline's `max_batch` images, with images of later jobs whose `SamplingSettings`
+  are equal (a job larger than a batch is spread over several batches).
+- A batch is cancelled (the pipeline checks `should_cancel` before every model call)
+  once every job in it was cancelled or ran past its time limit.
+- CUDA out of memory: the batch is retried in halves, and later batches are capped at
+  the size that worked; one image out of memory fails its job with a clear 503.
+- Any other failure fails the jobs of that batch; the worker itself never dies.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from text2img.api.jobs import Job, JobError, JobProgress, JobState
+from text2img.glide.pipeline import Cancelled, ImageRequest, Pipeline, Progress
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the queue is full; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class SchedulerStopped(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Item:
+    job: Job
+    index: int
+
+
+@dataclass
+class BatchRecord:
+    """Reported to the `on_batch` hook (metrics, benchmarks)."""
+
+    images: int
+    seconds: float
+    outcome: str  # "ok" | "cancelled" | "oom" | "error"
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=4)
+    return buf.getvalue()
+
+
+class Scheduler:
+    """Owns the pipeline; the only thread that ever calls `pipeline.generate`."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        queue_limit: int,
+        max_batch: int | None = None,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+        on_job_finished: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.queue_limit = queue_limit
+        self.max_batch = max(1, min(max_batch or pipeline.max_batch, pipeline.max_batch))
+        self._on_batch = on_batch
+        self._on_job_finished = on_job_finished
+        self._queue: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._batch_seconds_per_image = 0.0  # moving average, for Retry-After
+
+    # -- public, any thread ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="text2img-gpu", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel everything waiting or running and join the worker."""
+        with self._cond:
+            self._stopping = True
+            pending = list(self._queue) + list(self._running)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in pending:
+            job.cancel_requested = True
+            self._finish(job, JobState.CANCELLED, _SHUTDOWN)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("the GPU worker did not stop within %.0f s", timeout)
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting that have not started."""
+        with self._cond:
+            return sum(1 for j in self._queue if j.state is JobState.QUEUED)
+
+    @property
+    def jobs_in_flight(self) -> int:
+        """Jobs with at least one image being drawn or left to draw after a started batch."""
+        with self._cond:
+            running = {j.id for j in self._running}
+            running |= {j.id for j in self._queue if j.state is JobState.RUNNING}
+            return len(running)
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return bool(self._queue or self._running)
+
+    def retry_after(self) -> int:
+        """A guess of the seconds until a queue slot frees up."""
+        per_image = self._batch_seconds_per_image or 5.0
+        with self._cond:
+            images = sum(j.n - j.next_index for j in self._queue)
+        return max(1, min(600, math.ceil(per_image * max(1, images) / self.queue_limit)))
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise SchedulerStopped("the service is shutting down")
+            waiting = sum(1 for j in self._queue if j.state is JobState.QUEUED)
+            if waiting >= self.queue_limit:
+                raise QueueFull(self.retry_after())
+            self._queue.append(job)
+            self._cond.notify_all()
+        job.notify()
+
+    def cancel(self, job: Job) -> bool:
+        """Ask for the job to stop; a queued job is dropped before it runs."""
+        with self._cond:
+            job.cancel_requested = True
+            if job in self._queue and job.state is JobState.QUEUED:
+                self._queue.remove(job)
+                dropped = True
+            else:
+                dropped = False
+            self._cond.notify_all()
+        if dropped:
+            self._finish(job, JobState.CANCELLED, None)
+        return dropped
+
+    def queue_position(self, job: Job) -> int | None:
+        """0-based position among waiting jobs, None when not waiting."""
+        with self._cond:
+            waiting = [j for j in self._queue if j.state is JobState.QUEUED]
+        return waiting.index(job) if job in waiting else None
+
+    # -- worker thread -----------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            try:
+                batch = self._take_batch()
+                if batch is None:
+                    return
+                if batch:
+                    self._run(batch, self.max_batch)
+            except Exception:  # the worker never dies
+                log.exception("the GPU worker hit an unexpected error; continuing")
+
+    def _take_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                self._expire_waiting()
+                if self._queue:
+                    break
+                self._cond.wait(timeout=1.0)
+            head = self._queue[0]
+            items: list[_Item] = []
+            for job in list(self._queue):
+                if job.settings != head.settings:
+                    continue
+                take = min(job.n - job.next_index, self.max_batch - len(items))
+                items.extend(_Item(job, job.next_index + k) for k in range(take))
+                job.next_index += take
+                if job.state is JobState.QUEUED:
+                    job.state = JobState.RUNNING
+                    job.started_at = time.time()
+                if job.next_index >= job.n:
+                    self._queue.remove(job)
+                if len(items) >= self.max_batch:
+                    break
+            self._running = list(dict.fromkeys(i.job for i in items))
+        for job in self._running:
+            job.notify()
+        return items
+
+    def _expire_waiting(self) -> None:
+        now = time.monotonic()
+        for job in [j for j in self._queue if now > j.deadline or j.cancel_requested]:
+            self._queue.remove(job)
+            if job.cancel_requested:
+                self._finish(job, JobState.CANCELLED, None)
+            else:
+                self._finish(job, JobState.FAILED, _timeout_error(job))
+
+    def _live(self, job: Job) -> bool:
+        """False once the job no longer wants images (cancelled, timed out, failed)."""
+        if job.finished:
+            return False
+        if job.cancel_requested:
+            self._finish(job, JobState.CANCELLED, None)
+            return False
+        if time.monotonic() > job.deadline:
+            self._finish(job, JobState.FAILED, _timeout_error(job))
+            return False
+        return True
+
+    def _run(self, items: list[_Item], cap: int) -> None:
+        """Draw `items` in sampling batches of at most `cap` images."""
+        for start in range(0, len(items), cap):
+            chunk = [i for i in items[start : start + cap] if self._live(i.job)]
+            if chunk:
+                self._run_chunk(chunk)
+        with self._cond:
+            self._running = []
+
+    def _run_chunk(self, items: list[_Item]) -> None:
+        jobs = list(dict.fromkeys(i.job for i in items))
+        per_job = {job.id: sum(1 for i in items if i.job is job) for job in jobs}
+        requests = [ImageRequest(prompt=i.job.prompt, seed=i.job.seeds[i.index]) for i in items]
+
+        def progress(p: Progress) -> None:
+            batch_fraction = p.fraction
+            for job in jobs:
+                done = job.done_count + batch_fraction * per_job[job.id]
+                job.progress = JobProgress(p.stage, p.step, p.total, min(done / job.n, 0.999))
+                job.notify()
+
+        def should_cancel() -> bool:
+            return not any([self._live(job) for job in jobs])
+
+        t0 = time.perf_counter()
+        try:
+            images = self.pipeline.generate(
+                requests, jobs[0].settings, progress=progress, should_cancel=should_cancel
+            )
+        except Cancelled:
+            self._report(len(items), t0, "cancelled")
+            for job in jobs:
+                self._live(job)  # finishes cancelled / timed-out jobs
+            return
+        except torch.cuda.OutOfMemoryError:
+            self._report(len(items), t0, "oom")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(items) > 1:
+                smaller = max(1, len(items) // 2)
+                if smaller < self.max_batch:
+                    log.warning(
+                        "CUDA out of memory at %d images; batches capped at %d", len(items), smaller
+                    )
+                    self.max_batch = smaller
+                self._run(items, smaller)
+                return
+            for job in jobs:
+                self._finish(job, JobState.FAILED, _OOM)
+            return
+        except ValueError as exc:
+            self._report(len(items), t0, "error")
+            error = JobError(400, str(exc), "invalid_request_error", "invalid_settings")
+            for job in jobs:
+                self._finish(job, JobState.FAILED, error)
+            return
+        except Exception:
+            self._report(len(items), t0, "error")
+            log.exception("generation failed for %d image(s)", len(items))
+            for job in jobs:
+                self._finish(job, JobState.FAILED, _INTERNAL)
+            return
+        seconds = self._report(len(items), t0, "ok")
+        per_image = seconds / max(1, len(items))
+        self._batch_seconds_per_image = (
+            per_image
+            if not self._batch_seconds_per_image
+            else 0.7 * self._batch_seconds_per_image + 0.3 * per_image
+        )
+        for item, image in zip(items, images, strict=True):
+            if not item.job.finished:
+                item.job.images[item.index] = encode_png(image)
+        for job in jobs:
+            job.done_count += per_job[job.id]
+            if job.done_count >= job.n and not job.finished:
+                self._finish(job, JobState.SUCCEEDED, None)
+            elif not job.finished:
+                fraction = job.done_count / job.n
+                job.progress = JobProgress("base", 0, job.progress.total, fraction)
+                job.notify()
+
+    def _report(self, images: int, t0: float, outcome: str) -> float:
+        seconds = time.perf_counter() - t0
+        if self._on_batch is not None:
+            self._on_batch(BatchRecord(images, seconds, outcome))
+        return seconds
+
+    def _finish(self, job: Job, state: JobState, error: JobError | None) -> None:
+        if job.finish(state, error):
+            if state is not JobState.SUCCEEDED:
+                job.images = [None] * job.n
+            with self._cond:
+                if job in self._queue:
+                    self._queue.remove(job)
+            if self._on_job_finished is not None:
+                self._on_job_finished(job)
+
+
+def _timeout_error(job: Job) -> JobError:
+    return JobError(
+        504,
+        f"the request ran past the service's time limit of {job.timeout_s:.0f} s "
+        "(TEXT2IMG_REQUEST_TIMEOUT_S); ask for fewer images or steps, or retry when the "
+        "queue is shorter",
+        "timeout",
+        "request_timeout",
+    )
+
+
+_OOM = JobError(
+    503,
+    "the GPU ran out of memory even for a single image; retry later, or use a smaller "
+    "size or fewer steps",
+    "server_error",
+    "gpu_out_of_memory",
+)
+_INTERNAL = JobError(
+    500,
+    "image generation failed inside the service; see the service log",
+    "server_error",
+    "generation_failed",
+)
+_SHUTDOWN = JobError(
+    503, "the service is shutting down; retry in a moment", "unavailable", "shutting_down"
+)

@@ -1,0 +1,59 @@
+"""Service settings from the environment (`TEXT2IMG_` prefix) or a `.env` file.
+
+One `Settings` model, read once by `get_settings()`; tests build their own instance.
+The table of variables is in DEVELOPERS.md and the README's `serve` section.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TEXT2IMG_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # auth: the value wins over the file (text2img.auth.load_token)
+    api_token: str | None = Field(default=None, repr=False)
+    api_token_file: Path | None = None
+
+    # engine
+    model: Literal["glide", "tiny"] = "glide"
+    model_cache: Path | None = None
+    device: Literal["cuda", "cpu"] | None = None
+
+    # translation (Cloud Translation v3)
+    translation: Literal["on", "off"] = "on"
+    translate_project: str = ""
+    translate_endpoint: str = ""
+    translate_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    translate_cache_size: int = Field(default=1024, ge=0, le=1_000_000)
+
+    # scheduling
+    queue_limit: int = Field(default=16, ge=1, le=10_000)
+    """Jobs that may wait for the GPU; one more gets 429 + Retry-After."""
+    request_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    """Per-request limit from submission (queue wait included) to the last image."""
+    max_batch: int | None = Field(default=None, ge=1, le=64)
+    """Cap on images per sampling batch; None = what the pipeline says its device handles."""
+    job_ttl_s: float = Field(default=600.0, gt=0, le=86_400)
+    """How long finished jobs of the job API stay fetchable."""
+    max_finished_jobs: int = Field(default=256, ge=1, le=100_000)
+
+    # auth throttling
+    auth_max_failures: int = Field(default=10, ge=1, le=1000)
+    auth_block_s: float = Field(default=60.0, gt=0, le=86_400)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (environment read once)."""
+    return Settings()

@@ -1,0 +1,256 @@
+"""Translators: prompt text (Japanese or any language) -> the English that GLIDE draws.
+
+GLIDE only understands English. `CloudTranslator` calls Cloud Translation v3
+(`TranslationServiceClient.translate_text`, REST transport); `PassThroughTranslator`
+is used when translation is off and refuses non-Latin text instead of letting the
+model draw garbage from it. Modes, per request:
+
+| mode     | Latin-script text       | other scripts (e.g. Japanese)         |
+| -------- | ----------------------- | ------------------------------------- |
+| `auto`   | used as is, no API call | translated (error if translation off) |
+| `always` | translated              | translated (error if translation off) |
+| `never`  | used as is              | refused: the model cannot draw it     |
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import unicodedata
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from text2img.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "always", "never"]
+MODES: tuple[Mode, ...] = ("auto", "always", "never")
+TRANSLATE_SCOPE = "https://www.googleapis.com/auth/cloud-translation"
+
+
+class TranslationError(Exception):
+    """Cloud Translation failed or is not set up; the message says what to do (HTTP 502)."""
+
+
+class TranslationRefused(Exception):
+    """The text cannot be drawn under the requested mode (HTTP 400); says what to do."""
+
+
+@dataclass(frozen=True)
+class Translation:
+    """The English text to draw, and what happened on the way."""
+
+    text: str
+    detected_language: str | None  # BCP-47 code from the API; None when not asked
+    translated: bool  # True when the Translation API produced `text`
+
+
+def is_latin_text(text: str) -> bool:
+    """True when every letter in `text` is from the Latin script (incl. full-width).
+
+    Digits, punctuation, symbols and emoji do not count as letters.
+    """
+    for ch in text:
+        if not unicodedata.category(ch).startswith("L"):
+            continue
+        if "LATIN" not in unicodedata.name(ch, ""):
+            return False
+    return True
+
+
+def _refuse_untranslatable(mode: Mode) -> TranslationRefused:
+    if mode == "never":
+        return TranslationRefused(
+            "the prompt contains non-Latin text (e.g. Japanese) and translate is 'never'; "
+            "the model only understands English: send English text or use translate 'auto'"
+        )
+    return TranslationRefused(
+        "the prompt contains non-Latin text (e.g. Japanese) but translation is off on this "
+        "service (TEXT2IMG_TRANSLATION=off); send the prompt in English, or turn translation "
+        "on with a Google Cloud project (TEXT2IMG_TRANSLATE_PROJECT)"
+    )
+
+
+class Translator(Protocol):
+    """Turns a prompt into the English text to draw."""
+
+    enabled: bool
+
+    def translate(self, text: str, mode: Mode = "auto") -> Translation:
+        """Raises TranslationRefused (400) or TranslationError (502)."""
+        ...
+
+
+class PassThroughTranslator:
+    """Used when translation is off: Latin text passes unchanged, other scripts are refused."""
+
+    enabled = False
+
+    def translate(self, text: str, mode: Mode = "auto") -> Translation:
+        if mode == "always":
+            raise TranslationRefused(
+                "translate is 'always' but translation is off on this service "
+                "(TEXT2IMG_TRANSLATION=off); use translate 'auto' or 'never'"
+            )
+        if not is_latin_text(text):
+            raise _refuse_untranslatable(mode)
+        return Translation(text=text, detected_language=None, translated=False)
+
+
+class UnconfiguredTranslator:
+    """Translation is on but no Google Cloud project/credentials were found at start-up."""
+
+    enabled = True
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def translate(self, text: str, mode: Mode = "auto") -> Translation:
+        if mode == "never" or (mode == "auto" and is_latin_text(text)):
+            return PassThroughTranslator().translate(text, "never")
+        raise TranslationError(
+            f"Cloud Translation is not set up ({self.reason}); run "
+            "`gcloud auth application-default login` and set TEXT2IMG_TRANSLATE_PROJECT, "
+            "or set TEXT2IMG_TRANSLATION=off and write prompts in English"
+        )
+
+
+class CloudTranslator:
+    """Cloud Translation v3 `translate_text` to English, with an LRU cache of results.
+
+    Thread-safe: the client is shared, the cache is guarded by a lock.
+    """
+
+    enabled = True
+
+    def __init__(
+        self,
+        project: str,
+        *,
+        endpoint: str = "",
+        credentials: Any = None,
+        timeout_s: float = 10.0,
+        cache_size: int = 1024,
+    ) -> None:
+        from google.api_core import retry as retries
+        from google.api_core.exceptions import ServiceUnavailable, TooManyRequests
+        from google.cloud import translate_v3
+
+        if not project:
+            raise ValueError("project must be a Google Cloud project id")
+        options: dict[str, str] = {"api_endpoint": endpoint} if endpoint else {}
+        self._client = translate_v3.TranslationServiceClient(
+            transport="rest", credentials=credentials, client_options=options or None
+        )
+        self.parent = f"projects/{project}/locations/global"
+        self.timeout_s = timeout_s
+        self._retry = retries.Retry(
+            predicate=retries.if_exception_type(ServiceUnavailable, TooManyRequests),
+            initial=0.2,
+            maximum=2.0,
+            multiplier=2.0,
+            timeout=timeout_s,
+        )
+        self._cache: OrderedDict[str, Translation] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.api_calls = 0
+
+    def translate(self, text: str, mode: Mode = "auto") -> Translation:
+        if mode == "never":
+            return PassThroughTranslator().translate(text, "never")
+        if mode == "auto" and is_latin_text(text):
+            return Translation(text=text, detected_language=None, translated=False)
+        with self._lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
+                return hit
+        result = self._call(text)
+        if self._cache_size:
+            with self._lock:
+                self._cache[text] = result
+                self._cache.move_to_end(text)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+    def _call(self, text: str) -> Translation:
+        from google.api_core import exceptions as gexc
+
+        self.api_calls += 1
+        try:
+            response = self._client.translate_text(
+                request={
+                    "parent": self.parent,
+                    "contents": [text],
+                    "mime_type": "text/plain",
+                    "target_language_code": "en",
+                },
+                retry=self._retry,
+                timeout=self.timeout_s,
+            )
+        except gexc.PermissionDenied as exc:
+            raise TranslationError(
+                f"Cloud Translation refused the request ({exc.message}); give the service "
+                "account roles/cloudtranslate.user and enable translate.googleapis.com"
+            ) from exc
+        except gexc.GoogleAPIError as exc:
+            message = getattr(exc, "message", None) or type(exc).__name__
+            raise TranslationError(
+                f"Cloud Translation failed ({message}); try again, or send English text "
+                "with translate 'never'"
+            ) from exc
+        except Exception as exc:  # transport errors (connection refused, DNS, TLS, timeout)
+            raise TranslationError(
+                f"cannot reach Cloud Translation ({type(exc).__name__}); try again, or send "
+                "English text with translate 'never'"
+            ) from exc
+        if not response.translations or not response.translations[0].translated_text.strip():
+            raise TranslationError("Cloud Translation returned no text; try rephrasing")
+        first = response.translations[0]
+        detected = first.detected_language_code or None
+        return Translation(
+            text=first.translated_text.strip(), detected_language=detected, translated=True
+        )
+
+
+def make_translator(settings: Settings) -> Translator:
+    """The translator the settings ask for; never raises (problems surface per request)."""
+    if settings.translation == "off":
+        return PassThroughTranslator()
+    credentials: Any = None
+    project = settings.translate_project
+    endpoint = settings.translate_endpoint
+    if endpoint.startswith("http://"):
+        # A plain-HTTP endpoint is a local emulator or fake server: never send real
+        # credentials over it.
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials()
+    if not project or credentials is None:
+        try:
+            import google.auth
+
+            adc, adc_project = google.auth.default(scopes=[TRANSLATE_SCOPE])
+        except Exception as exc:  # DefaultCredentialsError and transport failures
+            if credentials is None or not project:
+                reason = f"no Application Default Credentials: {type(exc).__name__}"
+                log.warning("translation unavailable: %s", reason)
+                return UnconfiguredTranslator(reason)
+        else:
+            credentials = credentials or adc
+            project = project or adc_project or ""
+    if not project:
+        reason = "no project: set TEXT2IMG_TRANSLATE_PROJECT"
+        log.warning("translation unavailable: %s", reason)
+        return UnconfiguredTranslator(reason)
+    return CloudTranslator(
+        project,
+        endpoint=endpoint,
+        credentials=credentials,
+        timeout_s=settings.translate_timeout_s,
+        cache_size=settings.translate_cache_size,
+    )
