@@ -300,3 +300,19 @@ def test_check_rehashes_and_finds_a_damaged_cache_file(server, cache):
     assert ("base.pt", "ok") in states
     ensure(server, cache, only=["base"], force=True)
     assert all(s.ok for s in weights.weights_status(cache, manifest=manifest, only=["base"]))
+
+
+def test_read_only_cache_is_a_user_error(server, cache):
+    ensure(server, cache, only=["tokenizer"])
+    if os.geteuid() == 0:
+        (cache / ".lock").unlink()
+        (cache / ".lock").mkdir()  # root ignores permissions: make the lock unopenable instead
+    else:
+        cache.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match=r"cannot write to the weights cache .*--cache-dir"):
+            ensure(server, cache, only=["base"])
+        # reading what is there still works without writing anything
+        assert tokenizer_paths(cache, manifest=fake_manifest(server.base_url))
+    finally:
+        cache.chmod(0o755)

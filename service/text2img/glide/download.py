@@ -74,7 +74,14 @@ def say(message: str, enabled: bool = True) -> None:
 def cache_lock(cache_dir: Path, *, progress: bool = True) -> Iterator[None]:
     """Exclusive lock on the cache so two processes never write the same files."""
     make_dir(cache_dir)
-    with (cache_dir / ".lock").open("a") as f:
+    try:
+        lock_file = (cache_dir / ".lock").open("a")
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to the weights cache {cache_dir} ({exc.strerror}); make it writable "
+            "or choose another place with --cache-dir or TEXT2IMG_MODEL_CACHE"
+        ) from None
+    with lock_file as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
