@@ -316,3 +316,15 @@ def test_read_only_cache_is_a_user_error(server, cache):
         assert tokenizer_paths(cache, manifest=fake_manifest(server.base_url))
     finally:
         cache.chmod(0o755)
+
+
+@pytest.mark.parametrize("name", ["base", "upsample"])
+def test_the_released_models_pass_the_download_checks(name):
+    """Contract with the engine: what `ensure_weights` accepts, the model loads strictly."""
+    from text2img.glide.checkpoints import expected_shapes
+
+    expected = expected_shapes(name)  # the full-size model, built on the meta device
+    spec = weights.default_manifest().checkpoint(name)
+    assert len(expected) == spec.num_tensors
+    assert sum(torch.Size(s).numel() for s in expected.values()) == spec.num_params
+    assert weights.listing_fingerprint(expected) == spec.listing_sha256
