@@ -3,24 +3,27 @@
 import sys
 from pathlib import Path
 
-# Pulumi runs this folder as a script; make `infra` importable as a package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Pulumi runs this folder as a script, which puts the folder itself on sys.path. Import
+# the modules as the package `infra` instead, so none of them can shadow another module.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-import pulumi
-import pulumi_gcp as gcp
+import pulumi  # noqa: E402
+import pulumi_gcp as gcp  # noqa: E402
 
-from infra import pricing
-from infra.apis import enable_apis
-from infra.config import load_settings
-from infra.gateway import create_gateway
-from infra.iam import grant_vm_access, service_account
-from infra.images import build_images
-from infra.metadata import instance_metadata, read_startup_script
-from infra.naming import Names
-from infra.network import create_network
-from infra.registry import create_repository, image_base
-from infra.secrets import create_token
-from infra.server import GpuServer, ServerArgs
+from infra import pricing  # noqa: E402
+from infra.api_token import create_token  # noqa: E402
+from infra.apis import enable_apis  # noqa: E402
+from infra.config import load_settings  # noqa: E402
+from infra.gateway import create_gateway  # noqa: E402
+from infra.iam import grant_vm_access, service_account  # noqa: E402
+from infra.images import build_images  # noqa: E402
+from infra.metadata import instance_metadata, read_startup_script  # noqa: E402
+from infra.naming import Names  # noqa: E402
+from infra.network import create_network  # noqa: E402
+from infra.registry import create_repository, image_base  # noqa: E402
+from infra.server import GpuServer, ServerArgs  # noqa: E402
 
 settings = load_settings()
 names = Names(stack=pulumi.get_stack(), project=settings.project)

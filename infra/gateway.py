@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.api_token import Token, grant_accessor
 from infra.config import Settings
 from infra.iam import (
     GATEWAY_INSTANCE_PERMISSIONS,
@@ -26,7 +27,6 @@ from infra.iam import (
 )
 from infra.naming import Names
 from infra.network import Network
-from infra.secrets import Token, grant_accessor
 
 REQUEST_TIMEOUT = "900s"  # long generations and progress streams pass through
 
