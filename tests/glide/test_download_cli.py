@@ -72,7 +72,7 @@ def test_check_reports_missing_without_network(fake_sources, tmp_path, capsys):
     cache = tmp_path / "models"
     assert cli.main(["download", "--cache-dir", str(cache), "--check", "--only", "base"]) == 1
     out = capsys.readouterr().out
-    assert "base       missing" in out
+    assert "base             missing" in out
     assert "1 of 1 not ready: run `text2img download`" in out
     assert fake_sources.requests == []
 

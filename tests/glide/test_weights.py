@@ -194,7 +194,8 @@ def test_strict_key_and_shape_errors_name_the_keys(server, cache):
         (pickle.dumps({"w": (1, 2, 3)}, protocol=2), "not a PyTorch weights file"),
         ("list", "holds a list, not a state dict"),
         ("ints", "entries are not float tensors"),
-        ("keys", "not the right checkpoint"),
+        ("keys", r"not the GLIDE base checkpoint \(its key names or shapes differ\)"),
+        ("count", r"it holds 1 tensors with 12 values, GLIDE base has 5 with"),
     ],
 )
 def test_wrong_content_is_not_a_glide_checkpoint(server, cache, tmp_path, content, why):
@@ -205,6 +206,8 @@ def test_wrong_content_is_not_a_glide_checkpoint(server, cache, tmp_path, conten
     elif content == "keys":
         renamed = {f"model.{k}": v for k, v in random_state_dict(SHAPES_BASE, 1).items()}
         content = checkpoint_bytes(renamed, tmp_path)
+    elif content == "count":
+        content = checkpoint_bytes({"w": torch.zeros(3, 4)}, tmp_path)
     server.files["/base.pt"] = content
     with pytest.raises(UserError, match=why) as err:
         ensure(server, cache, only=["base"])

@@ -382,11 +382,17 @@ def _convert(
         or listing_fingerprint(shapes) != spec.listing_sha256
     ):
         pt.unlink()
+        if (len(sd), count) == (spec.num_tensors, spec.num_params):
+            why = "its key names or shapes differ"
+        else:
+            why = (
+                f"it holds {len(sd)} tensors with {count:,} values, GLIDE {spec.name} has "
+                f"{spec.num_tensors} with {spec.num_params:,}"
+            )
         raise UserError(
-            f"{pt} holds {len(sd)} tensors with {count:,} values, but GLIDE {spec.name} has "
-            f"{spec.num_tensors} tensors with {spec.num_params:,} values under its own key "
-            f"names: not the right checkpoint; deleted it: run `text2img download --only "
-            f"{spec.name}`"
+            f"{pt} is not the GLIDE {spec.name} checkpoint ({why}); deleted it: run "
+            f"`text2img download --only {spec.name}` (check TEXT2IMG_WEIGHTS_URL if you use a "
+            "mirror)"
         )
     sha = _known_sha256(cache_dir, spec.source.name)
     assert sha is not None
@@ -432,7 +438,7 @@ class FileStatus:
 
     def line(self) -> str:
         size = human_size(self.size) if self.size is not None else "-"
-        return f"{self.name:<10} {self.state:<13} {size:>9}  {self.path}"
+        return f"{self.name:<16} {self.state:<13} {size:>9}  {self.path}"
 
 
 def weights_status(
