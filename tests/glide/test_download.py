@@ -200,3 +200,23 @@ def test_not_enough_free_space_is_refused_up_front(server, tmp_path, monkeypatch
         get(server, tmp_path / "blob.bin")
     part = tmp_path / "blob.bin.part"
     assert not part.exists() or part.stat().st_size == 0  # nothing was written
+
+
+def test_complete_part_left_by_a_crash_is_finished_without_refetching(server, tmp_path):
+    dest = tmp_path / "blob.bin"
+    dest.with_name("blob.bin.part").write_bytes(DATA)  # killed after the body, before rename
+    state = {"url": f"{server.base_url}/blob.bin", "etag": server.etag("/blob.bin")}
+    dest.with_name("blob.bin.part.json").write_text(json.dumps(state))
+    get(server, dest, sha256=SHA, size=len(DATA))
+    assert dest.read_bytes() == DATA
+    assert [r.status for r in server.requests] == [416]
+    assert server.body_bytes("/blob.bin") == 0
+
+
+def test_part_from_another_url_is_discarded(server, tmp_path):
+    dest = tmp_path / "blob.bin"
+    dest.with_name("blob.bin.part").write_bytes(b"x" * 5000)
+    dest.with_name("blob.bin.part.json").write_text(json.dumps({"url": "http://elsewhere/b"}))
+    get(server, dest, sha256=SHA)
+    assert server.requests[0].range is None
+    assert dest.read_bytes() == DATA
