@@ -76,7 +76,10 @@ class GpuServer(pulumi.ComponentResource):
                     lambda n: f"serviceAccount:service-{n}@compute-system.iam.gserviceaccount.com"
                 ),
                 opts=pulumi.ResourceOptions.merge(
-                    child, pulumi.ResourceOptions(depends_on=list(args.deps))
+                    child,
+                    # the binding is per project, not per stack: another stack's schedule
+                    # may rely on it, so `pulumi destroy` leaves it (it costs nothing)
+                    pulumi.ResourceOptions(depends_on=list(args.deps), retain_on_delete=True),
                 ),
             )
             self.schedule = gcp.compute.ResourcePolicy(

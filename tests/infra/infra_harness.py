@@ -57,6 +57,7 @@ class Registration:
     inputs: dict[str, Any]
     dependencies: list[str]
     custom: bool
+    retain_on_delete: bool
 
     def text(self) -> str:
         return json.dumps(self.inputs, sort_keys=True, default=str)
@@ -126,6 +127,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     inputs=pulumi.runtime.rpc.deserialize_properties(request.object),
                     dependencies=list(request.dependencies),
                     custom=request.custom,
+                    retain_on_delete=bool(request.retainOnDelete),
                 )
             )
         return response

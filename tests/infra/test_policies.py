@@ -174,6 +174,9 @@ def test_schedule_iam_is_ordered_before_the_vm(plan_for: PlanFor) -> None:
     agent = f"serviceAccount:service-{PROJECT_NUMBER}@compute-system.iam.gserviceaccount.com"
     grant = next(r for r in plan.of_type(PROJECT_MEMBER) if r.inputs["member"] == agent)
     assert grant.inputs["role"] == "roles/compute.instanceAdmin.v1"
+    # shared by every stack of the project: destroying one stack must not revoke it
+    assert grant.retain_on_delete
+    assert [r.name for r in plan.resources if r.retain_on_delete] == [grant.name]
     instance = plan.one(INSTANCE)
     assert grant.urn in instance.dependencies
     attachment = plan.one("gcp:compute/resourcePolicyAttachment:ResourcePolicyAttachment")
