@@ -378,6 +378,30 @@ def fetch_status(url: str, token: str | None) -> tuple[Status | None, str]:
     return status, "ok"
 
 
+def pause_state(path: Path, *, now: float, boot_at: float) -> tuple[bool, str]:
+    """(paused, note). The pause file holds for this boot only; a number in it is the
+    number of minutes the pause lasts from when the file was written."""
+    try:
+        written = path.stat().st_mtime
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return False, ""
+    except OSError as exc:
+        return True, f"paused ({path} unreadable: {exc})"
+    if written < boot_at:
+        return False, f"ignoring {path}: written before this boot (remove it)"
+    if not text:
+        return True, "paused until the file is removed or the VM reboots"
+    try:
+        minutes = float(text)
+    except ValueError:
+        return True, f"paused ({text[:20]!r} is not a number of minutes: paused until removed)"
+    left = written + minutes * 60 - now
+    if left <= 0:
+        return False, f"the pause in {path} ended {-left / 60:.0f} min ago (remove the file)"
+    return True, f"paused for {left / 60:.0f} more min"
+
+
 def load_state(path: Path) -> State:
     try:
         data = json.loads(path.read_text())
@@ -431,13 +455,15 @@ def main() -> int:
         log(f"error: cannot read uptime from {uptime_file}: {exc}; doing nothing")
         return 1
 
-    paused = pause_file.exists()
+    paused, pause_note = pause_state(pause_file, now=now, boot_at=now - uptime)
+    if pause_note and not paused:
+        log(pause_note)
     status, why = (None, "paused") if paused else fetch_status(url, read_token(token_file))
     obs = Observation(now=now, uptime=uptime, status=status, paused=paused)
     decision, state = decide(obs, load_state(state_file), cfg)
     detail = "" if status is not None or paused else f" [{why}]"
     if paused:
-        detail = f" [remove {pause_file} to re-arm autostop]"
+        detail = f" [{pause_note}; remove {pause_file} to re-arm autostop]"
     log(decision.log_line() + detail)
     if decision.poweroff:
         log(f"powering off: {shlex.join(poweroff)}")
@@ -791,7 +817,11 @@ login_and_pull() {
         docker login --username oauth2accesstoken --password-stdin "https://$REGISTRY" >/dev/null || return 1
       ;;
   esac
-  docker pull --quiet "$IMAGE"
+  local rc=0
+  docker pull --quiet "$IMAGE" || rc=$?
+  # the short-lived token is not left in /root/.docker/config.json
+  docker logout "https://$REGISTRY" >/dev/null 2>&1 || true
+  return "$rc"
 }
 
 pull_image() {
@@ -847,7 +877,19 @@ download_weights() {
     return 0
   fi
   mkdir -p "$ROOT$CACHE_DIR"
-  log "running text2img download (the first boot fetches several GB; later boots only verify)"
+  chmod 0755 "$ROOT$CACHE_DIR"
+  # The container may run as a non-root user: it must own the cache it writes.
+  local owner
+  owner=$(docker run --rm --pull never --entrypoint sh "$IMAGE" -c 'echo "$(id -u):$(id -g)"')
+  if [[ $owner =~ ^[0-9]+:[0-9]+$ ]]; then
+    if [[ $owner != 0:0 && $(stat -c %u:%g "$ROOT$CACHE_DIR") != "$owner" ]]; then
+      log "giving $CACHE_DIR to the image's user $owner"
+      chown -R "$owner" "$ROOT$CACHE_DIR"
+    fi
+  else
+    log "warning: could not tell the image's user (got '$owner'); leaving $CACHE_DIR as it is"
+  fi
+  log "running text2img download (several GB on the first boot; a quick check later)"
   docker rm --force text2img-download >/dev/null 2>&1 || true
   retry "weights download" docker run --rm --name text2img-download --pull never \
     --volume "$CACHE_DIR:/models" --entrypoint text2img "$IMAGE" download --cache-dir /models --quiet

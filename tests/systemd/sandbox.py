@@ -183,7 +183,11 @@ case "$1" in
     echo "${@: -1}" >>"$STUB_DIR/images" ;;
   image) grep -qxF -- "${@: -1}" "$STUB_DIR/images" 2>/dev/null ;;
   info) echo "27.5.1" ;;
-  run) if [ -f "$STUB_DIR/run-fails" ]; then echo "download failed" >&2; exit 1; fi ;;
+  run)
+    case " $* " in
+      *" sh "*) cat "$STUB_DIR/image-user" 2>/dev/null || echo "0:0" ;;  # the image's uid:gid
+      *) if [ -f "$STUB_DIR/run-fails" ]; then echo "download failed" >&2; exit 1; fi ;;
+    esac ;;
 esac
 """,
     "systemctl": r"""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -292,17 +293,47 @@ def test_program_powers_off_when_the_service_never_answers(program: Program) -> 
     assert program.poweroffs == ["--now-please"]
 
 
-def test_program_pause_file(program: Program, service: FakeService) -> None:
+def pause(program: Program, content: str, *, written_minute: float) -> None:
+    path = program.tmp / "autostop.paused"
+    path.write_text(content)
+    os.utime(path, (T0 + written_minute * MIN, T0 + written_minute * MIN))
+
+
+def test_program_pause_file_holds_until_removed(program: Program, service: FakeService) -> None:
     service.body["idle_seconds"] = 999 * MIN
-    (program.tmp / "autostop.paused").touch()
-    out = program.run(100)
-    assert "state=paused" in out
-    assert "action=wait" in out
-    assert "autostop.paused to re-arm" in out
+    pause(program, "", written_minute=5)  # `sudo touch /etc/text2img/autostop.paused`
+    for minute in (100, 500):
+        out = program.run(minute)
+        assert "state=paused" in out
+        assert "action=wait" in out
+        assert "paused until the file is removed" in out
     assert program.poweroffs == []
     (program.tmp / "autostop.paused").unlink()
-    assert "action=poweroff" in program.run(101)
+    assert "action=poweroff" in program.run(501)
     assert program.poweroffs == ["--now-please"]
+
+
+def test_program_pause_for_some_minutes(program: Program, service: FakeService) -> None:
+    service.body["idle_seconds"] = 999 * MIN
+    pause(program, "60\n", written_minute=30)  # `echo 60 | sudo tee …/autostop.paused`
+    out = program.run(80)
+    assert "state=paused" in out
+    assert "paused for 10 more min" in out
+    out = program.run(91)
+    assert "the pause in" in out
+    assert "ended 1 min ago" in out
+    assert "action=poweroff" in out
+
+
+def test_program_ignores_a_pause_from_a_previous_boot(
+    program: Program, service: FakeService
+) -> None:
+    # a forgotten pause must not keep a restarted VM up for ever
+    service.body["idle_seconds"] = 999 * MIN
+    pause(program, "", written_minute=-10)
+    out = program.run(30)
+    assert "written before this boot" in out
+    assert "action=poweroff" in out
 
 
 def test_program_retries_a_failed_poweroff(program: Program, service: FakeService) -> None:

@@ -115,10 +115,15 @@ def test_first_boot_writes_units_env_files_and_starts_the_service(sandbox: Sandb
     ]
     assert (sandbox.stub / "docker-login.stdin").read_text() == ACCESS_TOKEN
     assert ["docker", "pull", "--quiet", IMAGE] in docker
-    download = next(c for c in docker if c[1] == "run")
+    assert docker.index(["docker", "logout", "https://asia-northeast1-docker.pkg.dev"]) > (
+        docker.index(["docker", "pull", "--quiet", IMAGE])
+    )  # the registry token is not left on disk
+    download = next(c for c in docker if c[1] == "run" and "download" in c)
     assert download[-5:] == [IMAGE, "download", "--cache-dir", "/models", "--quiet"]
     assert "/var/lib/text2img/models:/models" in download
-    assert sandbox.path("/var/lib/text2img/models").is_dir()
+    cache = sandbox.path("/var/lib/text2img/models")
+    assert cache.is_dir()
+    assert mode(cache) == 0o755
 
     verbs = systemctl_verbs(sandbox.calls("systemctl"))
     assert ("enable", "text2img-autostop.timer") in verbs
@@ -339,3 +344,14 @@ def test_concurrent_runs_are_serialised_by_a_lock(sandbox: Sandbox) -> None:
         result = sandbox.run()
     assert result.returncode == 1
     assert "another run of the startup script still holds" in result.stderr
+
+
+def test_cache_belongs_to_a_non_root_image_user(sandbox: Sandbox) -> None:
+    (sandbox.stub / "image-user").write_text("10001:10002\n")
+    (sandbox.path("/var/lib/text2img/models/base")).mkdir(parents=True)
+    assert sandbox.run().returncode == 0
+    for path in (
+        sandbox.path("/var/lib/text2img/models"),
+        sandbox.path("/var/lib/text2img/models/base"),
+    ):
+        assert (path.stat().st_uid, path.stat().st_gid) == (10001, 10002)
