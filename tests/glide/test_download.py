@@ -220,3 +220,13 @@ def test_part_from_another_url_is_discarded(server, tmp_path):
     get(server, dest, sha256=SHA)
     assert server.requests[0].range is None
     assert dest.read_bytes() == DATA
+
+
+def test_server_answering_ranges_in_pieces_is_followed_to_the_end(server, tmp_path):
+    server.drop_after, server.drops_left = 500_000, 1
+    server.max_range = 1_000_000  # some servers cap each range answer
+    dest = tmp_path / "blob.bin"
+    get(server, dest, sha256=SHA, retry=RetryPolicy(attempts=1, backoff_s=0))
+    assert dest.read_bytes() == DATA
+    assert [r.status for r in server.requests] == [200, 206, 206, 206]  # 0.5 + 3 x 1 MB
+    assert server.body_bytes("/blob.bin") == len(DATA)

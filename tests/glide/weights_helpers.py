@@ -35,6 +35,7 @@ class FileServer:
     drop_after: int | None = None  # close the connection after this many body bytes …
     drops_left: int = 0  # … this many times
     status_after_drops: int | None = None  # once the drops are used up, answer only this
+    max_range: int | None = None  # answer a Range request with at most this many bytes
     status: dict[str, int] = field(default_factory=dict)  # path -> forced status, every time
     fail_times: dict[str, int] = field(default_factory=dict)  # path -> 500s before it works
     content_md5: bool = False  # send Content-MD5 like Azure Blob Storage
@@ -81,9 +82,12 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                     self.end_headers()
                     req.status = 416
                     return None
+                end = len(data) if server.max_range is None else start + server.max_range
+                end = min(end, len(data))
                 self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
                 req.status = 206
+                data = data[:end]
             else:
                 self.send_response(200)
                 req.status = 200

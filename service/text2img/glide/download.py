@@ -247,7 +247,9 @@ def fetch(
             try:
                 if _attempt(client, url, part, state, state_path, offset, size, progress, label):
                     break
-                failures = 0  # progress was made; the server simply ended early
+                if part.stat().st_size > offset:
+                    continue  # the server answered part of the range: ask for the rest
+                raise _Retry(f"the server sent no data at byte {offset} of {state.total}")
             except _Retry as exc:
                 grew = part.exists() and part.stat().st_size > offset
                 failures = 0 if grew else failures + 1
