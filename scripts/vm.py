@@ -32,7 +32,7 @@ from text2img.gateway.compute import ComputeFailure, InstanceInfo, VmRef
 
 REPO = Path(__file__).resolve().parent.parent
 JOURNAL_UNITS = ("text2img.service", "text2img-autostop.service", "text2img-autostop.timer")
-DEFAULT_IDLE_MINUTES = 20
+DEFAULT_IDLE_MINUTES = 20.0
 
 
 class VmError(Exception):
@@ -167,6 +167,16 @@ def service_get(target: Target, path: str, timeout: float = 10.0) -> httpx.Respo
         raise VmError(f"the gateway {target.url} is unreachable: {reason}") from exc
 
 
+def idle_minutes(info: InstanceInfo) -> float:
+    """The autostop limit from the instance metadata (what the VM itself reads)."""
+    raw = info.metadata.get("text2img-idle-minutes", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_IDLE_MINUTES
+    return value if value > 0 else DEFAULT_IDLE_MINUTES
+
+
 def describe_service(target: Target, info: InstanceInfo) -> str:
     """One line about the service, from /v1/status through the gateway."""
     if not target.url:
@@ -186,7 +196,7 @@ def describe_service(target: Target, info: InstanceInfo) -> str:
         phase = err.get("phase") or err.get("code") or f"HTTP {resp.status_code}"
         return f"not ready ({phase}): {err.get('message', '')}".rstrip(": ")
     idle_s = float(body.get("idle_seconds") or 0.0)
-    limit_min = int(info.metadata.get("text2img-idle-minutes") or DEFAULT_IDLE_MINUTES)
+    limit_min = idle_minutes(info)
     state = "ready" if body.get("ready") else "loading the model"
     jobs = int(body.get("jobs_in_flight") or 0) + int(body.get("queue_depth") or 0)
     if jobs:
@@ -195,7 +205,7 @@ def describe_service(target: Target, info: InstanceInfo) -> str:
     return (
         f"{state}, model {body.get('model')}; idle {human_duration(idle_s)}, autostop in "
         f"{human_duration(left) if left > 0 else 'under a minute'} "
-        f"(after {limit_min} idle min)"
+        f"(after {limit_min:g} idle min)"
     )
 
 

@@ -23,6 +23,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ ROUTES = [
     ("GET", re.compile(BASE + r"/instances/(?P<name>[^/]+)/serialPort$"), "serial"),
     ("GET", re.compile(BASE + r"/operations/(?P<name>[^/]+)$"), "operation"),
     ("POST", re.compile(BASE + r"/operations/(?P<name>[^/]+)/wait$"), "operation"),
+    # not Compute: what `systemctl poweroff` inside the guest does (tests' poweroff command)
+    ("POST", re.compile(BASE + r"/instances/(?P<name>[^/]+)/fake-guest-poweroff$"), "poweroff"),
 ]
 
 # Compute's real error bodies (HTTP errors) and operation error codes
@@ -193,10 +196,20 @@ class FakeCompute:
         self._reach(name, "TERMINATED")
 
     def power_off(self, name: str) -> None:
-        """What `systemctl poweroff` inside the guest does: RUNNING -> TERMINATED."""
+        """What `systemctl poweroff` inside the guest does: RUNNING -> STOPPING ->
+        TERMINATED (after `stop_delay_s`, at once when it is None or 0)."""
         with self._lock:
             self.instances[name].status = "STOPPING"
+        if self.stop_delay_s:
+            time.sleep(self.stop_delay_s)
         self._reach(name, "TERMINATED")
+
+    def guest_poweroff_url(self, name: str) -> str:
+        """POSTing here powers the instance off as if its guest ran `systemctl poweroff`."""
+        return (
+            f"{self.endpoint}/compute/v1/projects/{self.project}/zones/{self.zone}"
+            f"/instances/{name}/fake-guest-poweroff"
+        )
 
     # -- request handling ----------------------------------------------------------------
 
@@ -245,6 +258,9 @@ class FakeCompute:
                 return 404, _not_found(fmt)
             if kind == "get":
                 return 200, self._instance_json(inst)
+            if kind == "poweroff":
+                threading.Thread(target=self.power_off, args=(inst.name,), daemon=True).start()
+                return 200, {}
             if kind == "serial":
                 start = int(query.get("start", "0"))
                 return 200, {

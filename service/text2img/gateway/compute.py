@@ -133,9 +133,7 @@ def instance_info(inst: compute_v1.Instance) -> InstanceInfo:
         machine_type=_last_segment(inst.machine_type) if inst.machine_type else "",
         gpus=gpus,
         metadata={
-            item.key: item.value
-            for item in inst.metadata.items
-            if item.key.startswith("text2img-")
+            item.key: item.value for item in inst.metadata.items if item.key.startswith("text2img-")
         },
     )
 

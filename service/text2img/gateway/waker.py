@@ -206,7 +206,7 @@ class Waker:
             began = self._wake_began or _ts(info)
             if self._start_at is not None and began is not None:
                 took = self.wall() - began
-                if 10.0 <= took <= 1800.0:
+                if 1.0 <= took <= 1800.0:
                     self.learned_wake_s = took
                     log.info("VM woke in %.0f s", took)
             self._start_at = self._wake_began = self._start_op = None
