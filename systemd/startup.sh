@@ -668,10 +668,10 @@ ExecStart=/usr/bin/docker run --rm --name text2img --pull never --gpus all \
     --volume ${TEXT2IMG_MODEL_CACHE_DIR}:/models \
     --publish ${TEXT2IMG_BIND_IP}:${TEXT2IMG_PORT}:8080 \
     --publish 127.0.0.1:${TEXT2IMG_PORT}:8080 \
-    --log-opt max-size=20m --log-opt max-file=3 \
+    --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 \
     --entrypoint text2img ${TEXT2IMG_IMAGE} serve --host 0.0.0.0 --port 8080
 # Let an in-flight generation finish before the container is killed.
-ExecStop=/usr/bin/docker stop --time 120 text2img
+ExecStop=/usr/bin/docker stop -t 120 text2img
 TimeoutStopSec=150
 Restart=always
 RestartSec=15
@@ -922,6 +922,16 @@ EOF
   ensure_enabled text2img.service
   ensure_running text2img.service $((SERVICE_CHANGED | env_changed))
   printf '%s\n' "$IMAGE" | put_file 0644 "$STATE/deployed-image"
+  prune_old_images
+}
+
+# Older digests of the same repository would fill the boot disk (several GB each).
+prune_old_images() {
+  local repo=${IMAGE%@*} ref
+  while read -r ref; do
+    if [[ $ref == "$IMAGE" || $ref == *"<none>"* ]]; then continue; fi
+    if docker image rm "$ref" >/dev/null 2>&1; then log "removed the old image $ref"; fi
+  done < <(docker image ls --digests --format '{{.Repository}}@{{.Digest}}' "$repo" 2>/dev/null || true)
 }
 
 main() {

@@ -181,7 +181,13 @@ case "$1" in
       echo "Error response from daemon: unavailable" >&2; exit 1
     fi
     echo "${@: -1}" >>"$STUB_DIR/images" ;;
-  image) grep -qxF -- "${@: -1}" "$STUB_DIR/images" 2>/dev/null ;;
+  image)
+    case "$2" in
+      inspect) grep -qxF -- "${@: -1}" "$STUB_DIR/images" 2>/dev/null ;;
+      ls) grep -F -- "${@: -1}@" "$STUB_DIR/images" 2>/dev/null || true ;;
+      rm) grep -vxF -- "$3" "$STUB_DIR/images" >"$STUB_DIR/images.new" || true
+          mv "$STUB_DIR/images.new" "$STUB_DIR/images" ;;
+    esac ;;
   info) echo "27.5.1" ;;
   run)
     case " $* " in

@@ -92,7 +92,7 @@ def test_first_boot_writes_units_env_files_and_starts_the_service(sandbox: Sandb
         "--publish ${TEXT2IMG_BIND_IP}:${TEXT2IMG_PORT}:8080",
         "--publish 127.0.0.1:${TEXT2IMG_PORT}:8080",
         "${TEXT2IMG_IMAGE} serve --host 0.0.0.0 --port 8080",
-        "ExecStop=/usr/bin/docker stop --time 120 text2img",
+        "ExecStop=/usr/bin/docker stop -t 120 text2img",
         "TimeoutStopSec=150",
         "Restart=always",
         "StartLimitBurst=",
@@ -181,6 +181,9 @@ def test_a_new_image_digest_is_pulled_and_restarts_only_the_service(sandbox: San
     assert sandbox.path("/var/lib/text2img/deployed-image").read_text().strip() == IMAGE2
     # the weights are checked again with the new image's downloader
     assert any(c[1] == "run" and IMAGE2 in c for c in sandbox.calls("docker"))
+    # the old digest no longer takes disk space; the new one stays
+    assert ["docker", "image", "rm", IMAGE] in sandbox.calls("docker")
+    assert (sandbox.stub / "images").read_text().split() == [IMAGE2]
 
 
 def test_a_stopped_service_is_started_again(sandbox: Sandbox) -> None:
