@@ -230,3 +230,13 @@ def test_server_answering_ranges_in_pieces_is_followed_to_the_end(server, tmp_pa
     assert dest.read_bytes() == DATA
     assert [r.status for r in server.requests] == [200, 206, 206, 206]  # 0.5 + 3 x 1 MB
     assert server.body_bytes("/blob.bin") == len(DATA)
+
+
+def test_space_for_the_converted_copy_is_checked_before_downloading(server, tmp_path, monkeypatch):
+    real = download.shutil.disk_usage
+    free = len(DATA) + 20 * 1000**2  # room for the download, not for what comes after
+
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+    get(server, tmp_path / "a.bin")  # fits
+    with pytest.raises(UserError, match=r"not enough disk space .*: 103.2 MB needed"):
+        get(server, tmp_path / "b.bin", reserve=100 * 1000**2)

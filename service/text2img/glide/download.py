@@ -219,6 +219,25 @@ class Fetched:
     sha256: str
 
 
+@dataclass(frozen=True)
+class _Job:
+    url: str
+    dest: Path
+    sha256: str | None
+    size: int | None
+    reserve: int  # bytes to keep free beyond the download itself
+    progress: bool
+    label: str
+
+    @property
+    def part(self) -> Path:
+        return self.dest.with_name(self.dest.name + ".part")
+
+    @property
+    def state_path(self) -> Path:
+        return self.dest.with_name(self.dest.name + ".part.json")
+
+
 def fetch(
     url: str,
     dest: Path,
@@ -228,14 +247,17 @@ def fetch(
     progress: bool = True,
     retry: RetryPolicy | None = None,
     label: str | None = None,
+    reserve: int = 0,
 ) -> Fetched:
-    """Download `url` to `dest` (resuming `dest.part`), verify it, rename it into place."""
+    """Download `url` to `dest` (resuming `dest.part`), verify it, rename it into place.
+
+    `reserve`: disk space needed afterwards (e.g. for a converted copy), checked up front.
+    """
     retry = retry or RetryPolicy()
-    label = label or dest.name
-    part = dest.with_name(dest.name + ".part")
-    state_path = dest.with_name(dest.name + ".part.json")
+    job = _Job(url, dest, sha256, size, reserve, progress, label or dest.name)
+    part = job.part
     make_dir(dest.parent)
-    state = _State.load(state_path, url) if part.exists() else None
+    state = _State.load(job.state_path, url) if part.exists() else None
     if state is None:
         part.unlink(missing_ok=True)
         state = _State(url=url)
@@ -245,7 +267,7 @@ def fetch(
         while True:
             offset = part.stat().st_size if part.exists() else 0
             try:
-                if _attempt(client, url, part, state, state_path, offset, size, progress, label):
+                if _attempt(client, job, state, offset):
                     break
                 if part.stat().st_size > offset:
                     continue  # the server answered part of the range: ask for the rest
@@ -255,33 +277,24 @@ def fetch(
                 failures = 0 if grew else failures + 1
                 if failures >= retry.attempts:
                     raise UserError(
-                        f"could not download {label} from {url} after {failures} tries: {exc}; "
-                        f"{_UNREACHABLE}, then {RERUN} (it resumes)"
+                        f"could not download {job.label} from {url} after {failures} tries: "
+                        f"{exc}; {_UNREACHABLE}, then {RERUN} (it resumes)"
                     ) from None
-                say(f"{label}: {exc}; retrying", progress)
+                say(f"{job.label}: {exc}; retrying", progress)
                 retry.wait(failures)
-    return _verify(part, dest, state, state_path, url, sha256, size, label)
+    return _verify(job, state)
 
 
-def _attempt(
-    client: httpx.Client,
-    url: str,
-    part: Path,
-    state: _State,
-    state_path: Path,
-    offset: int,
-    size: int | None,
-    progress: bool,
-    label: str,
-) -> bool:
+def _attempt(client: httpx.Client, job: _Job, state: _State, offset: int) -> bool:
     """One GET; True when the part file is complete, False to continue, _Retry on failure."""
+    part, size = job.part, job.size
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
         if state.etag and not state.etag.startswith("W/"):
             headers["If-Range"] = state.etag
     try:
-        with client.stream("GET", url, headers=headers) as response:
+        with client.stream("GET", job.url, headers=headers) as response:
             status = response.status_code
             if status == 416 and offset:
                 # Range starts at or past the end: complete if the sizes agree, else start over.
@@ -291,7 +304,7 @@ def _attempt(
                     return True
                 part.unlink()
                 raise _Retry("the partial file no longer fits the server's copy; starting over")
-            _raise_for_status(response, url, label)
+            _raise_for_status(response, job.url, job.label)
             if status == 206:
                 m = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
                 if not m or int(m.group(1)) != offset:
@@ -300,25 +313,25 @@ def _attempt(
                 total = None if m.group(3) == "*" else int(m.group(3))
             else:
                 if offset:
-                    say(f"{label}: the server does not resume downloads; starting over", progress)
+                    say(f"{job.label}: the server does not resume; starting over", job.progress)
                 offset = 0
                 length = response.headers.get("content-length")
                 encoded = response.headers.get("content-encoding", "identity") != "identity"
                 total = int(length) if length and not encoded else None
             if size is not None and total is not None and total != size:
                 raise UserError(
-                    f"{url} is {total} bytes but {label} should be {size} bytes: this is not "
-                    "the expected file (check TEXT2IMG_WEIGHTS_URL if you use a mirror)"
+                    f"{job.url} is {total} bytes but {job.label} should be {size} bytes: this "
+                    "is not the expected file (check TEXT2IMG_WEIGHTS_URL if you use a mirror)"
                 )
             state.total = total if total is not None else size
             state.etag = response.headers.get("etag")
             state.md5 = _md5_header(response, partial=status == 206) or state.md5
-            state.save(state_path)
+            state.save(job.state_path)
             if state.total is not None:
-                check_free_space(part, state.total - offset, label)
-            _stream_body(response, part, offset, state.total, progress, label)
+                check_free_space(part, state.total - offset + job.reserve, job.label)
+            _stream_body(response, job, offset, state.total)
     except httpx.TransportError as exc:
-        raise _Retry(_describe_transport_error(exc, url)) from None
+        raise _Retry(_describe_transport_error(exc, job.url)) from None
     written = part.stat().st_size
     if state.total is None or written == state.total:
         return True
@@ -347,58 +360,39 @@ def _raise_for_status(response: httpx.Response, url: str, label: str) -> None:
     raise UserError(f"unexpected HTTP {status} from {url} while fetching {label}")
 
 
-def _stream_body(
-    response: httpx.Response,
-    part: Path,
-    offset: int,
-    total: int | None,
-    progress: bool,
-    label: str,
-) -> None:
+def _stream_body(response: httpx.Response, job: _Job, offset: int, total: int | None) -> None:
     from tqdm import tqdm
 
-    tty = sys.stderr.isatty()
     bar = tqdm(
         total=total,
         initial=offset,
         unit="B",
         unit_scale=True,
-        desc=label,
+        desc=job.label,
         file=sys.stderr,
-        disable=not progress,
-        mininterval=0.5 if tty else 15.0,
-        leave=True,
+        disable=not job.progress,
+        mininterval=0.5 if sys.stderr.isatty() else 15.0,  # a log gets a line every 15 s
     )
-    with bar, part.open("ab" if offset else "wb") as f:
+    with bar, job.part.open("ab" if offset else "wb") as f:
         for chunk in response.iter_raw():
-            _write(f, chunk, part, total, label)
+            _write(f, chunk, job, total)
             bar.update(len(chunk))
 
 
-def _write(f: IO[bytes], chunk: bytes, part: Path, total: int | None, label: str) -> None:
+def _write(f: IO[bytes], chunk: bytes, job: _Job, total: int | None) -> None:
     try:
         f.write(chunk)
         f.flush()
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            have = part.stat().st_size
-            needed = (total - have) if total is not None else len(chunk)
-            raise disk_full_error(exc, part, needed, f"downloading {label} to") from None
-        raise UserError(
-            f"cannot write {part} ({exc.strerror}); check the cache directory"
-        ) from None
+            have = job.part.stat().st_size
+            needed = (total - have if total is not None else len(chunk)) + job.reserve
+            raise disk_full_error(exc, job.part, needed, f"downloading {job.label} to") from None
+        raise UserError(f"cannot write {job.part} ({exc.strerror}); check the cache dir") from None
 
 
-def _verify(
-    part: Path,
-    dest: Path,
-    state: _State,
-    state_path: Path,
-    url: str,
-    sha256: str | None,
-    size: int | None,
-    label: str,
-) -> Fetched:
+def _verify(job: _Job, state: _State) -> Fetched:
+    part, size, sha256 = job.part, job.size, job.sha256
     got = part.stat().st_size
     bad: str | None = None
     if size is not None and got != size:
@@ -415,8 +409,10 @@ def _verify(
         bad = f"its MD5 {md5.hexdigest()} differs from the server's {state.md5} (corrupted)"
     if bad is not None:
         part.unlink()
-        state_path.unlink(missing_ok=True)
-        raise UserError(f"downloaded {label} from {url} is damaged: {bad}; deleted it, {RERUN}")
-    fsync_replace(part, dest)
-    state_path.unlink(missing_ok=True)
-    return Fetched(path=dest, size=got, sha256=digest.hexdigest())
+        job.state_path.unlink(missing_ok=True)
+        raise UserError(
+            f"downloaded {job.label} from {job.url} is damaged: {bad}; deleted it, {RERUN}"
+        )
+    fsync_replace(part, job.dest)
+    job.state_path.unlink(missing_ok=True)
+    return Fetched(path=job.dest, size=got, sha256=digest.hexdigest())

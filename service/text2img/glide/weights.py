@@ -224,7 +224,8 @@ def ensure_weights(
             if _cache_is_current(cache_dir, spec):
                 continue
             if not pt.exists():
-                _download(cache_dir, spec.source, progress, retry)
+                fp16_bytes = 2 * spec.num_params  # the converted copy, written next
+                _download(cache_dir, spec.source, progress, retry, reserve=fp16_bytes)
             _convert(cache_dir, spec, None, progress)
 
 
@@ -295,7 +296,13 @@ def check_listing(
 # --- internals -------------------------------------------------------------------------
 
 
-def _download(cache_dir: Path, rf: RemoteFile, progress: bool, retry: RetryPolicy | None) -> None:
+def _download(
+    cache_dir: Path,
+    rf: RemoteFile,
+    progress: bool,
+    retry: RetryPolicy | None,
+    reserve: int = 0,
+) -> None:
     say(f"downloading {rf.name} from {rf.url}", progress)
     got = fetch(
         rf.url,
@@ -305,6 +312,7 @@ def _download(cache_dir: Path, rf: RemoteFile, progress: bool, retry: RetryPolic
         progress=progress,
         retry=retry,
         label=rf.name,
+        reserve=reserve,
     )
     _record(cache_dir, rf.name, got.sha256)
 
