@@ -19,6 +19,13 @@ NAMESPACE = "text2img"
 N1_GPU_TYPES = frozenset(
     {"nvidia-tesla-t4", "nvidia-tesla-p4", "nvidia-tesla-v100", "nvidia-tesla-p100"}
 )
+# zones known to offer the GPU (docs/gcp-facts.md §2, SkyPilot catalog); other regions are
+# not checked. `gcloud compute accelerator-types list --filter=name=nvidia-tesla-t4` is
+# the authority, so an unlisted zone only warns.
+KNOWN_GPU_ZONES = {
+    ("nvidia-tesla-t4", "asia-northeast1"): ("a", "c"),
+    ("nvidia-tesla-t4", "us-central1"): ("a", "b", "c", "f"),
+}
 BUILD_MACHINE_TYPES = frozenset(
     {"e2-medium", "e2-highcpu-8", "e2-highcpu-32", "n1-highcpu-8", "n1-highcpu-32"}
 )
@@ -176,6 +183,24 @@ def validate(s: Settings) -> list[str]:
     return errors
 
 
+def advisories(s: Settings) -> list[str]:
+    """Valid but probably unintended settings: reported as warnings, not errors."""
+    notes = []
+    zones = KNOWN_GPU_ZONES.get((s.gpu_type, s.region))
+    if zones is not None and s.zone.rsplit("-", 1)[-1] not in zones:
+        listed = ", ".join(f"{s.region}-{z}" for z in zones)
+        notes.append(
+            f"{NAMESPACE}:zone: {s.zone} is not known to offer {s.gpu_type} (known: {listed}); "
+            f"check `gcloud compute accelerator-types list --filter=zone:{s.zone}`"
+        )
+    if s.spot and s.has_schedule and s.schedule_start:
+        notes.append(
+            f"{NAMESPACE}:scheduleStart: a Spot VM may be preempted right after a scheduled "
+            "start; the gateway starts it again on the next request"
+        )
+    return notes
+
+
 def _get(cfg: pulumi.Config, key: str, missing: list[str]) -> str:
     value = cfg.get(key)
     if value is None:
@@ -258,4 +283,6 @@ def load_settings() -> Settings:
         errors.extend(validate(settings))
     if errors:
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
+    for note in advisories(settings):
+        pulumi.log.warn(note)
     return settings

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import runpy
 import sys
 from collections.abc import Iterator, Mapping
@@ -33,6 +35,7 @@ if str(ROOT) not in sys.path:
 TOKEN = "tok" + "Q7x" * 15  # what the mocked RandomPassword generates (48 characters)
 TEST_PROJECT = "t2i-test-project"
 PROJECT_NUMBER = "123456789012"
+STARTUP_ENV = "TEXT2IMG_INFRA_STARTUP_SCRIPT"
 IMAGE_NAME = "common-cu129-ubuntu-2204-nvidia-580-v20260416"
 
 
@@ -139,6 +142,8 @@ class Plan:
     resources: list[Registration]
     outputs: dict[str, Any]
     secret_outputs: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    startup_script: str | None = None
 
     def of_type(self, typ: str) -> list[Registration]:
         return [r for r in self.resources if r.type == typ]
@@ -150,6 +155,15 @@ class Plan:
 
     def by_urn(self, urn: str) -> Registration:
         return next(r for r in self.resources if r.urn == urn)
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.warnings.append(record.getMessage())
 
 
 def _run_main() -> None:
@@ -178,14 +192,26 @@ def run_program(
         values["project"] = project
     values.update(overrides or {})
     monitor = RecordingMonitor(Mocks())
+    logger = logging.getLogger(f"infra-harness-{stack}")
+    logger.propagate = False
+    capture = _Capture()
+    logger.handlers[:] = [capture]
     pulumi.runtime.set_mocks(
-        monitor.mocks, project="text2img", stack=stack, preview=False, monitor=monitor
+        monitor.mocks,
+        project="text2img",
+        stack=stack,
+        preview=False,
+        monitor=monitor,
+        logger=logger,
     )
     pulumi.runtime.set_all_config(
         {f"text2img:{key}": config_value(value) for key, value in values.items()}, []
     )
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
+    # the file as the program sees it now (it may be edited while the tests run)
+    script_path = Path(os.environ.get(STARTUP_ENV) or ROOT / "systemd" / "startup.sh")
+    script = script_path.read_text() if script_path.is_file() else None
     exported: dict[str, Any] = {}
     with _patched_export(exported):
         _sync_await(run_pulumi_func(_run_main))
@@ -197,4 +223,4 @@ def run_program(
         outputs[key] = _sync_await(out.future())
         if _sync_await(out.is_secret()):
             secret.add(key)
-    return Plan(stack, monitor.registrations, outputs, secret)
+    return Plan(stack, monitor.registrations, outputs, secret, capture.warnings, script)

@@ -109,3 +109,10 @@ def test_oversized_startup_script_fails(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("TEXT2IMG_INFRA_STARTUP_SCRIPT", str(big))
     with pytest.raises(StartupScriptError, match="limited to 262144 bytes"):
         run_program("dev")
+
+
+def test_zone_without_the_gpu_warns(plan_for) -> None:
+    assert plan_for().warnings == []
+    plan = plan_for(zone="asia-northeast1-b")
+    assert any("text2img:zone: asia-northeast1-b is not known to offer" in w for w in plan.warnings)
+    assert plan.outputs["zone"] == "asia-northeast1-b"  # a warning, not an error

