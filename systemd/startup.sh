@@ -489,6 +489,8 @@ Documentation=file:/usr/local/lib/text2img/autostop.py
 Type=oneshot
 EnvironmentFile=-/etc/text2img/autostop.env
 ExecStart=/usr/bin/python3 /usr/local/lib/text2img/autostop.py
+# a hung run must not stall the timer (and with it every later decision)
+TimeoutStartSec=2min
 SyslogIdentifier=text2img-autostop
 __UNIT__
   AUTOSTOP_CHANGED=$((AUTOSTOP_CHANGED | CHANGED))

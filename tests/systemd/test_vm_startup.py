@@ -101,6 +101,10 @@ def test_first_boot_writes_units_env_files_and_starts_the_service(sandbox: Sandb
         assert needle in service, needle
     autostop = sandbox.path("/etc/systemd/system/text2img-autostop.service").read_text()
     assert "ExecStart=/usr/bin/python3 /usr/local/lib/text2img/autostop.py" in autostop
+    assert "TimeoutStartSec=" in autostop
+    timer = sandbox.path("/etc/systemd/system/text2img-autostop.timer").read_text()
+    assert "OnUnitInactiveSec=1min" in timer
+    assert "WantedBy=timers.target" in timer
     assert "halt" not in sandbox.path("/usr/local/lib/text2img/autostop.py").read_text()
 
     # the image: login with the metadata token on stdin, then a pull by digest
