@@ -360,18 +360,31 @@ def _raise_for_status(response: httpx.Response, url: str, label: str) -> None:
     raise UserError(f"unexpected HTTP {status} from {url} while fetching {label}")
 
 
+class _LogLines:
+    """A file for tqdm that gives each update its own line (logs have no carriage return)."""
+
+    def write(self, text: str) -> None:
+        if line := text.replace("\r", "").strip():
+            print(line, file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        pass
+
+
 def _stream_body(response: httpx.Response, job: _Job, offset: int, total: int | None) -> None:
     from tqdm import tqdm
 
+    tty = sys.stderr.isatty()
     bar = tqdm(
         total=total,
         initial=offset,
         unit="B",
         unit_scale=True,
         desc=job.label,
-        file=sys.stderr,
+        file=sys.stderr if tty else _LogLines(),
+        ascii=not tty,
         disable=not job.progress,
-        mininterval=0.5 if sys.stderr.isatty() else 15.0,  # a log gets a line every 15 s
+        mininterval=0.5 if tty else 15.0,  # a log gets a line every 15 s
     )
     with bar, job.part.open("ab" if offset else "wb") as f:
         for chunk in response.iter_raw():
