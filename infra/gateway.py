@@ -130,7 +130,9 @@ def create_gateway(
                             name="TEXT2IMG_API_TOKEN",
                             value_source=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceArgs(
                                 secret_key_ref=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs(
-                                    secret=token.secret.secret_id, version="latest"
+                                    # pinned: a new token version rolls out a new revision
+                                    secret=token.secret.secret_id,
+                                    version=token.version.version,
                                 )
                             ),
                         ),

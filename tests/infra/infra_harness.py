@@ -83,6 +83,8 @@ class Mocks(pulumi.runtime.Mocks):
             state["email"] = f"{state['accountId']}@{state['project']}.iam.gserviceaccount.com"
         elif typ == "gcp:secretmanager/secret:Secret":
             return f"projects/{state['project']}/secrets/{state['secretId']}", state
+        elif typ == "gcp:secretmanager/secretVersion:SecretVersion":
+            state["version"] = "1"
         elif typ == "gcp:artifactregistry/repository:Repository":
             state["name"] = state["repositoryId"]
         elif typ == "gcp:projects/iAMCustomRole:IAMCustomRole":

@@ -255,7 +255,7 @@ def test_token_only_in_its_secret_version(plan: Plan) -> None:
     assert "value" not in token_env
     assert token_env["valueSource"]["secretKeyRef"] == {
         "secret": "t2i-dev-api-token",
-        "version": "latest",
+        "version": "1",  # pinned to the SecretVersion the stack wrote
     }
     password = plan.one("random:index/randomPassword:RandomPassword").inputs
     assert password["special"] is False
