@@ -264,6 +264,7 @@ class State:
     last_active_at: float = 0.0  # latest moment a request was known to run or finish
     lost_at: float | None = None  # when the service stopped answering after being ready
     poweroff_at: float | None = None  # when autostop last asked for a poweroff
+    paused_at: float | None = None  # when autostop last saw the pause file
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,8 @@ def decide(obs: Observation, prev: State, cfg: Config) -> tuple[Decision, State]
     grace = cfg.boot_grace_minutes
     status = obs.status
 
-    if obs.paused:
+    if obs.paused:  # a pause counts as activity: the clocks restart when it ends
+        state = dataclasses.replace(state, paused_at=obs.now, last_active_at=obs.now)
         return Decision("paused", 0.0, idle_limit, False, "pause file present"), state
     if state.poweroff_at is not None and obs.now - state.poweroff_at < POWEROFF_RETRY_SECONDS:
         minutes = (obs.now - state.poweroff_at) / 60
@@ -318,7 +320,7 @@ def decide(obs: Observation, prev: State, cfg: Config) -> tuple[Decision, State]
 
     what = "not ready" if status is not None else "not answering"
     if not state.ever_ready:
-        since_boot = obs.uptime / 60
+        since_boot = (obs.now - max(boot_at, state.paused_at or boot_at)) / 60
         if since_boot >= grace:
             reason = f"service {what} {grace:g} min after boot (see journalctl -t text2img-startup)"
             return Decision("never-ready", since_boot, grace, True, reason), state

@@ -123,6 +123,21 @@ def test_paused_never_powers_off(autostop: ModuleType) -> None:
     assert {d.state for d in decisions} == {"paused"}
 
 
+def test_the_boot_grace_restarts_after_a_pause(autostop: ModuleType) -> None:
+    # paused for maintenance while the service was broken: a fresh grace period after
+    cfg = autostop.Config(idle_minutes=20, boot_grace_minutes=30)
+    state = autostop.State()
+    for minute in range(1, 61):
+        obs = autostop.Observation(
+            now=T0 + minute * MIN, uptime=minute * MIN, status=None, paused=True
+        )
+        _, state = autostop.decide(obs, state, cfg)
+    for minute, expect in ((61, False), (89, False), (90, True)):
+        obs = autostop.Observation(now=T0 + minute * MIN, uptime=minute * MIN, status=None)
+        decision, state = autostop.decide(obs, state, cfg)
+        assert decision.poweroff is expect, minute
+
+
 def test_service_down_after_being_ready(autostop: ModuleType) -> None:
     # ready and used until minute 10, then it stops answering (crash, new image loading):
     # nothing can run, so idle counts from the later of the last request and the loss,
@@ -309,7 +324,9 @@ def test_program_pause_file_holds_until_removed(program: Program, service: FakeS
         assert "paused until the file is removed" in out
     assert program.poweroffs == []
     (program.tmp / "autostop.paused").unlink()
-    assert "action=poweroff" in program.run(501)
+    # the idle clock restarts when the pause ends
+    assert "state=idle idle=1.0min limit=10min action=wait" in program.run(501)
+    assert "action=poweroff" in program.run(510)
     assert program.poweroffs == ["--now-please"]
 
 
@@ -319,10 +336,12 @@ def test_program_pause_for_some_minutes(program: Program, service: FakeService) 
     out = program.run(80)
     assert "state=paused" in out
     assert "paused for 10 more min" in out
+    assert "state=paused" in program.run(89)
     out = program.run(91)
     assert "the pause in" in out
     assert "ended 1 min ago" in out
-    assert "action=poweroff" in out
+    assert "action=wait" in out
+    assert "action=poweroff" in program.run(99)  # 10 idle minutes after the pause
 
 
 def test_program_ignores_a_pause_from_a_previous_boot(
