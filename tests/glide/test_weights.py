@@ -331,3 +331,22 @@ def test_the_released_models_pass_the_download_checks(name):
     assert len(expected) == spec.num_tensors
     assert sum(torch.Size(s).numel() for s in expected.values()) == spec.num_params
     assert weights.listing_fingerprint(expected) == spec.listing_sha256
+
+
+def test_a_second_process_waits_for_the_cache_lock(server, cache, capfd):
+    import fcntl
+    import threading
+
+    cache.mkdir()
+    holder = (cache / ".lock").open("a")
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process is downloading
+    release = threading.Timer(0.5, lambda: fcntl.flock(holder, fcntl.LOCK_UN))
+    release.start()
+    try:
+        ensure_weights(cache, progress=True, only=["tokenizer"], retry=FAST,
+                       manifest=fake_manifest(server.base_url))  # fmt: skip
+    finally:
+        release.join()
+        holder.close()
+    assert f"waiting for another text2img process using {cache}" in capfd.readouterr().err
+    assert (cache / "tokenizer" / "vocab.bpe.gz").read_bytes() == TOKENIZER["vocab.bpe.gz"]

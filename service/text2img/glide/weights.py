@@ -5,11 +5,13 @@ Cache layout (`default_cache_dir()` unless told otherwise):
     base.pt, upsample.pt                 the released checkpoints, as downloaded (fp32)
     base.fp16.safetensors, upsample.…    fp16 copies made once; what the service loads
     tokenizer/encoder.json.gz, …/vocab.bpe.gz
-    manifest.json                        size, sha256 and mtime of every verified download
+    manifest.json                        size, mtime and sha256 of every verified file
+    .lock                                flock: one writer at a time (download, conversion)
 
 A checkpoint is accepted only if `torch.load(weights_only=True)` reads it as a flat dict of
-float tensors whose tensor count, element count and key/shape listing are those of GLIDE.
-The safetensors metadata records the size and sha256 of the `.pt` it came from, so a `.pt`
+finite float tensors whose tensor count, element count and key/shape listing are GLIDE's.
+Tensors with values beyond fp16's range would stay fp32 (GLIDE's have none). The
+safetensors metadata records the size and sha256 of the `.pt` it came from, so a `.pt`
 replaced later makes the cache stale and it is converted again.
 """
 
