@@ -350,3 +350,13 @@ def test_a_second_process_waits_for_the_cache_lock(server, cache, capfd):
         holder.close()
     assert f"waiting for another text2img process using {cache}" in capfd.readouterr().err
     assert (cache / "tokenizer" / "vocab.bpe.gz").read_bytes() == TOKENIZER["vocab.bpe.gz"]
+
+
+def test_legacy_torch_save_format_is_accepted(server, cache, tmp_path):
+    legacy = tmp_path / "legacy.pt"
+    source = random_state_dict(SHAPES_BASE, 3)
+    torch.save(source, legacy, _use_new_zipfile_serialization=False)  # pre-1.6 container
+    server.files["/base.pt"] = legacy.read_bytes()
+    ensure(server, cache, only=["base"])
+    sd = load_state_dict(cache, "base", SHAPES_BASE, manifest=fake_manifest(server.base_url))
+    torch.testing.assert_close(sd["out.2.weight"], source["out.2.weight"].half(), rtol=0, atol=0)
