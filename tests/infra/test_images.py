@@ -134,3 +134,28 @@ def test_gcloudignore_uploads_only_the_build_inputs() -> None:
     assert "/*" in patterns
     assert {"!/pyproject.toml", "!/README.md", "!/service/"} <= set(patterns)
     assert os.access(SCRIPT, os.X_OK)
+
+
+GCLOUD_LIB = Path("/usr/lib/google-cloud-sdk/lib")
+
+
+@pytest.mark.skipif(not GCLOUD_LIB.is_dir(), reason="Google Cloud SDK not installed here")
+def test_gcloud_uploads_exactly_the_build_context() -> None:
+    """Ask gcloud's own .gcloudignore matcher which files `builds submit` would upload."""
+    probe = (
+        "from googlecloudsdk.command_lib.util import gcloudignore\n"
+        "chooser = gcloudignore.FileChooser.FromFile('infra/build.gcloudignore')\n"
+        "print('\\n'.join(chooser.GetIncludedFiles('.', include_dirs=False)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{GCLOUD_LIB}:{GCLOUD_LIB / 'third_party'}"}
+    result = subprocess.run(
+        ["python3", "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    uploaded = set(result.stdout.split())
+    assert {"pyproject.toml", "README.md", "service/gateway.Dockerfile"} <= uploaded
+    assert {path.split("/")[0] for path in uploaded} == {"pyproject.toml", "README.md", "service"}
+    assert not any("__pycache__" in p or p.endswith(".pyc") for p in uploaded)
+    # everything the context hash covers is uploaded
+    hashed = {str(p.relative_to(ROOT)) for p in context_files(ROOT)}
+    assert hashed <= uploaded
