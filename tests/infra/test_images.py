@@ -159,3 +159,25 @@ def test_gcloud_uploads_exactly_the_build_context() -> None:
     # everything the context hash covers is uploaded
     hashed = {str(p.relative_to(ROOT)) for p in context_files(ROOT)}
     assert hashed <= uploaded
+
+
+@pytest.mark.skipif(not GCLOUD_LIB.is_dir(), reason="Google Cloud SDK not installed here")
+def test_cloudbuild_yaml_loads_with_gclouds_parser() -> None:
+    """gcloud validates the build config against the Cloud Build API schema on submit."""
+    probe = (
+        "from googlecloudsdk.api_lib.cloudbuild import cloudbuild_util, config\n"
+        "m = cloudbuild_util.GetMessagesModule()\n"
+        "b = config.LoadCloudbuildConfigFromPath('infra/cloudbuild.yaml', m,\n"
+        "    params={'_IMAGE': 'r-docker.pkg.dev/p/r/i:t', '_DOCKERFILE': 'service/Dockerfile'})\n"
+        "print(b.options.logging, b.images[0], b.steps[0].name)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{GCLOUD_LIB}:{GCLOUD_LIB / 'third_party'}"}
+    result = subprocess.run(
+        ["python3", "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [
+        "CLOUD_LOGGING_ONLY",  # required with a user-specified build service account
+        "${_IMAGE}",
+        "gcr.io/cloud-builders/docker",
+    ]
