@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 # the base package + the gateway extra only (fastapi/starlette, uvicorn, httpx,
 # google-cloud-compute); the service extra (torch) is not installed
-RUN pip install --no-compile . && pip install --no-compile '.[gateway]' \
+RUN pip install --no-compile '.[gateway]' \
     && useradd --system --uid 10001 --no-create-home gateway
 
 USER 10001

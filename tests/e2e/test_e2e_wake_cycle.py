@@ -261,7 +261,7 @@ def test_asleep_wake_generate_idle_autostop_asleep(
     time.sleep(1.2)  # past the gateway's readiness cache
     out = vm_status(vm_module, world, capsys)
     assert "state     TERMINATED (asleep" in out
-    assert client.get("/v1/status").json()["error"]["code"] == "asleep"
+    assert client.get("/readyz").json()["error"]["code"] == "asleep"
     again = client.post("/v1/images/generations", json=request)
     err = again.json()["error"]
     assert err["code"] == "waking"

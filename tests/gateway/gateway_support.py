@@ -36,6 +36,7 @@ class Upstream:
     release_sse: threading.Event = field(default_factory=threading.Event)
     sse_finished: threading.Event = field(default_factory=threading.Event)
     seen: list[dict[str, Any]] = field(default_factory=list)
+    slow_disconnected: threading.Event = field(default_factory=threading.Event)
     url: str = ""
 
     def app(self) -> Starlette:
@@ -101,6 +102,16 @@ class Upstream:
                 headers={"Retry-After": "7", "X-Upstream": "yes"},
             )
 
+        async def slow(request: Request) -> Response:
+            """A long generation: notices when its client goes away (like the service)."""
+            await request.body()
+            for _ in range(400):
+                if await request.is_disconnected():
+                    self.slow_disconnected.set()
+                    break
+                await asyncio.sleep(0.025)
+            return JSONResponse({"done": True})
+
         async def status(request: Request) -> Response:
             return JSONResponse({"ready": self.ready, "idle_seconds": 12.5})
 
@@ -112,6 +123,7 @@ class Upstream:
                 Route("/big", big),
                 Route("/echo", echo, methods=["POST", "PUT"]),
                 Route("/busy", busy, methods=["POST"]),
+                Route("/slow", slow, methods=["POST"]),
             ]
         )
 

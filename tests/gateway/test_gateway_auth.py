@@ -78,10 +78,10 @@ def test_repeated_failures_are_throttled_per_client(
     assert int(blocked.headers["retry-after"]) >= 1
     # even the right token is refused while blocked: guessing cannot continue
     right = {**AUTH, "X-Forwarded-For": "203.0.113.7"}
-    assert httpx.get(url + "/v1/status", headers=right).status_code == 429
+    assert httpx.get(url + "/readyz", headers=right).status_code == 429
     # another client (first X-Forwarded-For hop) is not affected
     other = {**AUTH, "X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
-    assert httpx.get(url + "/v1/status", headers=other).status_code == 503
+    assert httpx.get(url + "/readyz", headers=other).json()["error"]["code"] == "asleep"
     assert fake.calls["start"] == 0
 
 

@@ -106,3 +106,10 @@ def test_observing_requests_are_proxied_when_ready(gateway: str, fake: FakeCompu
     calls = fake.calls["get"]
     httpx.get(gateway + "/v1/status", headers=AUTH)
     assert fake.calls["get"] == calls
+
+
+def test_client_leaving_drops_the_upstream_request(gateway: str, upstream: Upstream) -> None:
+    """The service cancels a generation whose client left; through the gateway too."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gateway + "/slow", headers=AUTH, json={"prompt": "x"}, timeout=0.5)
+    assert upstream.slow_disconnected.wait(5.0)

@@ -81,7 +81,7 @@ def test_observing_requests_do_not_wake_the_vm(
     make_gateway: Callable[..., str], fake: FakeCompute
 ) -> None:
     url = make_gateway()
-    for path in ("/readyz", "/v1/status", "/metrics"):
+    for path in ("/readyz", "/metrics"):
         resp = httpx.get(url + path, headers=AUTH)
         assert resp.status_code == 503
         body = resp.json()["error"]
@@ -90,6 +90,9 @@ def test_observing_requests_do_not_wake_the_vm(
         assert "scripts/vm start" in body["message"]
     assert fake.calls["start"] == 0
     assert fake.calls["get"] >= 1
+    # the page asks for /v1/status when it opens: that wakes the VM while the user types
+    assert _waking(httpx.get(url + "/v1/status", headers=AUTH))["phase"] == "starting_vm"
+    assert fake.calls["start"] == 1
 
 
 def test_stopping_vm_is_started_after_it_stopped(

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from text2img.auth import FailureThrottle, bearer_from_header, load_token, token_matches
 from text2img.errors import UserError
 from text2img.gateway.compute import VmRef
-from text2img.gateway.proxy import UpstreamDown, forward, timeouts
+from text2img.gateway.proxy import ClientGone, UpstreamDown, forward, timeouts
 from text2img.gateway.settings import GatewaySettings
 from text2img.gateway.waker import (
     Asleep,
@@ -36,9 +36,11 @@ from text2img.gateway.waker import (
 
 log = logging.getLogger("text2img.gateway")
 
-# GET requests that only observe: they report the VM's state but never wake it, so a
-# browser tab or `scripts/vm status` polling them does not keep the GPU VM running.
-OBSERVE_PATHS = frozenset({"/readyz", "/v1/status", "/metrics"})
+# GET requests made by machines that poll (health checks, `scripts/vm wait`, Prometheus):
+# they report the VM's state but never wake it, or a poller would keep the GPU VM running.
+# Everything else wakes it, /v1/status included: the web page asks for it when it opens,
+# so the VM boots while the user types.
+OBSERVE_PATHS = frozenset({"/readyz", "/metrics"})
 PUBLIC_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
 
 
@@ -195,6 +197,9 @@ def create_app(
         if isinstance(decision, Ready):
             try:
                 return await forward(request, decision.base_url, request.app.state.http, client)
+            except ClientGone:
+                log.info("client went away before the service answered %s", request.url.path)
+                return Response(status_code=499)  # nobody reads it
             except UpstreamDown as exc:
                 log.info("upstream %s did not answer: %s", decision.base_url, exc)
                 waker.invalidate()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 
 # RFC 9110 §7.6.1 connection-specific headers, plus what the proxy itself must set
@@ -32,6 +34,10 @@ class UpstreamDown(Exception):
     """The service did not accept the connection (the VM stopped or is booting)."""
 
 
+class ClientGone(Exception):
+    """The client disconnected before the service answered."""
+
+
 def _filtered(headers: list[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
     named_in_connection = {
         token.strip().lower()
@@ -44,6 +50,41 @@ def _filtered(headers: list[tuple[str, str]], drop: frozenset[str]) -> list[tupl
         for name, value in headers
         if name.lower() not in drop and name.lower() not in named_in_connection
     ]
+
+
+async def _send_unless_client_leaves(
+    client: httpx.AsyncClient, req: httpx.Request, request: Request, body_sent: asyncio.Event
+) -> httpx.Response:
+    """Wait for the service's response headers; if the client disconnects meanwhile, drop
+    the upstream connection too, so the service cancels the job instead of finishing it
+    for nobody (a generation can take minutes)."""
+    send = asyncio.ensure_future(client.send(req, stream=True))
+    watch = asyncio.ensure_future(_client_disconnect(request, body_sent))
+    try:
+        await asyncio.wait({send, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (send, watch):
+            if not task.done():
+                task.cancel()
+    if not send.done() or send.cancelled():
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await send
+        raise ClientGone
+    try:
+        return send.result()
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise UpstreamDown(str(exc)) from exc
+    except ClientDisconnect as exc:  # the client left while its body was being forwarded
+        raise ClientGone from exc
+
+
+async def _client_disconnect(request: Request, body_sent: asyncio.Event) -> None:
+    """Returns when the client disconnects (only listens once the body was forwarded)."""
+    await body_sent.wait()
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def timeouts(connect_s: float, read_s: float) -> httpx.Timeout:
@@ -72,16 +113,22 @@ async def forward(
     has_body = request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or (
         "content-length" in request.headers or "transfer-encoding" in request.headers
     )
+    body_sent = asyncio.Event()
+
+    async def request_body() -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            yield chunk
+        body_sent.set()
+
+    if not has_body:
+        body_sent.set()
     upstream_req = client.build_request(
         request.method,
         url,
         headers=headers,
-        content=request.stream() if has_body else None,
+        content=request_body() if has_body else None,
     )
-    try:
-        resp = await client.send(upstream_req, stream=True)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise UpstreamDown(str(exc)) from exc
+    resp = await _send_unless_client_leaves(client, upstream_req, request, body_sent)
 
     async def body() -> AsyncIterator[bytes]:
         try:
