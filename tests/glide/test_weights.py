@@ -360,3 +360,23 @@ def test_legacy_torch_save_format_is_accepted(server, cache, tmp_path):
     ensure(server, cache, only=["base"])
     sd = load_state_dict(cache, "base", SHAPES_BASE, manifest=fake_manifest(server.base_url))
     torch.testing.assert_close(sd["out.2.weight"], source["out.2.weight"].half(), rtol=0, atol=0)
+
+
+def test_a_copied_cache_is_hashed_once_then_trusted_again(server, cache, monkeypatch):
+    manifest = fake_manifest(server.base_url)
+    ensure(server, cache, only=["base"])
+    pt = cache / "base.pt"
+    os.utime(pt, ns=(1, 1))  # what `cp -r` without -p does to mtimes
+    hashed: list[Path] = []
+    real = weights.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(weights, "sha256_file", counting)
+    ensure(server, cache, only=["base"])  # hashes base.pt once, finds it unchanged
+    assert hashed == [pt]
+    load_state_dict(cache, "base", SHAPES_BASE, manifest=manifest)
+    ensure(server, cache, only=["base"])
+    assert hashed == [pt]  # trusted from the refreshed record

@@ -160,6 +160,19 @@ def _record(cache_dir: Path, name: str, sha256: str) -> None:
     write_atomic(cache_dir / "manifest.json", data, "the cache's manifest")
 
 
+def _refreshed_sha256(cache_dir: Path, name: str) -> str | None:
+    """`_known_sha256`, re-recording a file whose mtime changed (e.g. copied), so later
+    loads need not hash it again (call with the cache lock held)."""
+    sha = _known_sha256(cache_dir, name)
+    if sha is None:
+        return None
+    rec = _records(cache_dir).get(name)
+    st = (cache_dir / name).stat()
+    if not rec or (rec["size"], rec["mtime_ns"]) != (st.st_size, st.st_mtime_ns):
+        _record(cache_dir, name, sha)
+    return sha
+
+
 def _known_sha256(cache_dir: Path, name: str, *, rehash: bool = False) -> str | None:
     """sha256 of a cached file: from its record while size and mtime still match, else hashed."""
     path = cache_dir / name
@@ -213,7 +226,7 @@ def ensure_weights(
     with cache_lock(cache_dir, progress=progress):
         if "tokenizer" in wanted:
             for rf in manifest.tokenizer:
-                sha = _known_sha256(cache_dir, rf.name)
+                sha = _refreshed_sha256(cache_dir, rf.name)
                 if force or sha is None or sha != (rf.sha256 or sha):
                     _download(cache_dir, rf, progress, retry)
         for spec in manifest.checkpoints:
@@ -223,6 +236,7 @@ def ensure_weights(
             if force:
                 pt.unlink(missing_ok=True)
                 (cache_dir / spec.cache_name).unlink(missing_ok=True)
+            _refreshed_sha256(cache_dir, spec.source.name)
             if _cache_is_current(cache_dir, spec):
                 continue
             if not pt.exists():
