@@ -41,6 +41,7 @@ def test_fresh_download_verifies_and_renames_atomically(server, tmp_path, capfd)
     assert (got.size, got.sha256) == (len(DATA), SHA)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["blob.bin"]  # no .part left
     assert [r.status for r in server.requests] == [200]
+    assert server.requests[0].user_agent.startswith("text2img/")
     err = capfd.readouterr().err  # not a terminal: one plain line per update, for logs
     assert "\r" not in err
     assert err.splitlines()[-1].startswith("blob.bin: 100%|##########| 3.16M/3.16M")

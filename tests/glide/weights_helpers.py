@@ -22,6 +22,7 @@ class Request:
     path: str
     range: str | None
     if_range: str | None
+    user_agent: str | None = None
     status: int = 0
     body_bytes: int = 0
 
@@ -60,6 +61,7 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path
             req = Request(path, self.headers.get("Range"), self.headers.get("If-Range"))
+            req.user_agent = self.headers.get("User-Agent")
             server.requests.append(req)
             if path in server.status:
                 return self._plain(req, server.status[path])

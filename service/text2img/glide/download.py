@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import httpx
 
+from text2img import __version__
 from text2img.errors import UserError
 
 CHUNK = 1 << 20
@@ -263,7 +264,8 @@ def fetch(
         state = _State(url=url)
     timeout = httpx.Timeout(retry.read_timeout_s, connect=retry.connect_timeout_s)
     failures = 0
-    with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+    agent = {"User-Agent": f"text2img/{__version__} (+weights download)"}
+    with httpx.Client(follow_redirects=True, timeout=timeout, headers=agent) as client:
         while True:
             offset = part.stat().st_size if part.exists() else 0
             try:
