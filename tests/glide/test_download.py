@@ -188,6 +188,8 @@ def test_disk_full_while_writing_keeps_part_and_says_how_much(server, tmp_path):
     assert "3.2 MB more is needed" in msg
     assert "(it resumes)" in msg
     assert "\n" not in msg
+    assert dest.with_name("blob.bin.part.json").exists()  # the partial download is kept
+    assert not dest.exists()
 
 
 def test_not_enough_free_space_is_refused_up_front(server, tmp_path, monkeypatch):
