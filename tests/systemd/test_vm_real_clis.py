@@ -1,4 +1,4 @@
-"""Every docker command line the VM runs is accepted by a real docker CLI.
+"""Every docker and systemctl command line the VM runs is accepted by the real CLI.
 
 The stubs accept anything, so a misspelt flag would pass the sandbox tests. Here each
 recorded command (and the unit's Exec lines, expanded as systemd would) goes through
@@ -84,3 +84,34 @@ def test_docker_command_lines_are_valid(sandbox: Sandbox, tmp_path: Path) -> Non
             assert "127.0.0.1:9" in output, output  # it got as far as the registry
         elif command[1] != "logout":  # logout only edits the client's config
             assert "Cannot connect to the Docker daemon" in output, (command, output)
+
+
+SYSTEMCTL = shutil.which("systemctl", path="/usr/bin:/bin")
+
+
+# Only where systemd is NOT running: on a machine booted with systemd these calls would
+# really restart docker.service and friends.
+@pytest.mark.skipif(
+    SYSTEMCTL is None or Path("/run/systemd/system").exists(),
+    reason="needs systemctl on a machine where systemd is not running (it would act)",
+)
+def test_systemctl_command_lines_are_valid(sandbox: Sandbox) -> None:
+    assert sandbox.run().returncode == 0
+    sandbox.google.set_attribute("text2img-image", IMAGE2)
+    assert sandbox.run().returncode == 0
+    calls = sandbox.calls("systemctl")
+    assert {c[1] for c in calls if not c[1].startswith("-")} >= {
+        "daemon-reload",
+        "is-enabled",
+        "enable",
+        "is-active",
+        "restart",
+        "reset-failed",
+    }
+    for call in calls:
+        result = subprocess.run(
+            [str(SYSTEMCTL), *call[1:]], capture_output=True, text=True, timeout=30, check=False
+        )
+        output = result.stdout + result.stderr
+        for bad in ("unrecognized option", "Unknown command verb", "invalid option", "requires"):
+            assert bad not in output, (call, output)
