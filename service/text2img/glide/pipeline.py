@@ -27,6 +27,11 @@ UPSAMPLE_TEMPERATURE = 0.997  # upstream scales the upsampler's starting noise b
 MODELS = ("glide", "tiny")
 
 
+def respacing_for(sampler: str, steps: int) -> str:
+    """Respacing string for a sampler: log-SNR spacing for DPM-Solver++, else upstream's."""
+    return f"logsnr{steps}" if sampler == "dpm++2m" else str(steps)
+
+
 class Cancelled(Exception):
     """Raised by `Pipeline.generate` when `should_cancel()` returned true."""
 
@@ -192,7 +197,9 @@ class Pipeline:
         def base_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.base(x, t, tokens, mask)
 
-        schedule = make_schedule(base_cfg.noise_schedule, str(settings.base_steps))
+        schedule = make_schedule(
+            base_cfg.noise_schedule, respacing_for(settings.base_sampler, settings.base_steps)
+        )
         noise = row_noise(base_cfg.image_size)
 
         def base_step_noise(_: int) -> torch.Tensor:
@@ -218,7 +225,10 @@ class Pipeline:
         def up_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.upsampler(x, t, up_tokens, up_mask, low_res=low_res)
 
-        schedule = make_schedule(up_cfg.noise_schedule, str(settings.upsample_steps))
+        schedule = make_schedule(
+            up_cfg.noise_schedule,
+            respacing_for(settings.upsample_sampler, settings.upsample_steps),
+        )
         sample = SAMPLERS[settings.upsample_sampler](
             checked(up_fn),
             row_noise(up_cfg.image_size) * UPSAMPLE_TEMPERATURE,

@@ -50,14 +50,48 @@ def named_betas(name: str, num_steps: int = 1000) -> np.ndarray:
     raise ValueError(f"unknown noise schedule {name!r}; expected one of {NOISE_SCHEDULES}")
 
 
-def space_timesteps(num_timesteps: int, respacing: str) -> list[int]:
+def logsnr_timesteps(alphas_cumprod: np.ndarray, count: int) -> list[int]:
+    """`count` distinct timesteps (ascending) closest to uniform spacing in log-SNR.
+
+    λ_t = ½ log(ᾱ_t / (1 - ᾱ_t)) is split evenly from λ_{T-1} to λ_0, the spacing the
+    DPM-Solver paper recommends for pixel-space models (Lu et al. 2022, §5). Each target
+    takes the nearest timestep below the previous pick, so all `count` steps stay distinct.
+    """
+    total = len(alphas_cumprod)
+    if not 1 <= count <= total:
+        raise ValueError(f"invalid respacing 'logsnr{count}': count must be 1..{total}")
+    lam = 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))
+    if count == 1:
+        return [total - 1]
+    targets = np.linspace(lam[-1], lam[0], count)
+    picked: list[int] = []
+    upper = total - 1  # highest timestep still allowed
+    for i, target in enumerate(targets):
+        lowest = count - 1 - i  # leave room for the remaining picks
+        candidates = np.arange(lowest, upper + 1)
+        best = int(candidates[np.argmin(np.abs(lam[candidates] - target))])
+        picked.append(best)
+        upper = best - 1
+    return sorted(picked)
+
+
+def space_timesteps(
+    num_timesteps: int, respacing: str, alphas_cumprod: np.ndarray | None = None
+) -> list[int]:
     """Kept original timesteps (ascending) for a respacing string, exactly as upstream.
 
     "N" or "a,b,c": equal sections of the schedule, each keeping that many steps at
     positions accumulated as floats and rounded half-to-even; "ddimN": the smallest stride
     s with ceil(T / s) = N; "fast27": "10,10,3,2,2" with T-1 replaced by T-3; "": all steps.
+    Our extension "logsnrN" (needs `alphas_cumprod`): see `logsnr_timesteps`.
     Raises ValueError naming the string when it is not valid.
     """
+    if respacing.startswith("logsnr") and alphas_cumprod is not None:
+        try:
+            count = int(respacing[6:])
+        except ValueError:
+            raise ValueError(f"invalid respacing {respacing!r}: logsnr needs a count") from None
+        return logsnr_timesteps(alphas_cumprod, count)
     if respacing == "":
         return list(range(num_timesteps))
     if respacing == "fast27":
@@ -143,7 +177,8 @@ class Schedule:
         ac_prev = np.append(1.0, ac[:-1])
         post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
         clipped = np.append(post_var[1], post_var[1:]) if len(betas) > 1 else post_var
-        post_log = np.log(clipped)
+        with np.errstate(divide="ignore"):  # a one-step schedule has zero variance
+            post_log = np.log(clipped)
         schedule = cls(
             timestep_map=timestep_map.astype(np.int64),
             betas=betas,
@@ -169,7 +204,7 @@ def make_schedule(
     """The respaced schedule: β'_i = 1 - ᾱ[k_i] / ᾱ[k_{i-1}] over the kept timesteps k."""
     base = named_betas(noise_schedule, diffusion_steps)
     base_ac = np.cumprod(1.0 - base, axis=0)
-    kept = space_timesteps(diffusion_steps, respacing)
+    kept = space_timesteps(diffusion_steps, respacing, base_ac)
     last, new_betas = 1.0, []
     for k in kept:
         new_betas.append(1 - base_ac[k] / last)
