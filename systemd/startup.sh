@@ -773,9 +773,13 @@ wait_for_driver() {
   log "GPU: $out"
 }
 
+# apt and the packages' install scripts get the usual umask (not this script's 077):
+# apt reads keyrings and lists as an unprivileged user.
+apt_get() { (umask 022 && apt-get -o DPkg::Lock::Timeout=600 "$@"); }
+
 apt_install() {
-  retry "apt-get update" apt-get -o DPkg::Lock::Timeout=600 update -q
-  retry "apt-get install $*" apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "$@"
+  retry "apt-get update" apt_get update -q
+  retry "apt-get install $*" apt_get install -y -q --no-install-recommends "$@"
 }
 
 nvidia_repo() {
@@ -786,6 +790,7 @@ nvidia_repo() {
   # shellcheck disable=SC2016  # $(ARCH) is apt's variable, not the shell's
   printf 'deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] %s/stable/deb/$(ARCH) /\n' \
     "$NVIDIA_REPO" >"$ROOT/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+  chmod 0644 "$keyring" "$ROOT/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 }
 
 ensure_docker() {

@@ -219,6 +219,7 @@ mkdir -p "$(dirname "$cfg")"
 echo '{"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}' >"$cfg"
 """,
     "apt-get": r"""
+umask >>"$STUB_DIR/apt-get.umask"
 for a in "$@"; do
   case "$a" in
     docker.io) cp "$STUB_DIR/available/docker" "$STUB_DIR/bin/docker" ;;

@@ -336,7 +336,12 @@ def test_missing_docker_and_toolkit_are_installed_without_upgrading(sandbox: San
     source = sandbox.path("/etc/apt/sources.list.d/nvidia-container-toolkit.list").read_text()
     assert "signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg" in source
     assert "/stable/deb/$(ARCH) /" in source
-    assert sandbox.path("/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg").exists()
+    keyring = sandbox.path("/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg")
+    assert keyring.exists()
+    # apt verifies and reads as an unprivileged user: world-readable, normal umask
+    assert mode(keyring) == 0o644
+    assert mode(sandbox.path("/etc/apt/sources.list.d/nvidia-container-toolkit.list")) == 0o644
+    assert set((sandbox.stub / "apt-get.umask").read_text().split()) == {"0022"}
     assert "installed: docker.io nvidia-container-toolkit" in result.stderr
 
 
