@@ -889,7 +889,8 @@ download_weights() {
   chmod 0755 "$ROOT$CACHE_DIR"
   # The container may run as a non-root user: it must own the cache it writes.
   local owner
-  owner=$(docker run --rm --pull never --entrypoint sh "$IMAGE" -c 'echo "$(id -u):$(id -g)"')
+  owner=$(docker run --rm --pull never --entrypoint sh "$IMAGE" -c 'echo "$(id -u):$(id -g)"') ||
+    owner="(no answer)"
   if [[ $owner =~ ^[0-9]+:[0-9]+$ ]]; then
     if [[ $owner != 0:0 && $(stat -c %u:%g "$ROOT$CACHE_DIR") != "$owner" ]]; then
       log "giving $CACHE_DIR to the image's user $owner"

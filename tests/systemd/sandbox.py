@@ -191,7 +191,11 @@ case "$1" in
   info) echo "27.5.1" ;;
   run)
     case " $* " in
-      *" sh "*) cat "$STUB_DIR/image-user" 2>/dev/null || echo "0:0" ;;  # the image's uid:gid
+      *" sh "*)  # the image's uid:gid; "none" = an image without a shell
+        if grep -qx none "$STUB_DIR/image-user" 2>/dev/null; then
+          echo 'exec: "sh": executable file not found in $PATH' >&2; exit 127
+        fi
+        cat "$STUB_DIR/image-user" 2>/dev/null || echo "0:0" ;;
       *) if [ -f "$STUB_DIR/run-fails" ]; then echo "download failed" >&2; exit 1; fi ;;
     esac ;;
 esac

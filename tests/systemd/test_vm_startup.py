@@ -367,3 +367,11 @@ def test_cache_belongs_to_a_non_root_image_user(sandbox: Sandbox) -> None:
         sandbox.path("/var/lib/text2img/models/base"),
     ):
         assert (path.stat().st_uid, path.stat().st_gid) == (10001, 10002)
+
+
+def test_an_image_without_a_shell_still_deploys(sandbox: Sandbox) -> None:
+    (sandbox.stub / "image-user").write_text("none\n")
+    result = sandbox.run()
+    assert result.returncode == 0, result.stderr
+    assert "could not tell the image's user (got '(no answer)')" in result.stderr
+    assert "FAILED" not in result.stderr
