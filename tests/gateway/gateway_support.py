@@ -33,6 +33,8 @@ class Upstream:
     """A stand-in for the service on the VM: /readyz, SSE, a big body, an echo."""
 
     ready: bool = True
+    readyz_delay_s: float = 0.0
+    readyz_calls: int = 0
     release_sse: threading.Event = field(default_factory=threading.Event)
     sse_finished: threading.Event = field(default_factory=threading.Event)
     seen: list[dict[str, Any]] = field(default_factory=list)
@@ -41,6 +43,8 @@ class Upstream:
 
     def app(self) -> Starlette:
         async def readyz(request: Request) -> Response:
+            self.readyz_calls += 1
+            await asyncio.sleep(self.readyz_delay_s)
             if request.headers.get("authorization") != AUTH["Authorization"]:
                 return JSONResponse({"error": {"code": "invalid_api_key"}}, status_code=401)
             if self.ready:

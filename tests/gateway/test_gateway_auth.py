@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.fakes.asgi_server import serve_in_thread
 from tests.fakes.compute import FakeCompute
 from tests.gateway.gateway_support import AUTH, TOKEN
 from text2img.errors import UserError
-from text2img.gateway.app import _static_root, create_app
+from text2img.gateway.app import UI_HEADERS, _static_root, create_app
 from text2img.gateway.settings import GatewaySettings
 
 
@@ -64,6 +66,26 @@ def test_default_static_root_is_the_service_web_ui() -> None:
     root = _static_root()
     assert root is not None
     assert str(root).replace("\\", "/").endswith("text2img/api/static")
+
+
+def test_the_real_web_ui_is_served_with_the_service_headers(
+    fake: FakeCompute, upstream: object
+) -> None:
+    from text2img.api.routes.ui import UI_HEADERS as SERVICE_UI_HEADERS
+
+    assert UI_HEADERS == SERVICE_UI_HEADERS
+    settings = GatewaySettings(
+        api_token=TOKEN, project=fake.project, zone=fake.zone, instance="text2img-vm",
+        compute_endpoint=fake.endpoint,
+    )  # fmt: skip
+    with serve_in_thread(create_app(settings)) as url:
+        page = httpx.get(url + "/")
+        assert page.status_code == 200
+        assert page.headers["content-security-policy"] == UI_HEADERS["Content-Security-Policy"]
+        assert page.headers["x-content-type-options"] == "nosniff"
+        for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+            assert httpx.get(url + asset).status_code == 200, asset
+    assert sum(fake.calls.values()) == 0
 
 
 def test_repeated_failures_are_throttled_per_client(

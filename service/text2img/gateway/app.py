@@ -42,6 +42,17 @@ log = logging.getLogger("text2img.gateway")
 # so the VM boots while the user types.
 OBSERVE_PATHS = frozenset({"/readyz", "/metrics"})
 PUBLIC_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
+# The same headers the service sends with its web UI (text2img.api.routes.ui.UI_HEADERS;
+# a test keeps them equal): the page users open in the cloud is served from here.
+UI_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def _error(status: int, code: str, message: str, *, type_: str, **extra: object) -> JSONResponse:
@@ -164,7 +175,7 @@ def create_app(
         media = mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
         if media.startswith("text/") or media == "application/javascript":
             media += "; charset=utf-8"
-        return Response(item.read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"})
+        return Response(item.read_bytes(), media_type=media, headers=UI_HEADERS)
 
     async def gateway(request: Request) -> Response:
         client = client_address(request, settings.trust_forwarded_for)

@@ -120,11 +120,13 @@ class Waker:
         self._start_op: str | None = None
         self._op_checked_at = 0.0
         self._failure: tuple[StartFailed, float] | None = None
+        self._recent: tuple[float, Waking] | None = None  # reused for `state_cache_s`
 
     def invalidate(self) -> None:
         """Forget that the service was ready (the upstream stopped answering)."""
         self._ready_url = None
         self._observed = None
+        self._recent = None
 
     async def check(self, *, wake: bool = True) -> Decision:
         if self._ready_url is not None and self.clock() < self._ready_until:
@@ -138,11 +140,17 @@ class Waker:
                 if now < until:
                     return StartFailed(failed.cause, failed.message, max(1, int(until - now)))
                 self._failure = None
+            if self._recent is not None and now - self._recent[0] < self.settings.state_cache_s:
+                # a burst of requests while it boots: one Compute call and one probe answer
+                # them all, instead of each waiting for its own probe behind the lock
+                return self._recent[1]
             try:
                 info = await self._instance(now)
             except ComputeFailure as exc:
                 return self._fail(exc, now)
-            return await self._decide(info, now, wake)
+            decision = await self._decide(info, now, wake)
+            self._recent = (self.clock(), decision) if isinstance(decision, Waking) else None
+            return decision
 
     async def _instance(self, now: float) -> InstanceInfo:
         if self._observed is not None and now - self._observed[0] < self.settings.state_cache_s:
