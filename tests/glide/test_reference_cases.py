@@ -86,10 +86,13 @@ def test_forward(item):
     trace: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         trace["output"] = model_for(model_name)(
-            role(case, "x_t", model_name), role(case, "timesteps", model_name),
-            role(case, "tokens", model_name), role(case, "mask", model_name),
-            low_res=role(case, "low_res", model_name), trace=trace,
-        )  # fmt: skip
+            role(case, "x_t", model_name),
+            role(case, "timesteps", model_name),
+            role(case, "tokens", model_name),
+            role(case, "mask", model_name),
+            low_res=role(case, "low_res", model_name),
+            trace=trace,
+        )
     for name in case["outputs"] + case.get("intermediates", []):
         key = name.removeprefix(prefix).removeprefix("inter.")
         assert_close(name, trace[key], model_name)
@@ -139,9 +142,12 @@ def test_p_mean_variance(item):
     assert schedule.timestep_map[case["respaced_index"]] == case["original_timestep"]
     with torch.inference_mode():
         out = p_mean_variance(
-            model_fn(model_name, case), role(case, "x", model_name), t, schedule,
+            model_fn(model_name, case),
+            role(case, "x", model_name),
+            t,
+            schedule,
             clip_denoised=case["clip_denoised"],
-        )  # fmt: skip
+        )
     for name in case["outputs"]:
         field = name.rsplit(".", 1)[-1]
         value = (
@@ -174,17 +180,30 @@ def test_sample_loop(item):
     fn = model_fn(model_name, case)
     with torch.inference_mode():
         if case["kind"] == "ddim_sample_loop":
-            final = sample_ddim(fn, x, schedule, eta=case["eta"],
-                                clip_denoised=case["clip_denoised"], callback=record)  # fmt: skip
+            final = sample_ddim(
+                fn,
+                x,
+                schedule,
+                eta=case["eta"],
+                clip_denoised=case["clip_denoised"],
+                callback=record,
+            )
         else:
             step_noise = role(case, "step_noise", model_name)
             assert step_noise is not None
             assert len(step_noise) == schedule.num_steps
             final = sample_ancestral(
-                fn, x, schedule, clip_denoised=case["clip_denoised"],
-                noise_sampler=lambda k: step_noise[k], callback=record,
-            )  # fmt: skip
-    results = {"final_sample": final, "checkpoint_sample": torch.stack(samples),
-               "checkpoint_pred_xstart": torch.stack(preds)}  # fmt: skip
+                fn,
+                x,
+                schedule,
+                clip_denoised=case["clip_denoised"],
+                noise_sampler=lambda k: step_noise[k],
+                callback=record,
+            )
+    results = {
+        "final_sample": final,
+        "checkpoint_sample": torch.stack(samples),
+        "checkpoint_pred_xstart": torch.stack(preds),
+    }
     for name in case["outputs"]:
         assert_close(name, results[name.rsplit(".", 1)[-1]], model_name)
