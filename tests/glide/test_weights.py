@@ -124,6 +124,7 @@ def test_fresh_download_converts_to_fp16_once_and_is_idempotent(server, cache):
     with safe_open(str(cache / "base.fp16.safetensors"), "pt") as f:
         meta = f.metadata()
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
+    assert weights.cache_metadata(cache / "base.fp16.safetensors") == meta  # own header reader
     pt = cache / "base.pt"
     assert meta["text2img_source_sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest()
     assert meta["text2img_source_size"] == str(pt.stat().st_size)

@@ -334,14 +334,24 @@ def _download(
 
 
 def cache_metadata(path: Path) -> dict[str, str] | None:
-    """The metadata of a safetensors cache file, or None if it is absent or unreadable."""
-    from safetensors import SafetensorError, safe_open
-
+    """The metadata of a complete safetensors file, else None (read directly: no torch)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError):
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 2 <= n <= 100_000_000 else None
+        size = path.stat().st_size
+    except (OSError, ValueError):
         return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.pop("__metadata__", None) or {}
+    try:
+        data_end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+    if 8 + n + data_end != size or not isinstance(meta, dict):
+        return None  # truncated or padded: not what we wrote
+    return {str(k): str(v) for k, v in meta.items()}
 
 
 def _cache_is_current(cache_dir: Path, spec: CheckpointSpec) -> bool:
