@@ -137,13 +137,15 @@ def test_p_mean_variance(item):
     model_name, case = item
     schedule = _schedule(model_name, case)
     t = role(case, "t", model_name)
+    x = role(case, "x", model_name)
     assert t is not None
+    assert x is not None
     assert (t == case["respaced_index"]).all()
     assert schedule.timestep_map[case["respaced_index"]] == case["original_timestep"]
     with torch.inference_mode():
         out = p_mean_variance(
             model_fn(model_name, case),
-            role(case, "x", model_name),
+            x,
             t,
             schedule,
             clip_denoised=case["clip_denoised"],

@@ -10,6 +10,7 @@ from glide_reference import read_json, read_tensors, require_dir
 
 from text2img.glide.samplers import (
     SAMPLERS,
+    StepInfo,
     classifier_free_guidance,
     sample_ddim,
     sample_dpmpp_2m,
@@ -118,7 +119,7 @@ def test_every_sampler_has_the_same_signature():
     schedule = make_schedule("linear", "5")
     x = torch.randn(2, 3, 4, 4)
     for sampler in SAMPLERS.values():
-        seen = []
+        seen: list[StepInfo] = []
         out = sampler(
             fn,
             x,
