@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         default=None,
+        metavar="DIR",
         help="where the weights live (default: $TEXT2IMG_MODEL_CACHE, else "
         "$XDG_CACHE_HOME/text2img, else ~/.cache/text2img)",
     )
