@@ -238,6 +238,8 @@ echo "dearmored" >"$out"
     "logger": r"""
 shift 2; [ "$1" = "--" ] && shift; printf '%s\n' "$*" >>"$STUB_DIR/journal.log"
 """,
+    # the real curl, with its argv recorded: no token may appear on a command line
+    "curl": 'exec /usr/bin/curl "$@"\n',
     "poweroff": "",
     "google_metadata_script_runner": "",
 }

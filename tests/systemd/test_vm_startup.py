@@ -149,6 +149,9 @@ def test_no_secret_is_printed_or_passed_on_a_command_line(sandbox: Sandbox) -> N
     result = sandbox.run()
     assert result.returncode == 0, result.stderr
     out = all_output(sandbox, result)
+    curl = sandbox.calls("curl")
+    assert any(c[-1].endswith("/versions/latest:access") for c in curl)  # argv is recorded
+    assert any("-K" in c for c in curl)  # the bearer header went in on stdin
     assert API_TOKEN not in out
     assert API_TOKEN.strip() not in out
     assert ACCESS_TOKEN not in out
