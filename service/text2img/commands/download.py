@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "exit status 1 if anything is missing or damaged",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output; one summary line")
+    parser.epilog = (
+        "Sources: openaipublic.blob.core.windows.net (checkpoints) and openai/glide-text2im "
+        "(tokenizer); set TEXT2IMG_WEIGHTS_URL to a folder holding all four files to use a "
+        "mirror. Exit status: 0 ready, 1 --check found something missing, 2 error."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
