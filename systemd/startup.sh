@@ -825,6 +825,7 @@ login_and_pull() {
       printf '%s' "$ACCESS_TOKEN" |
         docker login --username oauth2accesstoken --password-stdin "https://$REGISTRY" >/dev/null || return 1
       ;;
+    *) log "$REGISTRY is not a Google registry: pulling without logging in" ;;
   esac
   local rc=0
   docker pull --quiet "$IMAGE" || rc=$?
