@@ -12,7 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from weights_helpers import FileServer, serve
+from weights_helpers import (
+    FileServer,
+    local_only,  # noqa: F401  (autouse fixture: no proxy for 127.0.0.1)
+    serve,
+)
 
 from text2img.errors import UserError
 from text2img.glide import download

@@ -20,6 +20,7 @@ from weights_helpers import (
     FileServer,
     checkpoint_bytes,
     fake_manifest,
+    local_only,  # noqa: F401  (autouse fixture: no proxy for 127.0.0.1)
     random_state_dict,
     serve,
 )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import torch
 
 from text2img.glide.weights import CheckpointSpec, Manifest, RemoteFile
@@ -124,6 +125,13 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(payload)
 
     return Handler
+
+
+@pytest.fixture(autouse=True)
+def local_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests to the local test server never go through a proxy from the environment."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
 
 
 class _QuietServer(ThreadingHTTPServer):
