@@ -373,21 +373,24 @@ class _LogLines:
         pass
 
 
-def _stream_body(response: httpx.Response, job: _Job, offset: int, total: int | None) -> None:
+def progress_bar(total: int | None, label: str, enabled: bool, **kw: Any) -> Any:
+    """A tqdm bar on stderr: live on a terminal, a plain line every 15 s in a log."""
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    bar = tqdm(
+    return tqdm(
         total=total,
-        initial=offset,
-        unit="B",
-        unit_scale=True,
-        desc=job.label,
+        desc=label,
         file=sys.stderr if tty else _LogLines(),
         ascii=not tty,
-        disable=not job.progress,
-        mininterval=0.5 if tty else 15.0,  # a log gets a line every 15 s
+        disable=not enabled,
+        mininterval=0.5 if tty else 15.0,
+        **kw,
     )
+
+
+def _stream_body(response: httpx.Response, job: _Job, offset: int, total: int | None) -> None:
+    bar = progress_bar(total, job.label, job.progress, initial=offset, unit="B", unit_scale=True)
     with bar, job.part.open("ab" if offset else "wb") as f:
         for chunk in response.iter_raw():
             _write(f, chunk, job, total)

@@ -33,6 +33,7 @@ from text2img.glide.download import (
     cache_lock,
     fetch,
     human_size,
+    progress_bar,
     say,
     sha256_file,
     write_atomic,
@@ -431,9 +432,9 @@ def _convert(
     sha = _known_sha256(cache_dir, spec.source.name)
     assert sha is not None
     _record(cache_dir, spec.source.name, sha)
-    say(f"converting {pt.name} to fp16 safetensors (once)", progress)
     out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
+    label = f"converting {pt.name} to fp16 (once)"
+    for k, v in progress_bar(len(sd), label, progress, iterable=sd.items(), unit=" tensors"):
         peak = float(v.abs().amax()) if v.numel() else 0.0  # NaN/inf propagate into the max
         if not math.isfinite(peak):
             raise UserError(
