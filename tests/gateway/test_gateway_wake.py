@@ -196,3 +196,20 @@ def test_capacity_failure_reported_later_on_the_operation(
     assert body["cause"] == "ZONE_RESOURCE_POOL_EXHAUSTED"
     assert fake.calls["operation"] >= 1
     assert fake.calls["start"] == 1
+
+
+def test_vm_with_an_old_token_is_explained(
+    make_gateway: Callable[..., str], fake: FakeCompute, upstream: Upstream
+) -> None:
+    """After a token rotation the VM keeps the old token until it reboots."""
+    fake.set_status(VM, "RUNNING")
+    url = make_gateway(api_token="a-brand-new-token-0123456789")
+    resp = httpx.post(
+        url + "/echo", headers={"Authorization": "Bearer a-brand-new-token-0123456789"}
+    )
+    assert resp.status_code == 503
+    body = resp.json()["error"]
+    assert body["code"] == "start_failed"
+    assert body["cause"] == "TOKEN_MISMATCH"
+    assert "scripts/vm stop" in body["message"]
+    assert upstream.seen == []  # nothing was proxied with a token the service refuses

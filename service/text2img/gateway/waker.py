@@ -221,6 +221,15 @@ class Waker:
             self._ready_url = url
             self._ready_until = self.clock() + self.settings.ready_cache_s
             return Ready(url)
+        if phase == "token_mismatch":
+            # not held like a start failure: it heals as soon as the VM has the new token
+            return StartFailed(
+                "TOKEN_MISMATCH",
+                "the service on the GPU VM does not accept the gateway's token: the token "
+                "was changed and the VM still has the old one. Restart the VM (`scripts/vm "
+                "stop`; the next request starts it, and it reads the new token when it boots)",
+                30,
+            )
         message = (
             "the GPU VM is up; the service is loading the model"
             if phase == "loading_model"
@@ -239,6 +248,8 @@ class Waker:
             return "booting"
         if resp.status_code == 200:
             return "ready"
+        if resp.status_code in (401, 403):
+            return "token_mismatch"
         try:
             phase = resp.json().get("phase")
         except (ValueError, AttributeError):
