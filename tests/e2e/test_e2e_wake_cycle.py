@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import signal
@@ -232,6 +233,28 @@ def test_asleep_wake_generate_idle_autostop_asleep(
     from PIL import Image
 
     assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+    # 3b. the web UI's path: a job, its progress as server-sent events, then the images
+    job = client.post("/v1/jobs", json={**request, "steps": 8})
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+    events: list[tuple[str, dict[str, Any]]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event = ""
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line[6:])))
+                if event == "done":
+                    break
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "done"
+    assert "progress" in kinds or "queued" in kinds, kinds
+    assert events[-1][1]["status"] == "succeeded", events[-1]
+    finished = client.get(f"/v1/jobs/{job_id}").json()
+    assert base64.b64decode(finished["data"][0]["b64_json"]).startswith(b"\x89PNG")
 
     # 4. running: scripts/vm status shows the service, idle time and autostop
     out = vm_status(vm_module, world, capsys)
