@@ -117,7 +117,7 @@ class Upstream:
             return JSONResponse({"done": True})
 
         async def status(request: Request) -> Response:
-            return JSONResponse({"ready": self.ready, "idle_seconds": 12.5})
+            return JSONResponse({"ready": self.ready, "model": "tiny", "idle_seconds": 12.5})
 
         return Starlette(
             routes=[
