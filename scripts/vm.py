@@ -20,119 +20,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+# a sibling module: scripts/ is on sys.path when this file runs as a script
+from vm_target import Target, VmError, instances_client, operations_client, resolve_target
+
 from text2img.gateway import compute
 from text2img.gateway.compute import ComputeFailure, InstanceInfo, VmRef
 
-REPO = Path(__file__).resolve().parent.parent
 JOURNAL_UNITS = ("text2img.service", "text2img-autostop.service", "text2img-autostop.timer")
 DEFAULT_IDLE_MINUTES = 20.0
-
-
-class VmError(Exception):
-    """An error the user can fix; printed as one line."""
-
-
-@dataclass
-class Target:
-    """Where the VM and its endpoint are."""
-
-    vm: VmRef
-    url: str | None
-    token: str | None
-    hourly_cost: float | None
-
-
-# -- configuration ----------------------------------------------------------------------------
-
-
-def pulumi_outputs(stack: str | None) -> dict[str, Any]:
-    exe = shutil.which("pulumi")
-    if exe is None:
-        raise VmError(
-            "pulumi is not installed, so the stack outputs cannot be read; install it "
-            "(https://www.pulumi.com/docs/install/) or pass --project, --zone and --instance"
-        )
-    cmd = [exe, "stack", "output", "--json", "--show-secrets"]
-    if stack:
-        cmd += ["--stack", stack]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired as exc:
-        raise VmError("`pulumi stack output` did not answer within 60 s") from exc
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        detail = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-        raise VmError(
-            f"cannot read the stack outputs ({detail}); run `pulumi up` first, select the "
-            "stack with --stack, or pass --project, --zone and --instance"
-        )
-    try:
-        data = json.loads(proc.stdout or "{}")
-    except json.JSONDecodeError as exc:
-        raise VmError("`pulumi stack output --json` printed something that is not JSON") from exc
-    if not isinstance(data, dict):
-        raise VmError("`pulumi stack output --json` did not print an object")
-    return data
-
-
-def resolve_target(args: argparse.Namespace) -> Target:
-    env = os.environ
-    given = {
-        "project": args.project or env.get("TEXT2IMG_VM_PROJECT"),
-        "zone": args.zone or env.get("TEXT2IMG_VM_ZONE"),
-        "instance_name": args.instance or env.get("TEXT2IMG_VM_INSTANCE"),
-        "url": args.url or env.get("TEXT2IMG_VM_URL"),
-    }
-    token_file = args.token_file or env.get("TEXT2IMG_VM_TOKEN_FILE")
-    token: str | None = None
-    if token_file:
-        try:
-            token = Path(token_file).read_text("utf-8").strip() or None
-        except OSError as exc:
-            raise VmError(f"cannot read the token file {token_file}: {exc.strerror}") from exc
-    outputs: dict[str, Any] = {}
-    have_vm = all(given[k] for k in ("project", "zone", "instance_name"))
-    if not have_vm:
-        outputs = pulumi_outputs(args.stack)
-    elif args.needs_endpoint and not (given["url"] and token):
-        try:  # the URL and token are optional extras when the VM was named by flags
-            outputs = pulumi_outputs(args.stack)
-        except VmError:
-            outputs = {}
-
-    def pick(key: str) -> str | None:
-        value = given.get(key) or outputs.get(key)
-        return str(value) if value else None
-
-    project, zone = pick("project"), pick("zone")
-    instance = pick("instance_name") or pick("instance")
-    found = {"project": project, "zone": zone, "instance": instance}
-    missing = [name for name, value in found.items() if not value]
-    if missing or not (project and zone and instance):
-        flags = ", ".join(f"--{m}" for m in missing)
-        raise VmError(f"the stack outputs lack {', '.join(missing)}; pass {flags}")
-    cost = outputs.get("hourly_cost_estimate")
-    return Target(
-        vm=VmRef(project, zone, instance),
-        url=(pick("url") or "").rstrip("/") or None,
-        token=token or (str(outputs["token"]) if outputs.get("token") else None),
-        hourly_cost=float(cost) if isinstance(cost, int | float | str) and cost != "" else None,
-    )
-
-
-def instances_client() -> compute.compute_v1.InstancesClient:
-    return compute.make_client(os.environ.get("TEXT2IMG_COMPUTE_ENDPOINT") or None)
-
-
-def operations_client() -> compute.compute_v1.ZoneOperationsClient:
-    return compute.make_operations_client(os.environ.get("TEXT2IMG_COMPUTE_ENDPOINT") or None)
 
 
 # -- formatting ----------------------------------------------------------------------------
@@ -177,35 +77,46 @@ def idle_minutes(info: InstanceInfo) -> float:
     return value if value > 0 else DEFAULT_IDLE_MINUTES
 
 
-def describe_service(target: Target, info: InstanceInfo) -> str:
-    """One line about the service, from /v1/status through the gateway."""
+def service_status(target: Target) -> tuple[dict[str, Any] | None, str]:
+    """The service's /v1/status through the gateway: (body, "") or (None, why not)."""
     if not target.url:
-        return "unknown (no gateway URL; pass --url)"
+        return None, "unknown (no gateway URL; pass --url)"
     try:
         resp = service_get(target, "/v1/status")
     except VmError as exc:
-        return str(exc)
+        return None, str(exc)
     if resp.status_code == 401:
-        return "the gateway refused the token (pass the right one with --token-file)"
+        return None, "the gateway refused the token (pass the right one with --token-file)"
     try:
         body = resp.json()
     except ValueError:
-        return f"unexpected answer from the gateway (HTTP {resp.status_code})"
-    if resp.status_code != 200:
+        return None, f"unexpected answer from the gateway (HTTP {resp.status_code})"
+    if resp.status_code != 200 or not isinstance(body, dict):
         err = body.get("error", {}) if isinstance(body, dict) else {}
         phase = err.get("phase") or err.get("code") or f"HTTP {resp.status_code}"
-        return f"not ready ({phase}): {err.get('message', '')}".rstrip(": ")
-    idle_s = float(body.get("idle_seconds") or 0.0)
-    limit_min = idle_minutes(info)
+        return None, f"not ready ({phase}): {err.get('message', '')}".rstrip(": ")
+    return body, ""
+
+
+def autostop_in(body: dict[str, Any], info: InstanceInfo) -> float | None:
+    """Seconds until autostop may power the VM off; None while jobs run or are queued."""
+    if int(body.get("jobs_in_flight") or 0) + int(body.get("queue_depth") or 0):
+        return None
+    return max(0.0, idle_minutes(info) * 60 - float(body.get("idle_seconds") or 0.0))
+
+
+def describe_service(body: dict[str, Any], info: InstanceInfo) -> str:
+    """One line about the running service."""
     state = "ready" if body.get("ready") else "loading the model"
-    jobs = int(body.get("jobs_in_flight") or 0) + int(body.get("queue_depth") or 0)
-    if jobs:
+    left = autostop_in(body, info)
+    if left is None:
+        jobs = int(body.get("jobs_in_flight") or 0) + int(body.get("queue_depth") or 0)
         return f"{state}, model {body.get('model')}; busy ({jobs} job(s)), autostop waits"
-    left = limit_min * 60 - idle_s
+    idle_s = float(body.get("idle_seconds") or 0.0)
     return (
         f"{state}, model {body.get('model')}; idle {human_duration(idle_s)}, autostop in "
         f"{human_duration(left) if left > 0 else 'under a minute'} "
-        f"(after {limit_min:g} idle min)"
+        f"(after {idle_minutes(info):g} idle min)"
     )
 
 
@@ -215,11 +126,29 @@ def describe_service(target: Target, info: InstanceInfo) -> str:
 def cmd_status(target: Target, args: argparse.Namespace) -> int:
     info = compute.get_instance(instances_client(), target.vm)
     running = info.status == "RUNNING"
+    up = _since(info.last_start) if running else None
+    down = _since(info.last_stop) if info.status in compute.ASLEEP_STATES else None
+    body, why = service_status(target) if running else (None, "")
+    so_far = (
+        target.hourly_cost * up / 3600 if target.hourly_cost is not None and up is not None
+        else None
+    )  # fmt: skip
+    if args.json:
+        report = {
+            "instance": info.name, "project": target.vm.project, "zone": target.vm.zone,
+            "status": info.status, "uptime_seconds": up, "asleep_seconds": down,
+            "machine_type": info.machine_type, "gpus": list(info.gpus), "spot": info.spot,
+            "hourly_cost_estimate": target.hourly_cost, "cost_this_run_estimate": so_far,
+            "idle_minutes_limit": idle_minutes(info), "service": body,
+            "service_error": why or None,
+            "autostop_in_seconds": autostop_in(body, info) if body else None,
+            "url": target.url,
+        }  # fmt: skip
+        print(json.dumps(report, indent=2))
+        return 0
     if running:
-        up = _since(info.last_start)
         state = f"RUNNING (up {human_duration(up)})" if up is not None else "RUNNING"
     elif info.status in compute.ASLEEP_STATES:
-        down = _since(info.last_stop)
         state = f"{info.status} (asleep"
         state += f" for {human_duration(down)})" if down is not None else ")"
     else:
@@ -233,14 +162,13 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
     ]
     if target.hourly_cost is not None:
         cost = f"~${target.hourly_cost:.2f}/hour while running (estimate)"
-        if running and info.last_start is not None:
-            so_far = target.hourly_cost * (_since(info.last_start) or 0.0) / 3600
+        if so_far is not None:
             cost += f"; this run so far ~${so_far:.2f}"
         if not running:
             cost += "; now only the disk is billed"
         lines.append(("cost", cost))
     if running:
-        lines.append(("service", describe_service(target, info)))
+        lines.append(("service", describe_service(body, info) if body else why))
     elif info.status in compute.ASLEEP_STATES:
         lines.append(("service", "asleep; the next request wakes it (or `scripts/vm start`)"))
     if target.url:
@@ -426,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text, _) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
         if name in ("start", "stop", "wait"):
             cmd.add_argument("--timeout", type=float, default=600.0, help="seconds (600)")
         if name == "start":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -74,6 +75,9 @@ def test_module_entry_serves_on_port(fake: FakeCompute) -> None:
         proc.terminate()
         output = proc.communicate(timeout=15)[0]
     assert TOKEN not in output  # the token never reaches the logs
+    records = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert any("started VM" in r["message"] for r in records), output
+    assert {r["severity"] for r in records} <= {"INFO", "WARNING"}
 
 
 def test_module_entry_without_token_is_one_line() -> None:

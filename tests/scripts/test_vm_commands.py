@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 
@@ -47,6 +48,15 @@ def test_status_running_shows_idle_and_autostop(
     assert "spot      no" in out
     assert "this run so far ~$0.54" in out
     assert "service   ready, model tiny; idle 4 min, autostop in 26 min (after 30 idle min)" in out
+    code, out, _ = run(vm_module, capsys, "status", "--json")
+    report = json.loads(out)
+    assert report["status"] == "RUNNING"
+    assert report["spot"] is False
+    assert 3590 < report["uptime_seconds"] < 3700
+    assert report["idle_minutes_limit"] == 30
+    assert report["autostop_in_seconds"] == 30 * 60 - 240
+    assert report["service"]["model"] == "tiny"
+    assert report["hourly_cost_estimate"] == 0.54
     env.service.jobs = 2
     _, out, _ = run(vm_module, capsys, "status")
     assert "busy (2 job(s)), autostop waits" in out

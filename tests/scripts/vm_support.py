@@ -29,6 +29,8 @@ VM = "text2img-vm"
 
 @pytest.fixture(scope="session")
 def vm_module() -> ModuleType:
+    if str(ROOT / "scripts") not in sys.path:  # as when scripts/vm.py runs as a script
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location("scripts_vm", ROOT / "scripts" / "vm.py")
     assert spec is not None
     assert spec.loader is not None

@@ -9,11 +9,12 @@ import sys
 import uvicorn
 
 from text2img.errors import UserError
+from text2img.gateway import logs
 from text2img.gateway.app import create_app
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.INFO)
     try:
         app = create_app()
     except UserError as exc:
@@ -28,6 +29,7 @@ def main() -> int:
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=10,
+        log_config=None,  # keep the JSON lines configured above
     )
     return 0
 
