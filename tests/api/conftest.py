@@ -1,0 +1,139 @@
+"""Fixtures for the service tests: the real tiny engine, a fake Cloud Translation REST
+server, and the real app served by uvicorn on 127.0.0.1:<free port>."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from api_support import JA_EN, FakeTranslate, make_settings, serve, wait_ready
+from fastapi.testclient import TestClient
+
+from text2img.api.app import create_app
+from text2img.glide.pipeline import Pipeline, load_pipeline
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline() -> Pipeline:
+    """The real tiny engine (seeded random weights), shared: generate() keeps no state."""
+    return load_pipeline("tiny", device="cpu")
+
+
+# -- fake Cloud Translation v3 (REST) --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_translate() -> Iterator[FakeTranslate]:
+    fake = FakeTranslate()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            path = self.path.split("?", 1)[0]
+            fake.paths.append(path)
+            fake.requests.append(body)
+            if not path.endswith("/locations/global:translateText"):
+                self._send(
+                    404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}
+                )
+                return
+            if fake.fail:
+                self._send(
+                    500,
+                    {"error": {"code": 500, "message": "backend exploded", "status": "INTERNAL"}},
+                )
+                return
+            out = []
+            for text in body.get("contents", []):
+                english = JA_EN.get(text)
+                out.append(
+                    {
+                        "translatedText": english if english else text,
+                        "detectedLanguageCode": "ja" if english else "en",
+                    }
+                )
+            self._send(200, {"translations": out})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def translate_ok(fake_translate: FakeTranslate) -> Iterator[FakeTranslate]:
+    fake_translate.fail = False
+    fake_translate.requests.clear()
+    fake_translate.paths.clear()
+    yield fake_translate
+    fake_translate.fail = False
+
+
+# -- apps ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_client(tiny_pipeline: Pipeline) -> Iterator[Callable[..., TestClient]]:
+    """An in-process client of a fresh app (lifespan run) sharing the tiny pipeline."""
+    clients: list[TestClient] = []
+
+    def make(pipeline: Any = None, **overrides: Any) -> TestClient:
+        app = create_app(make_settings(**overrides), pipeline=pipeline or tiny_pipeline)
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def live(tiny_pipeline: Pipeline) -> Iterator[Callable[..., str]]:
+    """Start real servers: live(**settings) -> base URL (stopped after the test)."""
+    stack: list[Any] = []
+
+    def start(pipeline: Any = None, **overrides: Any) -> str:
+        app = create_app(make_settings(**overrides), pipeline=pipeline or tiny_pipeline)
+        ctx = serve(app)
+        url = ctx.__enter__()
+        stack.append(ctx)
+        with httpx.Client(base_url=url) as client:
+            wait_ready(client)
+        return url
+
+    yield start
+    for ctx in reversed(stack):
+        ctx.__exit__(None, None, None)
