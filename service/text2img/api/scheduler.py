@@ -163,6 +163,17 @@ class Scheduler:
             self._finish(job, JobState.CANCELLED, None)
         return dropped
 
+    def expire_if_due(self, job: Job) -> None:
+        """Fail a waiting job past its time limit now (the worker may be busy for long)."""
+        if time.monotonic() <= job.deadline:
+            return
+        with self._cond:
+            waiting = job in self._queue and job.state is JobState.QUEUED
+            if waiting:
+                self._queue.remove(job)
+        if waiting:
+            self._finish(job, JobState.FAILED, _timeout_error(job))
+
     def queue_position(self, job: Job) -> int | None:
         """0-based position among waiting jobs, None when not waiting."""
         with self._cond:
@@ -181,6 +192,11 @@ class Scheduler:
                     self._run(batch, self.max_batch)
             except Exception:  # the worker never dies
                 log.exception("the GPU worker hit an unexpected error; continuing")
+                for job in list(self._running):
+                    self._finish(job, JobState.FAILED, _INTERNAL)
+            finally:
+                with self._cond:
+                    self._running = []
 
     def _take_batch(self) -> list[_Item] | None:
         with self._cond:
@@ -233,13 +249,14 @@ class Scheduler:
         return True
 
     def _run(self, items: list[_Item], cap: int) -> None:
-        """Draw `items` in sampling batches of at most `cap` images."""
-        for start in range(0, len(items), cap):
-            chunk = [i for i in items[start : start + cap] if self._live(i.job)]
+        """Draw `items` in sampling batches of at most `cap` (and `max_batch`) images."""
+        start = 0
+        while start < len(items):
+            size = max(1, min(cap, self.max_batch))
+            chunk = [i for i in items[start : start + size] if self._live(i.job)]
+            start += size
             if chunk:
                 self._run_chunk(chunk)
-        with self._cond:
-            self._running = []
 
     def _run_chunk(self, items: list[_Item]) -> None:
         jobs = list(dict.fromkeys(i.job for i in items))

@@ -29,6 +29,7 @@ async def create_images(
     try:
         while not job.finished:
             await job.wait_change(job.seq, DISCONNECT_POLL_S)
+            scheduler.expire_if_due(job)
             if not job.finished and await request.is_disconnected():
                 scheduler.cancel(job)
                 # drop the job now; the worker stops it before its next model call
