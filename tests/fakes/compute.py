@@ -68,6 +68,13 @@ FAILURES: dict[str, dict[str, Any]] = {
         "message": "Required 'compute.instances.start' permission for "
         "'projects/{project}/zones/{zone}/instances/{name}'",
     },
+    "INTERNAL": {
+        "http": 500,
+        "reason": "backendError",
+        "code": "INTERNAL_ERROR",
+        "message": "Internal error. Please try again or contact Google Support. "
+        "(Code: '5A1B2C3D4E')",
+    },
     "NOT_FOUND": {
         "http": 404,
         "reason": "notFound",

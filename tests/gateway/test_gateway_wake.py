@@ -213,3 +213,22 @@ def test_vm_with_an_old_token_is_explained(
     assert body["cause"] == "TOKEN_MISMATCH"
     assert "scripts/vm stop" in body["message"]
     assert upstream.seen == []  # nothing was proxied with a token the service refuses
+
+
+def test_a_compute_hiccup_is_retried_soon(
+    make_gateway: Callable[..., str], fake: FakeCompute, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 5xx from Compute's instances.get is not held like a capacity failure."""
+    from text2img.gateway import waker
+
+    monkeypatch.setattr(waker, "TRANSIENT_HOLD_S", 0.3)
+    url = make_gateway(state_cache_s=0.0, failure_hold_s=60.0)
+    fake.inject("get", "INTERNAL", times=1)
+    first = httpx.post(url + "/x", headers=AUTH)
+    body = first.json()["error"]
+    assert body["code"] == "start_failed"
+    assert "try again" in body["message"]
+    assert first.headers["retry-after"] == "1"
+    time.sleep(0.4)
+    assert _waking(httpx.post(url + "/x", headers=AUTH))["phase"] == "starting_vm"
+    assert fake.calls["start"] == 1

@@ -25,6 +25,11 @@ from text2img.gateway.settings import GatewaySettings
 log = logging.getLogger("text2img.gateway")
 
 OPERATION_POLL_S = 5.0
+TRANSIENT_HOLD_S = 5.0
+LASTING_CAUSES = frozenset(
+    {"ZONE_RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "PERMISSION_DENIED", "NOT_FOUND",
+     "NO_CREDENTIALS"}
+)  # fmt: skip
 MIN_ETA_S = 5.0
 
 
@@ -292,7 +297,13 @@ class Waker:
 
     def _fail(self, exc: ComputeFailure, now: float) -> StartFailed:
         log.warning("VM start failed: %s: %s", exc.cause, exc.message)
-        hold = self.settings.failure_hold_s
+        # lasting causes are held (retries would fail the same way); a passing hiccup of
+        # the Compute API only briefly
+        hold = (
+            self.settings.failure_hold_s
+            if exc.cause in LASTING_CAUSES
+            else min(TRANSIENT_HOLD_S, self.settings.failure_hold_s)
+        )
         failed = StartFailed(exc.cause, exc.message, max(1, int(hold)))
         self._failure = (failed, now + hold)
         self._start_at = self._wake_began = self._start_op = None
