@@ -232,3 +232,13 @@ def test_a_compute_hiccup_is_retried_soon(
     time.sleep(0.4)
     assert _waking(httpx.post(url + "/x", headers=AUTH))["phase"] == "starting_vm"
     assert fake.calls["start"] == 1
+
+
+def test_suspended_vm_is_resumed_not_started(
+    make_gateway: Callable[..., str], fake: FakeCompute
+) -> None:
+    fake.set_status(VM, "SUSPENDED")
+    url = make_gateway()
+    assert _waking(httpx.post(url + "/x", headers=AUTH))["phase"] == "starting_vm"
+    assert fake.calls["resume"] == 1
+    assert fake.calls["start"] == 0
