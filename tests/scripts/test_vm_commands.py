@@ -185,3 +185,12 @@ def test_flags_override_the_stack(
     )  # fmt: skip
     assert code == 0, err
     assert "state     TERMINATED" in out
+
+
+def test_wait_with_the_gateway_unreachable(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(vm_module, capsys, "--url", "http://127.0.0.1:9", "wait", "--timeout", "1")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "not ready after 1 s (last: the gateway http://127.0.0.1:9 is unreachable" in err
