@@ -45,6 +45,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     q = q * scale
     k = k * scale
     if _IMPL["attention"] == "sdpa":
+        # The fused CPU kernel needs unit stride in the last dimension (else: math fallback).
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)
     weight = torch.einsum("...td,...sd->...ts", q, k)
     weight = torch.softmax(weight.float(), dim=-1).to(q.dtype)

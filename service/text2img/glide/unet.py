@@ -78,13 +78,21 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, xf_out: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
         d = c // self.heads
-        qkv = self.qkv(self.norm(x).view(b, c, -1))  # (B, 3C, L), per head [q | k | v]
-        q, k, v = qkv.reshape(b, self.heads, 3 * d, -1).transpose(2, 3).split(d, dim=-1)
-        ekv = self.encoder_kv(xf_out)  # (B, 2C, T), per head [k | v]
-        ek, ev = ekv.reshape(b, self.heads, 2 * d, -1).transpose(2, 3).split(d, dim=-1)
+        # The 1x1 Conv1d layers are applied as Linear over channel-last views, so that the
+        # per-head q, k, v come out with unit stride in the last dimension (fused SDPA).
+        tokens = self.norm(x).view(b, c, -1).transpose(1, 2)  # (B, L, C)
+        qkv = _pointwise(self.qkv, tokens).view(b, -1, self.heads, 3 * d)  # per head [q|k|v]
+        q, k, v = qkv.transpose(1, 2).split(d, dim=-1)  # (B, H, L, d)
+        ekv = _pointwise(self.encoder_kv, xf_out.transpose(1, 2))  # (B, T, 2C), [k|v]
+        ek, ev = ekv.view(b, -1, self.heads, 2 * d).transpose(1, 2).split(d, dim=-1)
         a = attend(q, torch.cat([ek, k], dim=2), torch.cat([ev, v], dim=2))  # (B, H, L, d)
-        h = self.proj_out(a.transpose(2, 3).reshape(b, c, -1))
-        return x + h.reshape(b, c, height, width)
+        h = _pointwise(self.proj_out, a.transpose(1, 2).reshape(b, -1, c))  # (B, L, C)
+        return x + h.transpose(1, 2).reshape(b, c, height, width)
+
+
+def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A kernel-size-1 Conv1d applied to channel-last (B, L, C_in) input."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
 class EmbedSequential(nn.Sequential):

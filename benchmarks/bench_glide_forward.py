@@ -1,0 +1,130 @@
+"""GLIDE engine on the CPU: per-forward time of the full-size models and model calls per image.
+
+Full-size random-weight models (the released architectures), float32, 2 threads, median
+of 3 runs after one warm-up:
+- base forward, batch 2 (cond + uncond), 64x64, text_ctx 128;
+- upsampler forward, batch 1, 256x256 (low_res 64x64).
+Each is timed with our attention (scaled_dot_product_attention) and with the explicit
+einsum attention of upstream's maths as the in-process baseline, and reported against the
+reference anchors measured with upstream's code on this machine class (base 1.58 s,
+upsampler 4.4 s). Then model calls per image: upstream's documented defaults (127) vs ours.
+Run: `python benchmarks/run.py glide_forward` (about 2 minutes on a quiet 2-core machine).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+
+from text2img.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
+from text2img.glide.layers import attention_impl
+from text2img.glide.pipeline import SamplingSettings
+from text2img.glide.tiny import randomize_
+from text2img.glide.unet import build_model
+
+THREADS = 2
+ANCHORS = {"base": 1.58, "upsample": 4.4}  # reference README §8, upstream code, same CPU class
+UPSTREAM_CALLS = {"base": 100, "upsample": 27}
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 3) -> dict[str, float]:
+    """Median of `runs` timings per function after one warm-up each, run in alternation
+    so that drifting load on a shared machine hits every variant alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def inputs(name: str) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    ctx = 128
+    if name == "base":
+        tokens = torch.full((2, ctx), 50256, dtype=torch.long)
+        tokens[0, :7] = torch.randint(0, 50256, (7,), generator=g)
+        mask = tokens != 50256
+        x = torch.randn(2, 3, 64, 64, generator=g)
+        return x, torch.tensor([500, 500]), tokens, mask
+    tokens = torch.full((1, ctx), 50256, dtype=torch.long)
+    tokens[0, :7] = torch.randint(0, 50256, (7,), generator=g)
+    x = torch.randn(1, 3, 256, 256, generator=g)
+    low_res = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    return x, torch.tensor([500]), tokens, tokens != 50256, low_res
+
+
+def bench(name: str, options: dict) -> dict[str, float]:
+    model = randomize_(build_model(options), seed=1)
+    x, t, tokens, mask, *rest = inputs(name)
+    low_res = rest[0] if rest else None
+
+    def forward(impl: str) -> Callable[[], object]:
+        def run() -> object:
+            with attention_impl(impl):
+                return model(x, t, tokens, mask, low_res=low_res)
+
+        return run
+
+    with torch.inference_mode():
+        return interleaved_medians({impl: forward(impl) for impl in ("einsum", "sdpa")})
+
+
+def main() -> None:
+    torch.set_num_threads(THREADS)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {THREADS} threads, "
+        f"torch {torch.__version__}, python {platform.python_version()}"
+    )
+    times = {"base": bench("base", BASE_OPTIONS), "upsample": bench("upsample", UPSAMPLE_OPTIONS)}
+    print()
+    print(
+        "| forward (float32, CPU) | anchor (upstream) | einsum baseline | ours (SDPA) "
+        "| ours vs anchor | ours vs baseline |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    labels = {"base": "base, batch 2, 64x64, ctx 128", "upsample": "upsampler, batch 1, 256x256"}
+    for name, t in times.items():
+        print(
+            f"| {labels[name]} | {ANCHORS[name]:.2f} s | {t['einsum']:.2f} s | {t['sdpa']:.2f} s "
+            f"| {ANCHORS[name] / t['sdpa']:.2f}x | {t['einsum'] / t['sdpa']:.2f}x |"
+        )
+    ours = SamplingSettings()
+    ours_calls = {"base": ours.base_steps, "upsample": ours.upsample_steps}
+    print()
+    print("| pipeline | base calls | upsampler calls | calls per image | est. CPU s per image |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for label, calls in (
+        ("upstream defaults (ancestral 100 + DDIM fast27)", UPSTREAM_CALLS),
+        (
+            f"ours ({ours.base_sampler} {ours.base_steps} + "
+            f"{ours.upsample_sampler} {ours.upsample_steps})",
+            ours_calls,
+        ),
+    ):
+        seconds = sum(calls[n] * times[n]["sdpa"] for n in calls)
+        print(
+            f"| {label} | {calls['base']} | {calls['upsample']} | {sum(calls.values())} "
+            f"| {seconds:.0f} |"
+        )
+    print()
+    upstream_total = sum(UPSTREAM_CALLS.values())
+    print(
+        f"model calls per image: upstream {upstream_total}, ours {ours.model_calls_per_image} "
+        f"({upstream_total / ours.model_calls_per_image:.2f}x fewer)"
+    )
+
+
+if __name__ == "__main__":
+    main()
