@@ -112,7 +112,7 @@ def make_client(tiny_pipeline: Pipeline) -> Iterator[Callable[..., TestClient]]:
         client = TestClient(app)
         client.__enter__()
         clients.append(client)
-        wait_ready(client)
+        assert app.state.service.wait_loaded(30), "the service did not become ready"
         return client
 
     yield make

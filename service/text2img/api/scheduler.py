@@ -72,7 +72,7 @@ class Scheduler:
         queue_limit: int,
         max_batch: int | None = None,
         on_batch: Callable[[BatchRecord], None] | None = None,
-        on_job_finished: Callable[[Job], None] | None = None,
+        on_job_finished: Callable[[Job, JobState], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.queue_limit = queue_limit
@@ -122,14 +122,14 @@ class Scheduler:
     def jobs_in_flight(self) -> int:
         """Jobs with at least one image being drawn or left to draw after a started batch."""
         with self._cond:
-            running = {j.id for j in self._running}
+            running = {j.id for j in self._running if not j.finished}
             running |= {j.id for j in self._queue if j.state is JobState.RUNNING}
             return len(running)
 
     @property
     def busy(self) -> bool:
         with self._cond:
-            return bool(self._queue or self._running)
+            return bool(self._queue) or any(not j.finished for j in self._running)
 
     def retry_after(self) -> int:
         """A guess of the seconds until a queue slot frees up."""
@@ -337,14 +337,17 @@ class Scheduler:
         return seconds
 
     def _finish(self, job: Job, state: JobState, error: JobError | None) -> None:
-        if job.finish(state, error):
+        """Finish a job once; the hook runs before anyone waiting on the job wakes up."""
+        with self._cond:
+            if job.finished:
+                return
             if state is not JobState.SUCCEEDED:
                 job.images = [None] * job.n
-            with self._cond:
-                if job in self._queue:
-                    self._queue.remove(job)
+            if job in self._queue:
+                self._queue.remove(job)
             if self._on_job_finished is not None:
-                self._on_job_finished(job)
+                self._on_job_finished(job, state)
+            job.finish(state, error)
 
 
 def _timeout_error(job: Job) -> JobError:

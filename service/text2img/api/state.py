@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from text2img.api.jobs import Job, JobRegistry
+from text2img.api.jobs import Job, JobRegistry, JobState
 from text2img.api.metrics import Metrics
 from text2img.api.scheduler import Scheduler
 from text2img.auth import FailureThrottle
@@ -128,9 +128,9 @@ class ServiceState:
         if self.on_load_failure is not None:
             self.on_load_failure(message)
 
-    def _job_finished(self, job: Job) -> None:
+    def _job_finished(self, job: Job, state: JobState) -> None:
         self.activity.touch()
-        if job.state.value == "succeeded":
+        if state is JobState.SUCCEEDED:
             self.metrics.images.inc(job.n)
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
