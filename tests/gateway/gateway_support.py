@@ -116,6 +116,10 @@ class Upstream:
                 await asyncio.sleep(0.025)
             return JSONResponse({"done": True})
 
+        async def hang(request: Request) -> Response:
+            await asyncio.sleep(30)
+            return JSONResponse({})
+
         async def status(request: Request) -> Response:
             return JSONResponse({"ready": self.ready, "model": "tiny", "idle_seconds": 12.5})
 
@@ -128,6 +132,7 @@ class Upstream:
                 Route("/echo", echo, methods=["POST", "PUT"]),
                 Route("/busy", busy, methods=["POST"]),
                 Route("/slow", slow, methods=["POST"]),
+                Route("/hang", hang),
             ]
         )
 

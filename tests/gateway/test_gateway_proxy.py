@@ -113,3 +113,48 @@ def test_client_leaving_drops_the_upstream_request(gateway: str, upstream: Upstr
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gateway + "/slow", headers=AUTH, json={"prompt": "x"}, timeout=0.5)
     assert upstream.slow_disconnected.wait(5.0)
+
+
+def test_a_service_that_does_not_answer_gets_a_clear_504(
+    make_gateway: Callable[..., str], fake: FakeCompute
+) -> None:
+    fake.set_status(VM, "RUNNING")
+    url = make_gateway(read_timeout_s=0.5)
+    resp = httpx.get(url + "/hang", headers=AUTH, timeout=10)
+    assert resp.status_code == 504
+    assert resp.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_a_broken_upstream_connection_gets_a_clear_502(
+    make_gateway: Callable[..., str], fake: FakeCompute
+) -> None:
+    """The VM dies while the service works on the request."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def accept_and_drop() -> None:
+        for _ in range(3):
+            conn, _ = server.accept()
+            data = conn.recv(65536)
+            if b"/readyz" in data:
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                conn.close()
+                continue
+            conn.close()  # no answer at all
+            return
+
+    threading.Thread(target=accept_and_drop, daemon=True).start()
+    fake.set_status(VM, "RUNNING")
+    port = server.getsockname()[1]
+    url = make_gateway(upstream_url=f"http://127.0.0.1:{port}")
+    try:
+        resp = httpx.post(url + "/v1/images/generations", headers=AUTH, json={}, timeout=10)
+    finally:
+        server.close()
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "upstream_failed"
+    assert "try again" in resp.json()["error"]["message"]

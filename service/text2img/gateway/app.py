@@ -21,7 +21,7 @@ from starlette.routing import Route
 from text2img.auth import FailureThrottle, bearer_from_header, load_token, token_matches
 from text2img.errors import UserError
 from text2img.gateway.compute import VmRef
-from text2img.gateway.proxy import ClientGone, UpstreamDown, forward, timeouts
+from text2img.gateway.proxy import ClientGone, UpstreamDown, UpstreamFailed, forward, timeouts
 from text2img.gateway.settings import GatewaySettings
 from text2img.gateway.waker import (
     Asleep,
@@ -208,6 +208,24 @@ def create_app(
         if isinstance(decision, Ready):
             try:
                 return await forward(request, decision.base_url, request.app.state.http, client)
+            except UpstreamFailed as exc:
+                log.warning("upstream %s failed: %s", decision.base_url, exc)
+                waker.invalidate()  # the VM may have stopped: look again next time
+                if exc.timeout:
+                    return _error(
+                        504,
+                        "upstream_timeout",
+                        f"the service did not answer within {settings.read_timeout_s:.0f} s; "
+                        "try fewer images or fewer steps, or try again",
+                        type_="server_error",
+                    )
+                return _error(
+                    502,
+                    "upstream_failed",
+                    "the connection to the service broke before it answered (the GPU VM may "
+                    "have stopped or restarted); try again",
+                    type_="server_error",
+                )
             except ClientGone:
                 log.info("client went away before the service answered %s", request.url.path)
                 return Response(status_code=499)  # nobody reads it

@@ -34,6 +34,14 @@ class UpstreamDown(Exception):
     """The service did not accept the connection (the VM stopped or is booting)."""
 
 
+class UpstreamFailed(Exception):
+    """The service accepted the connection but gave no answer (timeout, broken connection)."""
+
+    def __init__(self, message: str, *, timeout: bool) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
 class ClientGone(Exception):
     """The client disconnected before the service answered."""
 
@@ -76,6 +84,10 @@ async def _send_unless_client_leaves(
         raise UpstreamDown(str(exc)) from exc
     except ClientDisconnect as exc:  # the client left while its body was being forwarded
         raise ClientGone from exc
+    except httpx.TimeoutException as exc:
+        raise UpstreamFailed(type(exc).__name__, timeout=True) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamFailed(f"{type(exc).__name__}: {exc}", timeout=False) from exc
 
 
 async def _client_disconnect(request: Request, body_sent: asyncio.Event) -> None:
@@ -107,7 +119,9 @@ async def forward(
         [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
         DROP_REQUEST,
     )
-    headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
+    headers = [
+        (k, v) for k, v in headers if k.lower() not in ("x-forwarded-for", "x-forwarded-proto")
+    ]
     headers.append(("x-forwarded-for", client_ip))
     headers.append(("x-forwarded-proto", request.headers.get("x-forwarded-proto", "https")))
     has_body = request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or (
