@@ -150,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
             f"(model {settings.model}, pid {os.getpid()})",
             file=sys.stderr,
         )
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a graceful shutdown
+        print("text2img serve: stopped", file=sys.stderr)
     if failures:
         raise UserError(failures[0])
     return 0
