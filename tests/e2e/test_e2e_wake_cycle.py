@@ -291,3 +291,18 @@ def test_asleep_wake_generate_idle_autostop_asleep(
     assert err["phase"] == "starting_vm"
     assert err["eta_seconds"] <= wake_s + 5 < 100  # learned, not the 100 s default
     assert fake.calls["start"] == 2
+
+    # 7. `scripts/vm wait` follows the second wake to the end
+    token_file = guest.workdir / "token"
+    os.environ["TEXT2IMG_COMPUTE_ENDPOINT"] = fake.endpoint
+    try:
+        code = vm_module.main(
+            ["--project", fake.project, "--zone", fake.zone, "--instance", VM, "--url", url,
+             "--token-file", str(token_file), "wait", "--timeout", "90"]
+        )  # fmt: skip
+    finally:
+        del os.environ["TEXT2IMG_COMPUTE_ENDPOINT"]
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"ready: {url}"
+    assert guest.boots == 2
