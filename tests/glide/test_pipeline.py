@@ -3,6 +3,9 @@ cancellation and validation."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +141,21 @@ def test_load_errors_are_user_errors(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="cuda"):
             load_pipeline("tiny", device="cuda")
+
+
+def test_engine_imports_nothing_from_the_service_or_the_cloud():
+    code = (
+        "import sys, text2img.glide.pipeline, text2img.glide.samplers, text2img.commands.generate\n"
+        "bad = [m for m in sys.modules if m.startswith(('fastapi', 'google', 'text2img.api',"
+        " 'text2img.gateway', 'uvicorn'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_generate_command_module_is_light_at_import_time():
+    code = (
+        "import sys, text2img.commands.generate\n"
+        "assert 'torch' not in sys.modules and 'PIL.Image' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
