@@ -56,13 +56,10 @@ async def test_burst_while_loading_shares_one_probe(
     upstream.readyz_delay_s = 0.5
     url = make_gateway(state_cache_s=5.0)
     async with httpx.AsyncClient(headers=AUTH, timeout=30) as client:
-        began = time.monotonic()
         responses = await asyncio.gather(*(client.get(url + "/v1/models") for _ in range(20)))
-        took = time.monotonic() - began
     assert {_waking(r)["phase"] for r in responses} == {"loading_model"}
-    assert upstream.readyz_calls == 1
+    assert upstream.readyz_calls == 1  # not 20 probes of 0.5 s one after another
     assert fake.calls["get"] == 1
-    assert took < 5.0  # 20 serial probes would take 10 s
 
 
 def test_wake_phases_then_proxy_when_ready(
