@@ -13,6 +13,7 @@ Run: `python benchmarks/run.py glide_forward` (about 2 minutes on a quiet 2-core
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import sys
@@ -35,18 +36,28 @@ ANCHORS = {"base": 1.58, "upsample": 4.4}  # reference README §8, upstream code
 UPSTREAM_CALLS = {"base": 100, "upsample": 27}
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 3) -> dict[str, float]:
+Timing = dict[str, float]  # "wall": median wall seconds, "cpu": median CPU seconds / THREADS
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 3) -> dict[str, Timing]:
     """Median of `runs` timings per function after one warm-up each, run in alternation
-    so that drifting load on a shared machine hits every variant alike."""
+    so that drifting load on a shared machine hits every variant alike. Besides wall time
+    it keeps the process CPU time divided by the thread count, which other jobs on a
+    shared machine inflate much less than wall time."""
     for fn in fns.values():
         fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append((time.process_time() - start_cpu) / THREADS)
+    return {
+        name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])}
+        for name in fns
+    }
 
 
 def inputs(name: str) -> tuple[torch.Tensor, ...]:
@@ -65,7 +76,7 @@ def inputs(name: str) -> tuple[torch.Tensor, ...]:
     return x, torch.tensor([500]), tokens, tokens != 50256, low_res
 
 
-def bench(name: str, options: dict) -> dict[str, float]:
+def bench(name: str, options: dict) -> dict[str, Timing]:
     model = randomize_(build_model(options), seed=1)
     x, t, tokens, mask, *rest = inputs(name)
     low_res = rest[0] if rest else None
@@ -87,18 +98,22 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {THREADS} threads, "
         f"torch {torch.__version__}, python {platform.python_version()}"
     )
+    print(f"load average before: {os.getloadavg()[0]:.2f} (above ~0.5 the numbers are noisy)")
     times = {"base": bench("base", BASE_OPTIONS), "upsample": bench("upsample", UPSAMPLE_OPTIONS)}
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     print()
     print(
         "| forward (float32, CPU) | anchor (upstream) | einsum baseline | ours (SDPA) "
-        "| ours vs anchor | ours vs baseline |"
+        "| ours vs anchor | ours vs baseline | ours CPU s / 2 |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     labels = {"base": "base, batch 2, 64x64, ctx 128", "upsample": "upsampler, batch 1, 256x256"}
     for name, t in times.items():
+        ours_s, base_s = t["sdpa"]["wall"], t["einsum"]["wall"]
         print(
-            f"| {labels[name]} | {ANCHORS[name]:.2f} s | {t['einsum']:.2f} s | {t['sdpa']:.2f} s "
-            f"| {ANCHORS[name] / t['sdpa']:.2f}x | {t['einsum'] / t['sdpa']:.2f}x |"
+            f"| {labels[name]} | {ANCHORS[name]:.2f} s | {base_s:.2f} s | {ours_s:.2f} s "
+            f"| {ANCHORS[name] / ours_s:.2f}x | {base_s / ours_s:.2f}x "
+            f"| {t['sdpa']['cpu']:.2f} s |"
         )
     ours = SamplingSettings()
     ours_calls = {"base": ours.base_steps, "upsample": ours.upsample_steps}
@@ -113,7 +128,7 @@ def main() -> None:
             ours_calls,
         ),
     ):
-        seconds = sum(calls[n] * times[n]["sdpa"] for n in calls)
+        seconds = sum(calls[n] * times[n]["sdpa"]["wall"] for n in calls)
         print(
             f"| {label} | {calls['base']} | {calls['upsample']} | {sum(calls.values())} "
             f"| {seconds:.0f} |"
