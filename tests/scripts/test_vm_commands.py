@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -194,3 +195,29 @@ def test_wait_with_the_gateway_unreachable(
     assert code == 1
     assert err.count("\n") == 1
     assert "not ready after 1 s (last: the gateway http://127.0.0.1:9 is unreachable" in err
+
+
+def test_logs_follow_prints_new_serial_output(
+    vm_module: ModuleType,
+    env: Env,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inst = env.fake.instances[VM]
+    inst.serial = "first line\n"
+    sleeps = []
+
+    def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            inst.serial += "second line\n"  # the VM writes more
+            return
+        raise KeyboardInterrupt  # the user presses Ctrl-C
+
+    clock = SimpleNamespace(sleep=fake_sleep, monotonic=time.monotonic)
+    monkeypatch.setattr(vm_module, "time", clock)  # only scripts/vm's clock
+    code, out, err = run(vm_module, capsys, "logs", "-f")
+    assert code == 130
+    assert out.splitlines() == ["first line", "second line"]
+    assert err == "interrupted\n"
+    assert env.fake.calls["serial"] == 2  # all of it, then from the offset
