@@ -17,6 +17,7 @@ from text2img.glide.pipeline import (
     Progress,
     SamplingSettings,
     load_pipeline,
+    respacing_for,
 )
 
 FAST64 = SamplingSettings(size=64, base_steps=4)
@@ -159,3 +160,10 @@ def test_generate_command_module_is_light_at_import_time():
         "assert 'torch' not in sys.modules and 'PIL.Image' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_respacing_per_sampler():
+    assert respacing_for("dpm++2m", 25) == "logsnr25"
+    assert respacing_for("ancestral", 100) == "100"
+    assert respacing_for("ddim", 27, "upsample") == "fast27"  # upstream's documented upsampler
+    assert respacing_for("ddim", 27, "base") == "27"

@@ -27,9 +27,17 @@ UPSAMPLE_TEMPERATURE = 0.997  # upstream scales the upsampler's starting noise b
 MODELS = ("glide", "tiny")
 
 
-def respacing_for(sampler: str, steps: int) -> str:
-    """Respacing string for a sampler: log-SNR spacing for DPM-Solver++, else upstream's."""
-    return f"logsnr{steps}" if sampler == "dpm++2m" else str(steps)
+def respacing_for(sampler: str, steps: int, stage: str = "base") -> str:
+    """Respacing string: log-SNR spacing for DPM-Solver++, else evenly spaced as upstream.
+
+    DDIM with 27 upsampler steps uses upstream's "fast27", so that upstream's documented
+    pipeline (ancestral 100 + DDIM fast27) can be reproduced exactly.
+    """
+    if sampler == "dpm++2m":
+        return f"logsnr{steps}"
+    if stage == "upsample" and sampler == "ddim" and steps == 27:
+        return "fast27"
+    return str(steps)
 
 
 class Cancelled(Exception):
@@ -227,7 +235,7 @@ class Pipeline:
 
         schedule = make_schedule(
             up_cfg.noise_schedule,
-            respacing_for(settings.upsample_sampler, settings.upsample_steps),
+            respacing_for(settings.upsample_sampler, settings.upsample_steps, "upsample"),
         )
         sample = SAMPLERS[settings.upsample_sampler](
             checked(up_fn),
