@@ -202,8 +202,10 @@ class Pipeline:
         base_cfg = self.base.cfg
         tokens, mask = self._tokens([r.prompt for r in chunk] + [""] * n, base_cfg.text_ctx)
 
+        base_text = self.base.text_embedding(tokens, mask)  # once per loop, not per call
+
         def base_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.base(x, t, tokens, mask)
+            return self.base(x, t, tokens, mask, text=base_text)
 
         schedule = make_schedule(
             base_cfg.noise_schedule, respacing_for(settings.base_sampler, settings.base_steps)
@@ -230,8 +232,10 @@ class Pipeline:
         low_res = ((sample + 1) * 127.5).round() / 127.5 - 1
         up_tokens, up_mask = self._tokens([r.prompt for r in chunk], up_cfg.text_ctx)
 
+        up_text = self.upsampler.text_embedding(up_tokens, up_mask)
+
         def up_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.upsampler(x, t, up_tokens, up_mask, low_res=low_res)
+            return self.upsampler(x, t, up_tokens, up_mask, low_res=low_res, text=up_text)
 
         schedule = make_schedule(
             up_cfg.noise_schedule,

@@ -207,8 +207,14 @@ class Text2ImUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, tokens: torch.Tensor,
         mask: torch.Tensor, low_res: torch.Tensor | None = None, trace: Trace = None,
+        text: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:  # fmt: skip
-        """6-channel output (eps, variance interpolation) for x_t at ORIGINAL timesteps."""
+        """6-channel output (eps, variance interpolation) for x_t at ORIGINAL timesteps.
+
+        `text` may carry `text_embedding(tokens, mask)` computed once for a whole sampling
+        loop (the text encoder's output does not depend on x or t); upstream recomputes it
+        on every call, with the same result.
+        """
         if self.cfg.super_res:
             if low_res is None:
                 raise ValueError("the super-resolution model needs low_res")
@@ -220,7 +226,7 @@ class Text2ImUNet(nn.Module):
                 trace["unet_input"] = x
         t_emb = timestep_embedding(timesteps, self.cfg.num_channels)
         time_out = self.time_embed(t_emb)
-        xf_proj, xf_out = self.text_embedding(tokens, mask, trace)
+        xf_proj, xf_out = text if text is not None else self.text_embedding(tokens, mask, trace)
         emb = time_out + xf_proj.to(time_out)
         if trace is not None:
             trace.update(timestep_embedding=t_emb, time_embed_out=time_out, emb=emb)
