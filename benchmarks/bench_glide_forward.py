@@ -4,11 +4,14 @@ Full-size random-weight models (the released architectures), float32, 2 threads,
 of 3 runs after one warm-up:
 - base forward, batch 2 (cond + uncond), 64x64, text_ctx 128;
 - upsampler forward, batch 1, 256x256 (low_res 64x64).
-Each is timed with our attention (scaled_dot_product_attention) and with the explicit
-einsum attention of upstream's maths as the in-process baseline, and reported against the
-reference anchors measured with upstream's code on this machine class (base 1.58 s,
-upsampler 4.4 s). Then model calls per image: upstream's documented defaults (127) vs ours.
-Run: `python benchmarks/run.py glide_forward` (about 2 minutes on a quiet 2-core machine).
+Three variants are timed in alternation in the same process (see VARIANTS): upstream's
+maths (einsum attention, text encoder on every call) as the baseline, our full forward
+(SDPA attention), and our per-step cost in a sampling loop (text encoder output reused).
+The full forward is also compared with the reference anchors measured with upstream's code
+on this machine class (base 1.58 s, upsampler 4.4 s). Then model calls per image and the
+estimated time per image: upstream's documented defaults (127 calls) vs ours (40).
+Run: `python benchmarks/run.py glide_forward` (about 2-3 minutes on a quiet 2-core machine;
+the load average is printed, since other jobs on the machine inflate every number).
 """
 
 from __future__ import annotations
@@ -76,20 +79,31 @@ def inputs(name: str) -> tuple[torch.Tensor, ...]:
     return x, torch.tensor([500]), tokens, tokens != 50256, low_res
 
 
+VARIANTS = {
+    "einsum": "upstream's maths: einsum attention, text encoder on every call (baseline)",
+    "sdpa": "ours per forward: SDPA attention, text encoder on every call",
+    "step": "ours per sampling step: SDPA, text encoder output reused from the loop's start",
+}
+
+
 def bench(name: str, options: dict) -> dict[str, Timing]:
-    model = randomize_(build_model(options), seed=1)
+    model = build_model(options)
+    randomize_(model, seed=1)
     x, t, tokens, mask, *rest = inputs(name)
     low_res = rest[0] if rest else None
+    with torch.inference_mode():
+        text = model.text_embedding(tokens, mask)
 
-    def forward(impl: str) -> Callable[[], object]:
+    def forward(variant: str) -> Callable[[], object]:
         def run() -> object:
-            with attention_impl(impl):
-                return model(x, t, tokens, mask, low_res=low_res)
+            with attention_impl("einsum" if variant == "einsum" else "sdpa"):
+                cached = text if variant == "step" else None
+                return model(x, t, tokens, mask, low_res=low_res, text=cached)
 
         return run
 
     with torch.inference_mode():
-        return interleaved_medians({impl: forward(impl) for impl in ("einsum", "sdpa")})
+        return interleaved_medians({variant: forward(variant) for variant in VARIANTS})
 
 
 def main() -> None:
@@ -102,23 +116,26 @@ def main() -> None:
     times = {"base": bench("base", BASE_OPTIONS), "upsample": bench("upsample", UPSAMPLE_OPTIONS)}
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     print()
+    for variant, meaning in VARIANTS.items():
+        print(f"- {variant}: {meaning}")
+    print()
     print(
-        "| forward (float32, CPU) | anchor (upstream) | einsum baseline | ours (SDPA) "
-        "| ours vs anchor | ours vs baseline | ours CPU s / 2 |"
+        "| forward (float32, CPU) | anchor (upstream code) | einsum (baseline) | sdpa (ours) "
+        "| step (ours) | anchor / sdpa | einsum / sdpa | einsum / step | step CPU s / 2 |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     labels = {"base": "base, batch 2, 64x64, ctx 128", "upsample": "upsampler, batch 1, 256x256"}
     for name, t in times.items():
-        ours_s, base_s = t["sdpa"]["wall"], t["einsum"]["wall"]
+        base_s, ours_s, step_s = (t[v]["wall"] for v in ("einsum", "sdpa", "step"))
         print(
             f"| {labels[name]} | {ANCHORS[name]:.2f} s | {base_s:.2f} s | {ours_s:.2f} s "
-            f"| {ANCHORS[name] / ours_s:.2f}x | {base_s / ours_s:.2f}x "
-            f"| {t['sdpa']['cpu']:.2f} s |"
+            f"| {step_s:.2f} s | {ANCHORS[name] / ours_s:.2f}x | {base_s / ours_s:.2f}x "
+            f"| {base_s / step_s:.2f}x | {t['step']['cpu']:.2f} s |"
         )
     ours = SamplingSettings()
     ours_calls = {"base": ours.base_steps, "upsample": ours.upsample_steps}
     print()
-    print("| pipeline | base calls | upsampler calls | calls per image | est. CPU s per image |")
+    print("| pipeline | base calls | upsampler calls | calls per image | est. s per image |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, calls in (
         ("upstream defaults (ancestral 100 + DDIM fast27)", UPSTREAM_CALLS),
@@ -128,7 +145,8 @@ def main() -> None:
             ours_calls,
         ),
     ):
-        seconds = sum(calls[n] * times[n]["sdpa"]["wall"] for n in calls)
+        variant = "einsum" if calls is UPSTREAM_CALLS else "step"
+        seconds = sum(calls[n] * times[n][variant]["wall"] for n in calls)
         print(
             f"| {label} | {calls['base']} | {calls['upsample']} | {sum(calls.values())} "
             f"| {seconds:.0f} |"
