@@ -45,6 +45,7 @@ def test_generate_tiny_writes_pngs_and_a_grid(tmp_path, capsys):
     assert "3 model calls per image" in captured.out
     assert "RANDOM WEIGHTS" in captured.out
     assert "RANDOM WEIGHTS" in captured.err
+    assert "base: 3 steps done (100%)" in captured.err
 
 
 def test_generate_bad_input_is_a_one_line_error(tmp_path, capsys):

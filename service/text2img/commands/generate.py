@@ -123,20 +123,26 @@ def run(args: argparse.Namespace) -> int:
     stage_time: dict[str, float] = {}
     mark = {"t": time.perf_counter()}
 
+    interactive = sys.stderr.isatty()
+
     def show(p: Progress) -> None:
         now = time.perf_counter()
         stage_time[p.stage] = stage_time.get(p.stage, 0.0) + now - mark["t"]
         mark["t"] = now
-        bar = "#" * int(30 * p.fraction)
-        print(f"\r[{bar:<30}] {p.fraction:6.1%}  {p.stage} {p.step}/{p.total}   ",
-              end="", file=sys.stderr, flush=True)  # fmt: skip
+        if interactive:
+            bar = "#" * int(30 * p.fraction)
+            print(f"\r[{bar:<30}] {p.fraction:6.1%}  {p.stage} {p.step}/{p.total}   ",
+                  end="", file=sys.stderr, flush=True)  # fmt: skip
+        elif p.step == p.total:  # logs: one line per finished stage
+            print(f"{p.stage}: {p.total} steps done ({p.fraction:.0%})", file=sys.stderr)
 
     requests = [ImageRequest(args.prompt, seed + i) for i in range(args.num_images)]
     t0 = time.perf_counter()
     mark["t"] = t0
     images = pipeline.generate(requests, settings, progress=show)
     total_s = time.perf_counter() - t0
-    print(file=sys.stderr)
+    if interactive:
+        print(file=sys.stderr)
 
     stem = slug(args.prompt)
     paths = []
