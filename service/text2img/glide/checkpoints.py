@@ -19,11 +19,24 @@ def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
-def load_released(cache_dir: Path, name: str) -> Text2ImUNet:
-    """The released model `name` with its weights (float32 on the CPU; cast later)."""
+def load_released(
+    cache_dir: Path,
+    name: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Text2ImUNet:
+    """The released model `name`, ready on `device`.
+
+    float16 follows upstream's half layout (`convert_to_fp16`); every tensor is cast from
+    the fp16 cache straight to the dtype its parameter has in that layout.
+    """
     model = build_model(RELEASED_OPTIONS[name], device="meta")
+    if dtype == torch.float16:
+        model.convert_to_fp16()
+    layout = {key: value.dtype for key, value in model.state_dict().items()}
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     state = weights.load_state_dict(cache_dir, name, expected)
-    state = {key: value.to(torch.float32) for key, value in state.items()}
+    state = {key: value.to(device=device, dtype=layout[key]) for key, value in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)

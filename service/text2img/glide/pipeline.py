@@ -315,7 +315,7 @@ def load_pipeline(
     cache = cache_dir if cache_dir is not None else weights.default_cache_dir()
     encoder_path, vocab_path = weights.tokenizer_paths(cache)
     tokenizer = BPETokenizer.from_files(encoder_path, vocab_path)
-    base = load_released(cache, "base")
-    upsampler = load_released(cache, "upsample")
-    return Pipeline("glide", dev, _prepare(base, dev, dt), _prepare(upsampler, dev, dt),
+    base = load_released(cache, "base", device=dev, dtype=dt)
+    upsampler = load_released(cache, "upsample", device=dev, dtype=dt)
+    return Pipeline("glide", dev, base, upsampler,
                     tokenizer, max_batch=max_batch, dtype=dt)  # fmt: skip
