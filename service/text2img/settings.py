@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     """Per-request limit from submission (queue wait included) to the last image."""
     max_batch: int | None = Field(default=None, ge=1, le=64)
     """Cap on images per sampling batch; None = what the pipeline says its device handles."""
+    batch_window_s: float = Field(default=0.03, ge=0, le=5)
+    """How long a request that arrives alone waits for compatible ones to share its batch."""
     job_ttl_s: float = Field(default=600.0, gt=0, le=86_400)
     """How long finished jobs of the job API stay fetchable."""
     max_finished_jobs: int = Field(default=256, ge=1, le=100_000)

@@ -94,7 +94,7 @@ async def test_16_clients_against_a_queue_of_4(tiny_pipeline: Pipeline) -> None:
         codes = sorted(r.status_code for r in responses)
         assert set(codes) <= {200, 429}, codes
         assert codes.count(429) >= 1, "16 at once must overflow a queue of 4"
-        assert codes.count(200) >= 5  # the running batch plus 4 waiting
+        assert codes.count(200) >= 4  # at least the 4 the queue holds
         for r in responses:
             if r.status_code == 200:
                 png = base64.b64decode(r.json()["data"][0]["b64_json"])

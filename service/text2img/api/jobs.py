@@ -81,6 +81,7 @@ class Job:
     def __post_init__(self) -> None:
         self.images = [None] * len(self.seeds)
         self.deadline = time.monotonic() + self.timeout_s
+        self.submitted_at = time.monotonic()
         self.seq = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -71,12 +71,14 @@ class Scheduler:
         *,
         queue_limit: int,
         max_batch: int | None = None,
+        batch_window_s: float = 0.03,
         on_batch: Callable[[BatchRecord], None] | None = None,
         on_job_finished: Callable[[Job, JobState], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.queue_limit = queue_limit
         self.max_batch = max(1, min(max_batch or pipeline.max_batch, pipeline.max_batch))
+        self.batch_window_s = batch_window_s
         self._on_batch = on_batch
         self._on_job_finished = on_job_finished
         self._queue: deque[Job] = deque()
@@ -145,6 +147,7 @@ class Scheduler:
             waiting = sum(1 for j in self._queue if j.state is JobState.QUEUED)
             if waiting >= self.queue_limit:
                 raise QueueFull(self.retry_after())
+            job.submitted_at = time.monotonic()
             self._queue.append(job)
             self._cond.notify_all()
         job.notify()
@@ -205,7 +208,11 @@ class Scheduler:
                     return None
                 self._expire_waiting()
                 if self._queue:
-                    break
+                    wait = self._window_left(self._queue[0])
+                    if wait <= 0:
+                        break
+                    self._cond.wait(timeout=wait)  # a submit wakes us to re-check
+                    continue
                 self._cond.wait(timeout=1.0)
             head = self._queue[0]
             items: list[_Item] = []
@@ -226,6 +233,19 @@ class Scheduler:
         for job in self._running:
             job.notify()
         return items
+
+    def _window_left(self, head: Job) -> float:
+        """Seconds to keep a fresh job waiting for compatible company (0 = start now).
+
+        Requests sent together arrive a few ms apart; without this short window the first
+        would always run alone and the rest in a second batch.
+        """
+        if head.state is not JobState.QUEUED or self.batch_window_s <= 0:
+            return 0.0
+        images = sum(j.n - j.next_index for j in self._queue if j.settings == head.settings)
+        if images >= self.max_batch:
+            return 0.0
+        return head.submitted_at + self.batch_window_s - time.monotonic()
 
     def _expire_waiting(self) -> None:
         now = time.monotonic()

@@ -103,6 +103,7 @@ class ServiceState:
                 pipeline,
                 queue_limit=self.settings.queue_limit,
                 max_batch=self.settings.max_batch,
+                batch_window_s=self.settings.batch_window_s,
                 on_batch=self.metrics.record_batch,
                 on_job_finished=self._job_finished,
             )
