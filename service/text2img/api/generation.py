@@ -65,6 +65,8 @@ async def create_job(
             code="unsupported_response_format",
         )
     settings = sampling_settings(body)
+    if scheduler.queue_depth >= scheduler.queue_limit:  # refuse before paying to translate
+        raise _queue_full(state, scheduler, scheduler.retry_after())
     translation = await translate(state, body.prompt, body.translate, "prompt")
     first = body.seed if body.seed is not None else secrets.randbelow(2**32)
     job = Job(
@@ -78,18 +80,22 @@ async def create_job(
     try:
         scheduler.submit(job)
     except QueueFull as exc:
-        state.metrics.rejected.inc()
-        raise ApiError(
-            429,
-            f"the GPU queue is full ({scheduler.queue_limit} requests waiting); retry after "
-            f"{exc.retry_after} s",
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(exc.retry_after)},
-        ) from exc
+        raise _queue_full(state, scheduler, exc.retry_after) from exc
     except SchedulerStopped as exc:
         raise ApiError(503, str(exc), type="unavailable", code="shutting_down") from exc
     return job
+
+
+def _queue_full(state: ServiceState, scheduler: Scheduler, retry_after: int) -> ApiError:
+    state.metrics.rejected.inc()
+    return ApiError(
+        429,
+        f"the GPU queue is full ({scheduler.queue_limit} requests waiting); retry after "
+        f"{retry_after} s",
+        type="rate_limit_error",
+        code="queue_full",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def image_data(job: Job) -> list[ImageData]:
