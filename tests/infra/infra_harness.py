@@ -7,6 +7,7 @@ CLI, not under mocks.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -182,6 +183,17 @@ def _patched_export(sink: dict[str, Any]) -> Iterator[None]:
         pulumi.export = original
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's mocks run on the main thread's current event loop; tests that ran before
+    (pytest-asyncio) may have closed and unset it, so give the thread a fresh one."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(
     stack: str = "dev",
     overrides: Mapping[str, Any] | None = None,
@@ -189,6 +201,7 @@ def run_program(
     project: str | None = TEST_PROJECT,
 ) -> Plan:
     """Run infra/__main__.py under mocks with Pulumi.yaml defaults + overrides."""
+    _ensure_event_loop()
     values = project_defaults()
     if project is not None:
         values["project"] = project
