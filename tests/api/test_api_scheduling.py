@@ -265,3 +265,24 @@ async def test_shutdown_cancels_work_and_leaves_no_threads(tiny_pipeline: Pipeli
     assert time.monotonic() - t0 < 15
     assert app.state.service.jobs.get(job["id"]).state.value == "cancelled"  # type: ignore[union-attr]
     assert not [t for t in threading.enumerate() if t.name == "text2img-gpu"]
+
+
+def test_a_full_queue_refuses_before_paying_for_translation(
+    make_client: Callable[..., Any], translate_ok: Any
+) -> None:
+    client = make_client(queue_limit=1, translation="on", translate_project="demo",
+                         translate_endpoint=translate_ok.url)  # fmt: skip
+    running = client.post("/v1/jobs", json={"prompt": "a", **HEAVY}, headers=AUTH).json()
+    end = time.monotonic() + 10
+    while client.get("/v1/status", headers=AUTH).json()["jobs_in_flight"] != 1:
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    waiting = client.post("/v1/jobs", json={"prompt": "b", **HEAVY, "guidance_scale": 5.0},
+                          headers=AUTH).json()  # fmt: skip
+    refused = client.post("/v1/images/generations", json={"prompt": "猫", **FAST64},
+                          headers=AUTH)  # fmt: skip
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert translate_ok.requests == []  # the Translation API was never called
+    for job in (waiting, running):
+        client.delete(f"/v1/jobs/{job['id']}", headers=AUTH)

@@ -100,11 +100,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0-65535, not {args.port}")
+    import logging
+
     import uvicorn
 
     from text2img.api.app import create_app
     from text2img.auth import load_token
 
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = _settings(args)
     token = load_token(settings.api_token, settings.api_token_file)
     host = resolve_host(args.host, token is not None)
