@@ -230,23 +230,17 @@ def make_translator(settings: Settings) -> Translator:
         from google.auth.credentials import AnonymousCredentials
 
         credentials = AnonymousCredentials()
-    if not project or credentials is None:
+    if credentials is None or not project:
         try:
             import google.auth
 
             adc, adc_project = google.auth.default(scopes=[TRANSLATE_SCOPE])
         except Exception as exc:  # DefaultCredentialsError and transport failures
-            if credentials is None or not project:
-                reason = f"no Application Default Credentials: {type(exc).__name__}"
-                log.warning("translation unavailable: %s", reason)
-                return UnconfiguredTranslator(reason)
-        else:
-            credentials = credentials or adc
-            project = project or adc_project or ""
+            return _unconfigured(f"no Application Default Credentials ({type(exc).__name__})")
+        credentials = credentials or adc
+        project = project or adc_project or ""
     if not project:
-        reason = "no project: set TEXT2IMG_TRANSLATE_PROJECT"
-        log.warning("translation unavailable: %s", reason)
-        return UnconfiguredTranslator(reason)
+        return _unconfigured("no project: set TEXT2IMG_TRANSLATE_PROJECT")
     return CloudTranslator(
         project,
         endpoint=endpoint,
@@ -254,3 +248,13 @@ def make_translator(settings: Settings) -> Translator:
         timeout_s=settings.translate_timeout_s,
         cache_size=settings.translate_cache_size,
     )
+
+
+def _unconfigured(reason: str) -> UnconfiguredTranslator:
+    log.warning(
+        "Cloud Translation is not available (%s): English prompts work, others are refused. "
+        "For Japanese prompts run `gcloud auth application-default login` and set "
+        "TEXT2IMG_TRANSLATE_PROJECT; TEXT2IMG_TRANSLATION=off silences this.",
+        reason,
+    )
+    return UnconfiguredTranslator(reason)

@@ -122,3 +122,12 @@ def test_unconfigured_translation_says_what_to_do() -> None:
     assert t.translate("a cat").text == "a cat"
     with pytest.raises(TranslationError, match="TEXT2IMG_TRANSLATE_PROJECT"):
         t.translate("猫")
+
+
+def test_missing_credentials_leave_english_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/adc.json")
+    t = make_translator(make_settings(translation="on", translate_project="demo-project"))
+    assert isinstance(t, UnconfiguredTranslator)
+    assert t.translate("a cat").text == "a cat"
+    with pytest.raises(TranslationError, match="application-default login"):
+        t.translate("猫")
