@@ -181,7 +181,12 @@ def test_status_polls_are_not_activity_but_requests_are(
     time.sleep(0.3)
     for path in ("/healthz", "/readyz", "/metrics", "/v1/status", "/", "/static/app.js"):
         client.get(path, headers=AUTH)
-    client.get("/v1/status", headers={"Authorization": "Bearer wrong-token-0000000"})
+    wrong = {"Authorization": "Bearer wrong-token-0000000"}
+    client.get("/v1/status", headers=wrong)
+    assert (
+        client.post("/v1/images/generations", json={"prompt": "a"}, headers=wrong).status_code
+        == 401
+    )
     s = client.get("/v1/status", headers=AUTH).json()
     assert s["last_activity_at"] is None
     assert s["idle_seconds"] >= 0.3
