@@ -134,11 +134,12 @@ class Scheduler:
             return bool(self._queue) or any(not j.finished for j in self._running)
 
     def retry_after(self) -> int:
-        """A guess of the seconds until a queue slot frees up."""
+        """A guess of the seconds until a queue slot frees up: about one sampling batch."""
         per_image = self._batch_seconds_per_image or 5.0
         with self._cond:
             images = sum(j.n - j.next_index for j in self._queue)
-        return max(1, min(600, math.ceil(per_image * max(1, images) / self.queue_limit)))
+        batch = min(max(1, images), self.max_batch)
+        return max(1, min(600, math.ceil(per_image * batch)))
 
     def submit(self, job: Job) -> None:
         with self._cond:
