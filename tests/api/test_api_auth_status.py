@@ -53,7 +53,7 @@ def test_open_routes(make_client: Callable[..., TestClient]) -> None:
     assert page.status_code == 200
     assert 'lang="ja"' in page.text
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
-    for asset in ("/static/app.js", "/static/style.css"):
+    for asset in ("/static/app.js", "/static/style.css", "/favicon.ico"):
         assert client.get(asset).status_code == 200
     assert "cdn" not in page.text.lower()
 

@@ -31,3 +31,8 @@ def static_dir() -> Path:
 @router.get("/")
 async def index() -> FileResponse:
     return FileResponse(static_dir() / "index.html", headers=UI_HEADERS)
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    return FileResponse(static_dir() / "favicon.ico", media_type="image/x-icon")
