@@ -132,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
         host=host,
         port=args.port,
         log_level=args.log_level,
-        timeout_graceful_shutdown=10,
+        # on SIGTERM in-flight generations may finish (the VM's unit gives `docker stop`
+        # 120 s); a second Ctrl-C stops at once
+        timeout_graceful_shutdown=100,
         server_header=False,
     )
     server = uvicorn.Server(config)
