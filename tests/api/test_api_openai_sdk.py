@@ -69,3 +69,8 @@ def test_translation_failure_is_a_502_and_nothing_is_drawn(
     ok = sdk(url).images.generate(prompt="a cat", size="64x64", extra_body={"steps": 2})  # type: ignore[arg-type]
     assert ok.data
     assert ok.data[0].revised_prompt == "a cat"
+
+
+def test_sdk_lists_the_model(live: Callable[..., str]) -> None:
+    models = sdk(live()).models.list()
+    assert [m.id for m in models.data] == ["tiny"]

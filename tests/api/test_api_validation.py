@@ -169,3 +169,10 @@ def test_schemathesis_finds_no_server_errors(case: schemathesis.Case, fuzz_url: 
     assert response.status_code < 500, (case.method, case.path, response.text[:300])
     if response.status_code >= 400:
         assert_openai_error(response.json())
+
+
+def test_oversized_bodies_are_refused(client: TestClient) -> None:
+    r = client.post("/v1/images/generations", content=b'{"prompt": "' + b"a" * 200_000 + b'"}',
+                    headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 413
+    assert_openai_error(r.json())
