@@ -39,14 +39,13 @@ ANCHORS = {"base": 1.58, "upsample": 4.4}  # reference README §8, upstream code
 UPSTREAM_CALLS = {"base": 100, "upsample": 27}
 
 
-Timing = dict[str, float]  # "wall": median wall seconds, "cpu": median CPU seconds / THREADS
+Timing = dict[str, float]  # "median", "min" (wall seconds), "cpu" (median CPU s / THREADS)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 3) -> dict[str, Timing]:
-    """Median of `runs` timings per function after one warm-up each, run in alternation
-    so that drifting load on a shared machine hits every variant alike. Besides wall time
-    it keeps the process CPU time divided by the thread count, which other jobs on a
-    shared machine inflate much less than wall time."""
+def interleaved_timings(fns: dict[str, Callable[[], object]], runs: int = 3) -> dict[str, Timing]:
+    """Median (and min) of `runs` timings per function after one warm-up each, run in
+    alternation so that drifting load on a shared machine hits every variant alike. Also the
+    process CPU time per thread; on a busy machine the min is the least distorted figure."""
     for fn in fns.values():
         fn()  # warm-up
     wall: dict[str, list[float]] = {name: [] for name in fns}
@@ -58,7 +57,11 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 3) -> 
             wall[name].append(time.perf_counter() - start)
             cpu[name].append((time.process_time() - start_cpu) / THREADS)
     return {
-        name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])}
+        name: {
+            "median": statistics.median(wall[name]),
+            "min": min(wall[name]),
+            "cpu": statistics.median(cpu[name]),
+        }
         for name in fns
     }
 
@@ -103,7 +106,7 @@ def bench(name: str, options: dict) -> dict[str, Timing]:
         return run
 
     with torch.inference_mode():
-        return interleaved_medians({variant: forward(variant) for variant in VARIANTS})
+        return interleaved_timings({variant: forward(variant) for variant in VARIANTS})
 
 
 def main() -> None:
@@ -119,18 +122,28 @@ def main() -> None:
     for variant, meaning in VARIANTS.items():
         print(f"- {variant}: {meaning}")
     print()
-    print(
-        "| forward (float32, CPU) | anchor (upstream code) | einsum (baseline) | sdpa (ours) "
-        "| step (ours) | anchor / sdpa | einsum / sdpa | einsum / step | step CPU s / 2 |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     labels = {"base": "base, batch 2, 64x64, ctx 128", "upsample": "upsampler, batch 1, 256x256"}
+    print("| forward (float32, CPU) | variant | median | min | CPU s / thread |")
+    print("| --- | --- | ---: | ---: | ---: |")
     for name, t in times.items():
-        base_s, ours_s, step_s = (t[v]["wall"] for v in ("einsum", "sdpa", "step"))
+        print(f"| {labels[name]} | anchor (upstream, quiet) | {ANCHORS[name]:.2f} s | | |")
+        for variant in VARIANTS:
+            v = t[variant]
+            print(
+                f"| {labels[name]} | {variant} | {v['median']:.2f} s | {v['min']:.2f} s "
+                f"| {v['cpu']:.2f} s |"
+            )
+    print()
+    print("| forward | anchor / sdpa | einsum / sdpa | einsum / step | (same ratios of mins) |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for name, t in times.items():
+        med = {v: t[v]["median"] for v in VARIANTS}
+        mins = {v: t[v]["min"] for v in VARIANTS}
         print(
-            f"| {labels[name]} | {ANCHORS[name]:.2f} s | {base_s:.2f} s | {ours_s:.2f} s "
-            f"| {step_s:.2f} s | {ANCHORS[name] / ours_s:.2f}x | {base_s / ours_s:.2f}x "
-            f"| {base_s / step_s:.2f}x | {t['step']['cpu']:.2f} s |"
+            f"| {labels[name]} | {ANCHORS[name] / med['sdpa']:.2f}x | "
+            f"{med['einsum'] / med['sdpa']:.2f}x | {med['einsum'] / med['step']:.2f}x | "
+            f"{ANCHORS[name] / mins['sdpa']:.2f}x, {mins['einsum'] / mins['sdpa']:.2f}x, "
+            f"{mins['einsum'] / mins['step']:.2f}x |"
         )
     ours = SamplingSettings()
     ours_calls = {"base": ours.base_steps, "upsample": ours.upsample_steps}
@@ -146,7 +159,7 @@ def main() -> None:
         ),
     ):
         variant = "einsum" if calls is UPSTREAM_CALLS else "step"
-        seconds = sum(calls[n] * times[n][variant]["wall"] for n in calls)
+        seconds = sum(calls[n] * times[n][variant]["median"] for n in calls)
         print(
             f"| {label} | {calls['base']} | {calls['upsample']} | {sum(calls.values())} "
             f"| {seconds:.0f} |"
