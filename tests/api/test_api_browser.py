@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
-from api_support import TOKEN, FakeTranslate
+from api_support import AUTH, TOKEN, FakeTranslate
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -153,5 +154,23 @@ def test_waking_and_error_banners(live: Callable[..., str], translate_ok: FakeTr
             page.click("#translate-btn")
             page.wait_for_selector("#banner:not([hidden])")
             assert "翻訳に失敗しました" in page.inner_text("#banner-text")
+
+            # a long generation can be cancelled from the page; the GPU is freed
+            translate_ok.fail = False
+            page.fill("#prompt", "a very long job")
+            page.click("#options summary")
+            page.fill("#steps", "250")
+            page.click("#generate-btn")
+            sync_api.expect(page.locator("#progress-text")).to_contain_text("ステップ")
+            page.click("#cancel-btn")
+            sync_api.expect(page.locator("#progress-text")).to_have_text("キャンセルしました")
+            end = time.monotonic() + 10  # the page's DELETE reaches the worker within seconds
+            while True:
+                status = httpx.get(f"{url}/v1/status", headers=AUTH, timeout=10).json()
+                if (status["jobs_in_flight"], status["queue_depth"]) == (0, 0):
+                    break
+                assert time.monotonic() < end, status
+                time.sleep(0.1)
+            assert page.is_enabled("#generate-btn")
         finally:
             browser.close()
