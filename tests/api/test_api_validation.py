@@ -176,3 +176,12 @@ def test_oversized_bodies_are_refused(client: TestClient) -> None:
                     headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
     assert r.status_code == 413
     assert_openai_error(r.json())
+
+
+def test_the_served_schema_is_the_one_fuzzed(client: TestClient) -> None:
+    served = client.get("/openapi.json", headers=AUTH).json()
+    assert served == client.app.openapi()  # type: ignore[attr-defined]
+    assert "/v1/images/generations" in served["paths"]
+    props = served["components"]["schemas"]["ImageGenerationRequest"]["properties"]
+    assert props["n"]["maximum"] == 8
+    assert props["prompt"]["maxLength"] == 1000
