@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     """How long a request that arrives alone waits for compatible ones to share its batch."""
     job_ttl_s: float = Field(default=600.0, gt=0, le=86_400)
     """How long finished jobs of the job API stay fetchable."""
-    max_finished_jobs: int = Field(default=256, ge=1, le=100_000)
+    max_finished_jobs: int = Field(default=32, ge=1, le=10_000)
+    """Finished jobs kept (with their PNGs, up to ~2 MB each) before the oldest go."""
 
     # auth throttling
     auth_max_failures: int = Field(default=10, ge=1, le=1000)
