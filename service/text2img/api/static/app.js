@@ -245,7 +245,7 @@ $("gen-form").addEventListener("submit", async (ev) => {
     } else if (done.status === "cancelled") {
       setProgress(0, "キャンセルしました");
     } else {
-      throw new ApiError(500, { error: done.error });
+      throw new Error(`生成に失敗しました: ${(done.error && done.error.message) || done.status}`);
     }
   } catch (err) {
     if (err.name === "AbortError") setProgress(0, "キャンセルしました");
