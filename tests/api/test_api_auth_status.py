@@ -223,8 +223,8 @@ def test_metrics_are_exposed(make_client: Callable[..., TestClient]) -> None:
 
 def test_job_api_with_server_sent_events(make_client: Callable[..., TestClient]) -> None:
     client = make_client()
-    job = client.post("/v1/jobs", json={"prompt": "a boat", "n": 2, "size": "256x256",
-                                        "steps": 10, "upsample_steps": 3}, headers=AUTH)  # fmt: skip
+    body = {"prompt": "a boat", "n": 2, "size": "256x256", "steps": 10, "upsample_steps": 3}
+    job = client.post("/v1/jobs", json=body, headers=AUTH)
     assert job.status_code == 202
     job_id = job.json()["id"]
     events: list[tuple[str, dict[str, object]]] = []
