@@ -96,3 +96,18 @@ def test_missing_glide_weights_exit_with_what_to_run(tmp_path: Path) -> None:
     assert proc.returncode == 2, err
     assert "text2img download" in err
     assert "Traceback" not in err
+
+
+def test_bad_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TEXT2IMG_QUEUE_LIMIT", "0")
+    assert main(["serve", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "TEXT2IMG_QUEUE_LIMIT" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("TEXT2IMG_QUEUE_LIMIT", "4")
+    monkeypatch.setenv("TEXT2IMG_API_TOKEN", "short")
+    assert main(["serve", "--model", "tiny"]) == 2
+    assert "shorter than 16" in capsys.readouterr().err
