@@ -230,7 +230,8 @@ def cmd_wait(target: Target, args: argparse.Namespace) -> int:
     print(f"waiting for {target.url} to answer ready (up to {args.timeout:.0f} s)", flush=True)
     while True:
         try:
-            resp = service_get(target, "/readyz", timeout=15.0)
+            # not /readyz: Cloud Run reserves some paths ending in "z"
+            resp = service_get(target, "/v1/ready", timeout=15.0)
             note, pause = _ready_note(resp)
         except VmError as exc:
             note, pause = str(exc), 5.0

@@ -20,6 +20,7 @@ from api_support import make_settings, wait_ready  # isort: skip
 
 PROTECTED = [
     ("GET", "/readyz"),
+    ("GET", "/v1/ready"),
     ("GET", "/v1/status"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
@@ -117,9 +118,10 @@ def test_readyz_while_loading_and_after(tiny_pipeline: Pipeline) -> None:
 
     service.start_loading = gated
     with TestClient(app) as client:
-        r = client.get("/readyz", headers=AUTH)
-        assert r.status_code == 503
-        assert r.json() == {"ready": False, "phase": "loading_model"}
+        for path in ("/readyz", "/v1/ready"):  # the second passes through Cloud Run
+            r = client.get(path, headers=AUTH)
+            assert r.status_code == 503
+            assert r.json() == {"ready": False, "phase": "loading_model"}
         r = client.post("/v1/images/generations", json={"prompt": "a", **FAST64}, headers=AUTH)
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "waking"
@@ -179,7 +181,15 @@ def test_status_polls_are_not_activity_but_requests_are(
     assert s["model"] == "tiny"
     assert s["last_activity_at"] is None
     time.sleep(0.3)
-    for path in ("/healthz", "/readyz", "/metrics", "/v1/status", "/", "/static/app.js"):
+    for path in (
+        "/healthz",
+        "/readyz",
+        "/v1/ready",
+        "/metrics",
+        "/v1/status",
+        "/",
+        "/static/app.js",
+    ):
         client.get(path, headers=AUTH)
     wrong = {"Authorization": "Bearer wrong-token-0000000"}
     client.get("/v1/status", headers=wrong)

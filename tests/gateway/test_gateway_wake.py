@@ -96,7 +96,7 @@ def test_observing_requests_do_not_wake_the_vm(
     make_gateway: Callable[..., str], fake: FakeCompute
 ) -> None:
     url = make_gateway()
-    for path in ("/readyz", "/metrics"):
+    for path in ("/readyz", "/v1/ready", "/metrics"):
         resp = httpx.get(url + path, headers=AUTH)
         assert resp.status_code == 503
         body = resp.json()["error"]

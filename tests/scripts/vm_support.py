@@ -65,7 +65,9 @@ class Service:
                 }
             )
 
-        return Starlette(routes=[Route("/readyz", readyz), Route("/v1/status", status)])
+        # /readyz for the gateway's own probe, /v1/ready for `scripts/vm wait`
+        routes = [Route("/readyz", readyz), Route("/v1/ready", readyz), Route("/v1/status", status)]
+        return Starlette(routes=routes)
 
 
 @dataclass

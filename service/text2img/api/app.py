@@ -32,7 +32,17 @@ MAX_BODY_BYTES = 64 * 1024
 
 # Requests that are not user activity (the VM's idle clock ignores them).
 PASSIVE_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/v1/status", "/", "/openapi.json", "/docs", "/favicon.ico"}
+    {
+        "/healthz",
+        "/readyz",
+        "/v1/ready",
+        "/metrics",
+        "/v1/status",
+        "/",
+        "/openapi.json",
+        "/docs",
+        "/favicon.ico",
+    }
 )
 
 

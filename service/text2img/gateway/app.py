@@ -39,8 +39,9 @@ log = logging.getLogger("text2img.gateway")
 # GET requests made by machines that poll (health checks, `scripts/vm wait`, Prometheus):
 # they report the VM's state but never wake it, or a poller would keep the GPU VM running.
 # Everything else wakes it, /v1/status included: the web page asks for it when it opens,
-# so the VM boots while the user types.
-OBSERVE_PATHS = frozenset({"/readyz", "/metrics"})
+# so the VM boots while the user types. /v1/ready is /readyz under a path Cloud Run passes
+# through (it reserves some paths ending in "z").
+OBSERVE_PATHS = frozenset({"/readyz", "/v1/ready", "/metrics"})
 PUBLIC_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
 # The same headers the service sends with its web UI (text2img.api.routes.ui.UI_HEADERS;
 # a test keeps them equal): the page users open in the cloud is served from here.

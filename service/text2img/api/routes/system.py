@@ -18,6 +18,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# /v1/ready is the same check under a path that Cloud Run passes through: Cloud Run
+# reserves some paths ending in "z", so clients that go through the gateway use it.
+@router.get("/v1/ready", dependencies=[Authorized])
 @router.get("/readyz", dependencies=[Authorized])
 async def readyz(state: State) -> JSONResponse:
     """200 once the model is loaded, else 503 with the phase (loading_model | failed)."""
