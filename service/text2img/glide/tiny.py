@@ -8,13 +8,15 @@ the prompt: everything that shows them must say so. The tokenizer is `ByteTokeni
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from text2img.glide.layers import GroupNorm32, LayerNorm32
 from text2img.glide.unet import Text2ImUNet, build_model
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 TINY_SEED = 20211220  # GLIDE's paper date; any fixed value works
 
@@ -55,7 +57,7 @@ TINY_UPSAMPLE_OPTIONS: dict[str, Any] = {
 
 
 @torch.no_grad()
-def randomize_(model: nn.Module, seed: int) -> nn.Module:
+def randomize_(model: ModuleT, seed: int) -> ModuleT:
     """Seeded random weights, scaled so activations stay O(1) and no output is zero.
 
     Normalisation gains 1 + 0.1 z, normalisation biases 0.05 z, embeddings 0.3 z, other
@@ -85,4 +87,4 @@ def tiny_models(seed: int = TINY_SEED) -> tuple[Text2ImUNet, Text2ImUNet]:
     """The tiny (base, upsampler) pair on the CPU in float32, eval mode."""
     base = randomize_(build_model(TINY_BASE_OPTIONS), seed)
     upsample = randomize_(build_model(TINY_UPSAMPLE_OPTIONS), seed + 1)
-    return base, upsample  # type: ignore[return-value]
+    return base, upsample
