@@ -36,13 +36,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the PNGs (default ./out)")  # fmt: skip
     parser.add_argument("--model", choices=["glide", "tiny"], default="glide",
                         help="glide (released weights) or tiny (random weights)")  # fmt: skip
-    parser.add_argument("--size", type=int, choices=[64, 256], default=256)
+    parser.add_argument(
+        "--size",
+        type=int,
+        choices=[64, 256],
+        default=256,
+        help="64 = base model only, 256 = base + upsampler (default)",
+    )
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance scale (default 3.0)")  # fmt: skip
-    parser.add_argument("--base-sampler", choices=SAMPLER_NAMES, default=None)
-    parser.add_argument("--base-steps", type=int, default=None)
-    parser.add_argument("--upsample-sampler", choices=SAMPLER_NAMES, default=None)
-    parser.add_argument("--upsample-steps", type=int, default=None)
+    parser.add_argument(
+        "--base-sampler",
+        choices=SAMPLER_NAMES,
+        default=None,
+        help="sampler of the 64x64 base model (default dpm++2m)",
+    )
+    parser.add_argument(
+        "--base-steps",
+        type=int,
+        default=None,
+        help="base model calls per image, 1-1000 (default 25)",
+    )
+    parser.add_argument(
+        "--upsample-sampler",
+        choices=SAMPLER_NAMES,
+        default=None,
+        help="sampler of the 64->256 upsampler (default dpm++2m)",
+    )
+    parser.add_argument(
+        "--upsample-steps",
+        type=int,
+        default=None,
+        help="upsampler calls per image, 1-1000 (default 15)",
+    )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--dtype", default=None, help="float16 (CUDA default) or float32")
     parser.add_argument("--cache-dir", type=Path, default=None,
