@@ -56,3 +56,19 @@ def test_generate_bad_input_is_a_one_line_error(tmp_path, capsys):
     code = main(["generate", "x", "--cache-dir", str(tmp_path / "none"), "-o", str(tmp_path)])
     assert code == 2
     assert "text2img download" in capsys.readouterr().err
+
+
+def test_help_states_the_pipeline_defaults(capsys):
+    import pytest
+
+    from text2img.glide.pipeline import SamplingSettings
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    d = SamplingSettings()
+    assert f"(default {d.base_sampler})" in text
+    assert f"(default {d.base_steps})" in text
+    assert f"(default {d.upsample_sampler})" in text
+    assert f"(default {d.upsample_steps})" in text
+    assert f"(default {d.guidance_scale})" in text
