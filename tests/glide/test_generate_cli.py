@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
 from text2img.cli import main
+from text2img.glide.pipeline import SamplingSettings
 
 
 def test_generate_tiny_writes_pngs_and_a_grid(tmp_path, capsys):
@@ -59,10 +61,6 @@ def test_generate_bad_input_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_help_states_the_pipeline_defaults(capsys):
-    import pytest
-
-    from text2img.glide.pipeline import SamplingSettings
-
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
