@@ -3,7 +3,6 @@ uvicorn server on 127.0.0.1:<free port>."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests.fakes.asgi_server import serve_in_thread
 from text2img.settings import Settings
 
 TOKEN = "test-token-0123456789abcdef"
@@ -64,21 +63,5 @@ def wait_ready(client: TestClient | httpx.Client, timeout: float = 30.0) -> None
 @contextmanager
 def serve(app: FastAPI) -> Iterator[str]:
     """Run the app with uvicorn on 127.0.0.1:<free port>; yields the base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > end or not thread.is_alive():
-            raise AssertionError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        assert not thread.is_alive(), "uvicorn did not stop"
+    with serve_in_thread(app, timeout_s=30.0, graceful_shutdown_s=5.0) as url:
+        yield url

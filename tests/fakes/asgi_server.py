@@ -12,10 +12,19 @@ import uvicorn
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, timeout_s: float = 10.0) -> Iterator[str]:
-    """Yields the base URL; the server shuts down (lifespan included) on exit."""
+def serve_in_thread(
+    app: Any, *, timeout_s: float = 10.0, graceful_shutdown_s: float | None = None
+) -> Iterator[str]:
+    """Yields the base URL; the server shuts down (lifespan included) on exit, and the
+    thread must be gone by then."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", access_log=False
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=graceful_shutdown_s,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -31,3 +40,4 @@ def serve_in_thread(app: Any, *, timeout_s: float = 10.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=timeout_s)
+        assert not thread.is_alive(), "uvicorn did not stop"
