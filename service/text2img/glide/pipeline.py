@@ -7,6 +7,7 @@ against upstream's 127 (100 ancestral + 27 DDIM); see the README's `glide` secti
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,7 +128,15 @@ class Pipeline:
     tokenizer: Tokenizer
     max_batch: int = 4
     random_weights: bool = False
+    # The compute dtype. float16: upstream's half layout (CUDA). bfloat16 (CPU, opt-in):
+    # float32 weights, every model call under autocast to bfloat16, outputs back in float32.
     dtype: torch.dtype = field(default=torch.float32)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The context each model call runs in: bfloat16 autocast, else nothing."""
+        if self.dtype == torch.bfloat16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def generate(
         self, requests: Sequence[ImageRequest], settings: SamplingSettings, *,
@@ -177,7 +186,9 @@ class Pipeline:
             def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 if should_cancel is not None and should_cancel():
                     raise Cancelled("generation cancelled")
-                return model_fn(x, t)
+                with self._autocast():
+                    out = model_fn(x, t)
+                return out.float()  # the samplers' maths stays in float32 / float64
 
             return call
 
@@ -202,7 +213,8 @@ class Pipeline:
         base_cfg = self.base.cfg
         tokens, mask = self._tokens([r.prompt for r in chunk] + [""] * n, base_cfg.text_ctx)
 
-        base_text = self.base.text_embedding(tokens, mask)  # once per loop, not per call
+        with self._autocast():
+            base_text = self.base.text_embedding(tokens, mask)  # once per loop, not per call
 
         def base_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.base(x, t, tokens, mask, text=base_text)
@@ -232,7 +244,8 @@ class Pipeline:
         low_res = ((sample + 1) * 127.5).round() / 127.5 - 1
         up_tokens, up_mask = self._tokens([r.prompt for r in chunk], up_cfg.text_ctx)
 
-        up_text = self.upsampler.text_embedding(up_tokens, up_mask)
+        with self._autocast():
+            up_text = self.upsampler.text_embedding(up_tokens, up_mask)
 
         def up_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.upsampler(x, t, up_tokens, up_mask, low_res=low_res, text=up_text)
@@ -273,17 +286,29 @@ def _resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+               "float32": torch.float32, "fp32": torch.float32,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
+
+
 def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    names = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-             "float32": torch.float32, "fp32": torch.float32}  # fmt: skip
     if dtype in (None, "", "auto"):
         return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in names:
-        raise UserError(f"unknown dtype {dtype!r}; use float16 (CUDA) or float32")
-    resolved = names[dtype]
+    if dtype not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype {dtype!r}; use float16 (CUDA), float32 or bfloat16 (CPU)")
+    resolved = DTYPE_NAMES[dtype]
     if resolved == torch.float16 and device.type != "cuda":
-        raise UserError("float16 runs on CUDA only; use float32 on the CPU")
+        raise UserError("float16 runs on CUDA only; use float32 or bfloat16 on the CPU")
+    if resolved == torch.bfloat16 and device.type != "cpu":
+        # The T4 (our GPU) has no fast bfloat16; float16 is upstream's tested half layout.
+        raise UserError("bfloat16 is a CPU option (the T4 has no fast bfloat16); "
+                        "use float16 or float32 on CUDA")  # fmt: skip
     return resolved
+
+
+def _weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16 keeps upstream's half layout; bfloat16 (autocast) keeps float32 weights."""
+    return torch.float16 if dtype == torch.float16 else torch.float32
 
 
 def _prepare(model: Text2ImUNet, device: torch.device, dtype: torch.dtype) -> Text2ImUNet:
@@ -315,7 +340,7 @@ def load_pipeline(
     cache = cache_dir if cache_dir is not None else weights.default_cache_dir()
     encoder_path, vocab_path = weights.tokenizer_paths(cache)
     tokenizer = BPETokenizer.from_files(encoder_path, vocab_path)
-    base = load_released(cache, "base", device=dev, dtype=dt)
-    upsampler = load_released(cache, "upsample", device=dev, dtype=dt)
+    base = load_released(cache, "base", device=dev, dtype=_weight_dtype(dt))
+    upsampler = load_released(cache, "upsample", device=dev, dtype=_weight_dtype(dt))
     return Pipeline("glide", dev, base, upsampler,
                     tokenizer, max_batch=max_batch, dtype=dt)  # fmt: skip
