@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     model: Literal["glide", "tiny"] = "glide"
     model_cache: Path | None = None
     device: Literal["cuda", "cpu"] | None = None
+    # None = the device's default (CUDA float16, CPU float32); bfloat16 is a CPU option
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
 
     # translation (Cloud Translation v3)
     translation: Literal["on", "off"] = "on"

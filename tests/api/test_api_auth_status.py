@@ -258,3 +258,22 @@ def test_job_api_with_server_sent_events(make_client: Callable[..., TestClient])
     assert done["status"] == "succeeded"
     assert len(done["data"]) == 2
     assert done["progress"]["fraction"] == 1.0
+
+
+def test_the_precision_setting_reaches_the_engine() -> None:
+    """TEXT2IMG_DTYPE / `serve --dtype`: bfloat16 runs on the CPU, float16 there is refused."""
+    import torch
+
+    app = create_app(make_settings(dtype="bfloat16"))
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert app.state.service.pipeline.dtype == torch.bfloat16
+        r = client.post("/v1/images/generations", json={"prompt": "a", **FAST64}, headers=AUTH)
+        assert r.status_code == 200
+
+    app = create_app(make_settings(dtype="float16", device="cpu"), on_load_failure=lambda _: None)
+    with TestClient(app) as client:
+        assert app.state.service.wait_loaded(30) is False
+        r = client.get("/readyz", headers=AUTH)
+        assert r.json()["phase"] == "failed"
+        assert "bfloat16" in r.json()["message"]  # says what to use instead

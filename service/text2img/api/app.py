@@ -145,7 +145,12 @@ def create_app(
             return pipeline
         from text2img.glide.pipeline import load_pipeline
 
-        return load_pipeline(settings.model, device=settings.device, cache_dir=settings.model_cache)
+        return load_pipeline(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            cache_dir=settings.model_cache,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
