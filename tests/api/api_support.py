@@ -63,5 +63,5 @@ def wait_ready(client: TestClient | httpx.Client, timeout: float = 30.0) -> None
 @contextmanager
 def serve(app: FastAPI) -> Iterator[str]:
     """Run the app with uvicorn on 127.0.0.1:<free port>; yields the base URL."""
-    with serve_in_thread(app, timeout_s=30.0, graceful_shutdown_s=5.0) as url:
+    with serve_in_thread(app, timeout_s=30.0, graceful_shutdown_s=5.0, must_stop=True) as url:
         yield url
