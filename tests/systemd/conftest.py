@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.systemd.sandbox import FakeGoogle, Sandbox, fake_google  # noqa: E402
+from tests.systemd.sandbox import FakeGoogle, Sandbox, fake_google
 
 
 @pytest.fixture
