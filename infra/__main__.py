@@ -36,7 +36,7 @@ token = create_token(settings, names, apis)
 images = build_images(settings, names, image_base(settings, repo), repo, apis)
 
 vm_account = service_account("vm", "text2img GPU VM", settings, names, apis)
-vm_grants = grant_vm_access(settings, vm_account, repo, token.secret, apis)
+vm_grants = grant_vm_access(settings, vm_account, repo, token, apis)
 
 after_apis = pulumi.InvokeOutputOptions(depends_on=apis)
 boot_image = gcp.compute.get_image_output(

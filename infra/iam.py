@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.api_token import Token, grant_accessor
 from infra.config import Settings
 from infra.naming import Names
 
@@ -100,7 +101,7 @@ def grant_vm_access(
     settings: Settings,
     account: gcp.serviceaccount.Account,
     repo: gcp.artifactregistry.Repository,
-    token_secret: gcp.secretmanager.Secret,
+    token: Token,
     deps: Sequence[pulumi.Resource],
 ) -> list[pulumi.Resource]:
     """The VM may pull from this one repository, read this one secret, write logs and
@@ -115,12 +116,6 @@ def grant_vm_access(
             role="roles/artifactregistry.reader",
             member=principal,
         ),
-        gcp.secretmanager.SecretIamMember(
-            "vm-token-accessor",
-            project=settings.project,
-            secret_id=token_secret.secret_id,
-            role="roles/secretmanager.secretAccessor",
-            member=principal,
-        ),
+        grant_accessor("vm-token-accessor", token, principal),
         *grant_project_roles("vm", settings, principal, vm_project_roles(settings), deps),
     ]
