@@ -1,0 +1,1 @@
+"""Engines: model families behind one interface (base.py), chosen by name (registry.py)."""

@@ -1,0 +1,238 @@
+"""The one interface every caller (service, scheduler, CLI, benchmarks) uses for a model.
+
+Two halves, so that validation never needs torch:
+
+- `EngineSpec` (torch-free): what an engine draws and accepts. Its name, native sizes
+  and size aliases, its options with defaults and limits, and `settings(**options)`,
+  which builds the engine's own frozen settings dataclass (everything that must be
+  equal for requests to share a batch) or raises `InvalidSetting` naming the field.
+- `Engine` (loaded): the model on its device; `generate(requests, settings, ...)`
+  draws one image per request and returns it with its seed. Seed i draws the same
+  image alone or in a batch (up to float rounding), progress is reported per model
+  call, `should_cancel` is checked before every model call (`Cancelled`), and a batch
+  that comes out constant or non-finite raises `BadOutput` instead of being returned.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from text2img.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+MAX_SEED = 2**63 - 1
+
+
+class Cancelled(Exception):
+    """Raised by `Engine.generate` when `should_cancel()` returned true."""
+
+
+class BadOutput(RuntimeError):
+    """A generated batch was constant or not finite: damaged weights or an fp16 overflow.
+
+    Never returned as a success; the service answers 500 `bad_output` with what to run.
+    """
+
+
+class InvalidSetting(ValueError):
+    """A request option the engine does not accept; `param` names the field."""
+
+    def __init__(self, param: str, message: str, code: str = "invalid_settings") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image: the English prompt actually drawn, and its seed."""
+
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One result of `Engine.generate`, in request order."""
+
+    image: Image.Image
+    seed: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of one `generate` call: `step` of `total` in `stage` (1-based)."""
+
+    stage: str
+    step: int
+    total: int
+    stage_index: int = 0
+    num_stages: int = 1
+    batch_index: int = 0
+    num_batches: int = 1
+
+    @property
+    def stage_fraction(self) -> float:
+        return self.step / self.total if self.total else 1.0
+
+    @property
+    def fraction(self) -> float:
+        """Overall fraction done in [0, 1], stages and batches weighted equally."""
+        per_batch = (self.stage_index + self.stage_fraction) / self.num_stages
+        return (self.batch_index + per_batch) / self.num_batches
+
+
+class EngineSettings(Protocol):
+    """What the service needs of an engine's frozen settings dataclass."""
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def model_calls_per_image(self) -> int: ...
+
+    def __hash__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Option:
+    """One request option an engine accepts (API field name), for docs, UI and checks."""
+
+    name: str  # the API field: "steps", "guidance_scale", "sampler", "upsample_steps", ...
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"default": self.default, "description": self.description}
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        return out
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "1024x768" -> (1024, 768); ValueError for anything else."""
+    width, sep, height = text.partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise ValueError(f"size must look like WIDTHxHEIGHT, got {text!r}")
+    return int(width), int(height)
+
+
+@dataclass(frozen=True)
+class EngineSpec(ABC):
+    """What an engine draws and accepts; importing it never imports torch."""
+
+    name: str  # registry name: "glide", "tiny", "sdxl-lightning", "tiny-sdxl"
+    family: str  # "glide" | "sdxl": the code that draws
+    title: str  # one line for people: "GLIDE (filtered), OpenAI 2021"
+    licence: str  # the weights' licence, named at download and in /v1/models
+    random_weights: bool  # True: a smoke-test model whose images are noise
+    sizes: tuple[str, ...]  # native sizes, "WxH"
+    default_size: str
+    options: tuple[Option, ...]  # every accepted option besides size
+    # other accepted sizes (OpenAI's, "auto") -> the native size actually drawn
+    size_aliases: Mapping[str, str] = field(default_factory=dict)
+    download_bytes: int = 0  # disk the weights take in the cache (0: nothing to fetch)
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.options)
+
+    def resolve_size(self, size: str | None) -> str:
+        """The native size drawn for a requested size; InvalidSetting("size") otherwise."""
+        if size is None:
+            return self.default_size
+        if size in self.sizes:
+            return size
+        if size in self.size_aliases:
+            return self.size_aliases[size]
+        accepted = ", ".join([*self.sizes, *self.size_aliases])
+        raise InvalidSetting(
+            "size",
+            f"size {size!r} is not drawn by model {self.name}; use one of {accepted}",
+            code="unsupported_size",
+        )
+
+    def check_option_names(self, options: Mapping[str, Any]) -> None:
+        """InvalidSetting naming the first option this engine does not have."""
+        for key in options:
+            if key != "size" and key not in self.option_names:
+                accepted = ", ".join(["size", *self.option_names])
+                raise InvalidSetting(
+                    key,
+                    f"{key} is not a setting of model {self.name}; it accepts {accepted}",
+                    code="unsupported_parameter",
+                )
+
+    @abstractmethod
+    def settings(self, **options: Any) -> EngineSettings:
+        """The frozen settings for these request options (None = default).
+
+        Raises InvalidSetting (with `param`) for an unknown option, a size it does not
+        draw, or a value out of range.
+        """
+
+    def public(self) -> dict[str, Any]:
+        """What `GET /v1/models` and the web UI show about this engine."""
+        return {
+            "id": self.name,
+            "family": self.family,
+            "title": self.title,
+            "licence": self.licence,
+            "random_weights": self.random_weights,
+            "sizes": list(self.sizes),
+            "size_aliases": dict(self.size_aliases),
+            "default_size": self.default_size,
+            "options": {o.name: o.public() for o in self.options},
+        }
+
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+
+class Engine(ABC):
+    """A loaded model. `generate` keeps no per-request state on the object."""
+
+    spec: EngineSpec
+    device: str  # "cuda" | "cpu" (torch.device type)
+    dtype: str  # "float16" | "float32" | "bfloat16"
+    max_batch: int  # images per sampling batch this device handles
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @abstractmethod
+    def generate(
+        self,
+        requests: Sequence[ImageRequest],
+        settings: EngineSettings,
+        *,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> list[GeneratedImage]:
+        """Draw one image per request, in order; chunks by `max_batch` itself.
+
+        Raises Cancelled, InvalidSetting (settings of another engine, bad seed),
+        BadOutput; torch.cuda.OutOfMemoryError passes through (the scheduler retries
+        smaller batches).
+        """
+
+
+class EngineUnavailable(UserError):
+    """The engine cannot be loaded (weights missing or damaged, no such device)."""
