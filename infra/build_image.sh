@@ -3,7 +3,8 @@
 # (the only stdout line; progress goes to stderr). Idempotent: a tag that already exists
 # is reused, never rebuilt (the repository's tags are immutable).
 # Run by infra/images.py (pulumi-command) in the build context (the repository root) with:
-#   T2I_PROJECT T2I_REGION T2I_IMAGE (repo path + name) T2I_TAG T2I_DOCKERFILE
+#   T2I_PROJECT T2I_REGION (the Cloud Build region, `buildRegion`) T2I_IMAGE (repo path +
+#   name, in any region) T2I_TAG T2I_DOCKERFILE
 #   T2I_SERVICE_ACCOUNT (projects/P/serviceAccounts/EMAIL) T2I_STAGING (gs://bucket/dir)
 #   T2I_MACHINE_TYPE
 set -euo pipefail
@@ -32,7 +33,7 @@ if by_digest=$(digest_of) && [[ -n "$by_digest" ]]; then
     echo "image $ref exists; reusing it" >&2
 else
     echo "building $ref from $T2I_DOCKERFILE with Cloud Build ($T2I_MACHINE_TYPE); this takes minutes" >&2
-    gcloud builds submit . \
+    if ! gcloud builds submit . \
         --project "$T2I_PROJECT" \
         --region "$T2I_REGION" \
         --config "$here/cloudbuild.yaml" \
@@ -43,7 +44,13 @@ else
         --machine-type "$T2I_MACHINE_TYPE" \
         --timeout 3600s \
         --suppress-logs \
-        --format none >&2
+        --format none >&2; then
+        echo "build_image.sh: the Cloud Build run in $T2I_REGION failed (log: gcloud builds" \
+            "list --region $T2I_REGION --project $T2I_PROJECT, then gcloud builds log ID" \
+            "--region $T2I_REGION). If it says 'cannot run builds in this region', your" \
+            "project may build only in a few regions: pulumi config set buildRegion us-central1" >&2
+        exit 1
+    fi
     by_digest=$(digest_of) || true
 fi
 

@@ -29,6 +29,18 @@ KNOWN_GPU_ZONES = {
 BUILD_MACHINE_TYPES = frozenset(
     {"e2-medium", "e2-highcpu-8", "e2-highcpu-32", "n1-highcpu-8", "n1-highcpu-32"}
 )
+# Cloud Build regions every project may use: depending on usage, Google restricts some
+# projects to these ("Restricted regions for some projects", cloud.google.com/build/docs/
+# locations); elsewhere such a project gets FAILED_PRECONDITION "due to quota restrictions,
+# cannot run builds in this region".
+UNRESTRICTED_BUILD_REGIONS = (
+    "us-central1",
+    "us-west2",
+    "europe-west1",
+    "asia-east1",
+    "australia-southeast1",
+    "southamerica-east1",
+)
 
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
@@ -75,6 +87,9 @@ class Settings:
     gateway_max_instances: int
     subnet_cidr: str
     gateway_egress_cidr: str
+    # issue 11 (first deploy on a fresh project)
+    build_region: str
+    flow_logs: bool
 
     @property
     def has_schedule(self) -> bool:
@@ -162,6 +177,8 @@ def validate(s: Settings) -> list[str]:
                 f"{ref!r} is not an image reference by digest "
                 "(HOST/PATH/NAME@sha256:<64 hex>); tags are mutable, digests are not",
             )
+    if not _REGION_RE.match(s.build_region):
+        bad("buildRegion", f"{s.build_region!r} is not a region name like us-central1")
     if s.build_machine_type not in BUILD_MACHINE_TYPES:
         bad(
             "buildMachineType",
@@ -197,6 +214,12 @@ def advisories(s: Settings) -> list[str]:
         notes.append(
             f"{NAMESPACE}:scheduleStart: a Spot VM may be preempted right after a scheduled "
             "start; the gateway starts it again on the next request"
+        )
+    if s.needs_build and s.build_region not in UNRESTRICTED_BUILD_REGIONS:
+        notes.append(
+            f"{NAMESPACE}:buildRegion: some projects may run Cloud Build only in "
+            f"{', '.join(UNRESTRICTED_BUILD_REGIONS)}; if the image build fails with "
+            "'cannot run builds in this region', `pulumi config set buildRegion us-central1`"
         )
     return notes
 
@@ -268,6 +291,8 @@ def load_settings() -> Settings:
         gateway_max_instances=integer("gatewayMaxInstances"),
         subnet_cidr=text("subnetCidr"),
         gateway_egress_cidr=text("gatewayEgressCidr"),
+        build_region=text("buildRegion"),
+        flow_logs=boolean("flowLogs"),
     )
     # keys with a default in Pulumi.yaml are always present under the CLI; only `project`
     # (no default) can be missing there.

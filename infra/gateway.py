@@ -27,6 +27,7 @@ from infra.iam import (
 )
 from infra.naming import Names
 from infra.network import Network
+from infra.propagation import GRANT_WAIT, wait_for_grants
 
 REQUEST_TIMEOUT = "900s"  # long generations and progress streams pass through
 
@@ -71,7 +72,7 @@ def create_gateway(
         names,
         deps,
     )
-    grants: list[pulumi.Resource] = [
+    grants = [
         gcp.compute.InstanceIAMMember(
             "gateway-instance-start",
             project=settings.project,
@@ -88,6 +89,10 @@ def create_gateway(
         ),
         grant_accessor("gateway-token-accessor", token, principal),
     ]
+    # Cloud Run checks, when it deploys the revision, that its service account may read the
+    # token secret ("Permission denied on secret ... for Revision service account"): the
+    # grant must have propagated, not only exist (infra/propagation.py)
+    grants_active = wait_for_grants("gateway-grants-propagation", grants, GRANT_WAIT)
     env: dict[str, pulumi.Input[str]] = {
         "TEXT2IMG_GATEWAY_PROJECT": settings.project,
         "TEXT2IMG_GATEWAY_ZONE": settings.zone,
@@ -153,7 +158,7 @@ def create_gateway(
             ],
         ),
         # the revision reads the secret at deploy time: version and access must exist first
-        opts=pulumi.ResourceOptions(depends_on=[*deps, token.version, *grants]),
+        opts=pulumi.ResourceOptions(depends_on=[*deps, token.version, *grants, grants_active]),
     )
     gcp.cloudrunv2.ServiceIamMember(
         "gateway-public-invoker",

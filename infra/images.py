@@ -27,6 +27,7 @@ import pulumi_gcp as gcp
 from infra.config import Settings
 from infra.iam import BUILD_PROJECT_ROLES, grant_project_roles, member, service_account
 from infra.naming import Names
+from infra.propagation import GRANT_WAIT, wait_for_grants
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # tests only: another directory laid out like the repository (pyproject.toml, service/)
@@ -149,7 +150,7 @@ def build_images(
         labels=names.labels,
         opts=pulumi.ResourceOptions(depends_on=list(deps)),
     )
-    grants: list[pulumi.Resource] = [
+    grants = [
         gcp.artifactregistry.RepositoryIamMember(
             "build-repo-writer",
             project=settings.project,
@@ -166,20 +167,24 @@ def build_images(
         ),
         *grant_project_roles("build", settings, principal, BUILD_PROJECT_ROLES, deps),
     ]
+    # the first build reads the staging bucket as this account seconds after the grants
+    grants_active = wait_for_grants("build-grants-propagation", grants, GRANT_WAIT)
     builder = _Builder(
         settings,
         names,
         image_base,
         environment={
             "T2I_PROJECT": settings.project,
-            "T2I_REGION": settings.region,
+            # Cloud Build runs in buildRegion (not every project may build everywhere) and
+            # pushes to the repository in `region`
+            "T2I_REGION": settings.build_region,
             "T2I_SERVICE_ACCOUNT": account.email.apply(
                 lambda e: f"projects/{settings.project}/serviceAccounts/{e}"
             ),
             "T2I_STAGING": bucket.name.apply(lambda b: f"gs://{b}/source"),
             "T2I_MACHINE_TYPE": settings.build_machine_type,
         },
-        deps=[*deps, repo, bucket, *grants],
+        deps=[*deps, repo, bucket, *grants, grants_active],
     )
     service = (
         pulumi.Output.from_input(settings.service_image)

@@ -1,8 +1,13 @@
 """The GPU server: the VM and its optional daily start/stop schedule, one component.
 
-Ordering for the schedule (docs/gcp-facts.md §5): the Compute Engine service agent needs
-start/stop permission before a schedule is attached, or the attach fails with 412; so the
-grant is created before the VM (explicit dependency) and the attachment after both.
+Ordering for the schedule (docs/gcp-facts.md §5, §11): the Compute Engine service agent
+needs start/stop permission before a schedule is attached, or the attach fails with 412
+"Compute Engine System service account ... needs to have [compute.instances.start,
+compute.instances.stop]". Existing is not enough: the grant must have propagated, which
+takes typically 2 and sometimes 7+ minutes. So the grant is created before the VM, a
+`pulumiverse_time.Sleep` of SCHEDULE_AGENT_WAIT starts when it exists, and the attachment
+waits for that delay and the VM (hashicorp/terraform-provider-google#11899,
+GoogleCloudPlatform/cloud-foundation-fabric#2870; infra/propagation.py).
 The schedule is attached with a ResourcePolicyAttachment, so turning it on or off later
 does not recreate the VM (its disk holds the cached weights).
 """
@@ -17,6 +22,7 @@ import pulumi_gcp as gcp
 
 from infra.config import Settings
 from infra.naming import Names
+from infra.propagation import SCHEDULE_AGENT_WAIT, wait_for_grants
 
 SCHEDULE_AGENT_ROLE = "roles/compute.instanceAdmin.v1"
 
@@ -161,6 +167,12 @@ class GpuServer(pulumi.ComponentResource):
         )
 
         if self.schedule is not None and agent_grant is not None:
+            agent_active = wait_for_grants(
+                f"{name}-schedule-agent-propagation",
+                [agent_grant],
+                SCHEDULE_AGENT_WAIT,
+                parent=self,
+            )
             gcp.compute.ResourcePolicyAttachment(
                 f"{name}-schedule-attachment",
                 project=s.project,
@@ -168,7 +180,8 @@ class GpuServer(pulumi.ComponentResource):
                 instance=self.instance.name,
                 name=self.schedule.name,
                 opts=pulumi.ResourceOptions.merge(
-                    child, pulumi.ResourceOptions(depends_on=[agent_grant, self.instance])
+                    child,
+                    pulumi.ResourceOptions(depends_on=[agent_active, self.instance]),
                 ),
             )
 

@@ -17,6 +17,7 @@ INSTANCE = "gcp:compute/instance:Instance"
 FIREWALL = "gcp:compute/firewall:Firewall"
 PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
 CLOUD_RUN = "gcp:cloudrunv2/service:Service"
+SLEEP = "time:index/sleep:Sleep"
 SCHEDULE = {"scheduleStart": "0 9 * * 1-5", "scheduleStop": "0 23 * * *"}
 PlanFor = Callable[..., Plan]
 
@@ -180,7 +181,11 @@ def test_schedule_iam_is_ordered_before_the_vm(plan_for: PlanFor) -> None:
     instance = plan.one(INSTANCE)
     assert grant.urn in instance.dependencies
     attachment = plan.one("gcp:compute/resourcePolicyAttachment:ResourcePolicyAttachment")
-    assert {grant.urn, instance.urn} <= set(attachment.dependencies)
+    # the attachment waits for the grant to propagate, not only to exist (412 otherwise)
+    delay = next(r for r in plan.of_type(SLEEP) if r.name.startswith("server-"))
+    assert delay.dependencies == [grant.urn]
+    assert {delay.urn, instance.urn} <= set(attachment.dependencies)
+    assert grant.urn not in attachment.dependencies  # only through the delay
     policy = plan.one("gcp:compute/resourcePolicy:ResourcePolicy").inputs
     assert policy["instanceSchedulePolicy"] == {
         "timeZone": "Asia/Tokyo",
@@ -190,7 +195,7 @@ def test_schedule_iam_is_ordered_before_the_vm(plan_for: PlanFor) -> None:
     assert policy["region"] == "asia-northeast1"
     # the VM, its schedule and the grant form one component
     server = plan.one("text2img:infra:GpuServer")
-    assert {instance.parent, attachment.parent, grant.parent} == {server.urn}
+    assert {instance.parent, attachment.parent, grant.parent, delay.parent} == {server.urn}
 
 
 def test_no_schedule_means_no_schedule_resources(plan: Plan) -> None:

@@ -1,0 +1,128 @@
+"""What a first `pulumi up` on a fresh project needs (issue 11): the build region, waits for
+IAM propagation, flow logs."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from infra_harness import Plan, Registration, run_program
+from test_images import SCRIPT, run_script, sandbox  # noqa: F401  (fixture)
+
+from infra.config import UNRESTRICTED_BUILD_REGIONS, ConfigError
+
+SLEEP = "time:index/sleep:Sleep"
+SUBNET = "gcp:compute/subnetwork:Subnetwork"
+PlanFor = Callable[..., Plan]
+
+
+def named(plan: Plan, name: str) -> Registration:
+    return next(r for r in plan.resources if r.name == name)
+
+
+def seconds(duration: str) -> int:
+    assert duration.endswith("s"), duration
+    return int(duration[:-1])
+
+
+def test_images_build_in_the_build_region(plan_for: PlanFor) -> None:
+    for plan, region in (
+        (plan_for(), "us-central1"),
+        (plan_for(buildRegion="europe-west1"), "europe-west1"),
+    ):
+        builds = plan.of_type("command:local:Command")
+        assert len(builds) == 2
+        for build in builds:
+            env = build.inputs["environment"]
+            assert env["T2I_REGION"] == region  # `gcloud builds submit --region`
+            # the image still goes to the repository next to the VM
+            assert env["T2I_IMAGE"].startswith("asia-northeast1-docker.pkg.dev/")
+
+
+def test_build_region_default_is_one_every_project_may_use(plan: Plan) -> None:
+    region = plan.of_type("command:local:Command")[0].inputs["environment"]["T2I_REGION"]
+    assert region in UNRESTRICTED_BUILD_REGIONS
+    assert not any("buildRegion" in w for w in plan.warnings)
+
+
+def test_a_restricted_build_region_warns_with_the_fix(plan_for: PlanFor) -> None:
+    plan = plan_for(buildRegion="asia-northeast1")
+    note = next(w for w in plan.warnings if w.startswith("text2img:buildRegion:"))
+    assert "pulumi config set buildRegion us-central1" in note
+    assert plan.of_type("command:local:Command")[0].inputs["environment"]["T2I_REGION"] == (
+        "asia-northeast1"
+    )
+
+
+def test_build_region_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"text2img:buildRegion: 'Tokyo' is not a region"):
+        run_program("dev", {"buildRegion": "Tokyo"})
+
+
+def test_failed_build_names_the_region_and_the_fix(
+    sandbox: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    result = run_script({**sandbox, "BUILD_FAILS": "1", "T2I_REGION": "asia-east2"}, tmp_path)
+    assert result.returncode == 1
+    assert "Cloud Build run in asia-east2 failed" in result.stderr
+    assert "pulumi config set buildRegion us-central1" in result.stderr
+    assert result.stdout == ""
+
+
+def test_build_waits_for_its_grants_to_propagate(plan: Plan) -> None:
+    delay = named(plan, "build-grants-propagation")
+    grants = [
+        r.urn
+        for r in plan.resources
+        if r.name in ("build-repo-writer", "build-staging-reader", "build-logging-logWriter")
+    ]
+    assert len(grants) == 3
+    assert set(delay.dependencies) == set(grants)
+    assert seconds(delay.inputs["createDuration"]) >= 60
+    for build in plan.of_type("command:local:Command"):
+        assert delay.urn in build.dependencies
+
+
+def test_gateway_deploys_after_its_secret_grant_propagated(plan: Plan) -> None:
+    delay = named(plan, "gateway-grants-propagation")
+    secret_grant = named(plan, "gateway-token-accessor")
+    assert secret_grant.urn in delay.dependencies
+    assert seconds(delay.inputs["createDuration"]) >= 60
+    # a changed grant (e.g. a new service account) runs the delay again
+    assert "roles/secretmanager.secretAccessor serviceAccount:t2i-dev-gw@" in " ".join(
+        delay.inputs["triggers"].values()
+    )
+    service = plan.one("gcp:cloudrunv2/service:Service")
+    assert delay.urn in service.dependencies
+
+
+def test_schedule_delay_is_long_enough_and_only_with_a_schedule(plan_for: PlanFor) -> None:
+    plan = plan_for(scheduleStop="0 23 * * *")
+    delay = named(plan, "server-schedule-agent-propagation")
+    assert seconds(delay.inputs["createDuration"]) >= 120  # "typically 2 minutes"
+    assert not any(r.name.startswith("server-") for r in plan_for().of_type(SLEEP))
+
+
+def test_both_subnets_have_cost_conscious_flow_logs(plan: Plan) -> None:
+    subnets = plan.of_type(SUBNET)
+    assert {s.name for s in subnets} == {"vm-subnet", "gateway-subnet"}
+    for subnet in subnets:
+        assert subnet.inputs["logConfig"] == {
+            "aggregationInterval": "INTERVAL_10_MIN",
+            "flowSampling": 0.5,
+            "metadata": "EXCLUDE_ALL_METADATA",
+        }, subnet.name
+
+
+def test_flow_logs_can_be_turned_off(plan_for: PlanFor) -> None:
+    subnets = plan_for(flowLogs=False).of_type(SUBNET)
+    assert len(subnets) == 2
+    assert all("logConfig" not in s.inputs for s in subnets)
+
+
+def test_build_script_is_still_bash_clean() -> None:
+    result = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
