@@ -23,6 +23,7 @@ from infra.iam import (
     GATEWAY_PROJECT_PERMISSIONS,
     custom_role,
     member,
+    role_suffix,
     service_account,
 )
 from infra.naming import Names
@@ -54,6 +55,7 @@ def create_gateway(
 ) -> Gateway:
     account = service_account("gw", "text2img gateway", settings, names, deps)
     principal = member(account)
+    unique = role_suffix("gateway-role-suffix").hex
     starter = custom_role(
         "gateway-instance-role",
         "gateway_start",
@@ -62,6 +64,7 @@ def create_gateway(
         settings,
         names,
         deps,
+        unique,
     )
     operations = custom_role(
         "gateway-operations-role",
@@ -71,6 +74,7 @@ def create_gateway(
         settings,
         names,
         deps,
+        unique,
     )
     grants = [
         gcp.compute.InstanceIAMMember(

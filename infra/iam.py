@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pulumi
 import pulumi_gcp as gcp
+import pulumi_random as random
 
 from infra.api_token import Token, grant_accessor
 from infra.config import Settings
@@ -76,6 +77,18 @@ def vm_project_roles(settings: Settings) -> tuple[str, ...]:
     return VM_PROJECT_ROLES + ((TRANSLATE_ROLE,) if settings.translation else ())
 
 
+def role_suffix(logical: str) -> random.RandomId:
+    """The stack's random part of its custom role ids, drawn once and kept in the state.
+
+    A deleted custom role can be undeleted for 7 days and its id cannot be reused until 37
+    days after the deletion (IAM roles.delete / "Creating and managing custom roles"), so
+    `pulumi destroy` followed by `pulumi up` within that window would fail creating a role
+    with the same id. A new stack state (after destroy) draws a new suffix; every `up` of
+    the same state keeps it, so the roles are not replaced.
+    """
+    return random.RandomId(logical, byte_length=3)
+
+
 def custom_role(
     logical: str,
     suffix: str,
@@ -84,11 +97,12 @@ def custom_role(
     settings: Settings,
     names: Names,
     deps: Sequence[pulumi.Resource],
+    unique: pulumi.Input[str] = "",
 ) -> gcp.projects.IAMCustomRole:
     return gcp.projects.IAMCustomRole(
         logical,
         project=settings.project,
-        role_id=names.role_id(suffix),
+        role_id=pulumi.Output.from_input(unique).apply(lambda u: names.role_id(suffix, u)),
         title=title,
         description=f"text2img stack {names.stack}: {title}",
         permissions=list(permissions),

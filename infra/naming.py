@@ -50,9 +50,14 @@ class Names:
         assert 6 <= len(name) <= 30, name
         return name
 
-    def role_id(self, suffix: str) -> str:
-        """A custom role id ([a-zA-Z0-9_.], at most 64 characters)."""
-        return f"t2i_{self.slug.replace('-', '_')}_{suffix}"
+    def role_id(self, suffix: str, unique: str = "") -> str:
+        """A custom role id ([a-zA-Z0-9_.], at most 64 characters). `unique` is the stack's
+        random part: a deleted role's id stays taken for 37 days (iam.py)."""
+        name = f"t2i_{self.slug.replace('-', '_')}_{suffix}"
+        if unique:
+            name = f"{name}_{unique}"
+        assert re.fullmatch(r"[a-zA-Z0-9_.]{3,64}", name), name
+        return name
 
     @property
     def build_bucket(self) -> str:

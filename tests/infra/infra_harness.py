@@ -71,8 +71,36 @@ def _fake_digest(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()
 
 
+@dataclass
+class StackState:
+    """What Pulumi keeps between two `pulumi up` of one stack, as far as the mocks need it:
+    the random values already drawn (by logical name, with the inputs they were drawn for)
+    and the stack's outputs (read back through a StackReference to the stack itself).
+    A new StackState is a new or destroyed-and-recreated stack; `seed` stands for the
+    randomness of that state's draws."""
+
+    seed: str = "first-up"
+    randoms: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
 class Mocks(pulumi.runtime.Mocks):
     """Fills in what the provider would compute (emails, URIs, ids) from the inputs."""
+
+    def __init__(self, stack: str = "dev", state: StackState | None = None) -> None:
+        self.stack = stack
+        self.state = state if state is not None else StackState()
+
+    def _random_id(self, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Like the random provider under the engine: unchanged inputs keep the value."""
+        kept = self.state.randoms.get(name)
+        if kept is not None and kept[0] == inputs:
+            return kept[1]
+        size = int(inputs["byteLength"])
+        value = hashlib.sha256(f"{self.state.seed}:{self.stack}:{name}".encode()).hexdigest()
+        outputs = {**inputs, "hex": value[: 2 * size], "dec": str(int(value[: 2 * size], 16))}
+        self.state.randoms[name] = (dict(inputs), outputs)
+        return outputs
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         state = dict(args.inputs)
@@ -80,6 +108,10 @@ class Mocks(pulumi.runtime.Mocks):
         name = state.get("name", args.name)
         if typ == "random:index/randomPassword:RandomPassword":
             state["result"] = TOKEN
+        elif typ == "random:index/randomId:RandomId":
+            state = self._random_id(args.name, state)
+        elif typ == "pulumi:pulumi:StackReference":
+            return name, {**state, "outputs": dict(self.state.outputs), "secretOutputNames": []}
         elif typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@{state['project']}.iam.gserviceaccount.com"
         elif typ == "gcp:secretmanager/secret:Secret":
@@ -199,14 +231,18 @@ def run_program(
     overrides: Mapping[str, Any] | None = None,
     *,
     project: str | None = TEST_PROJECT,
+    state: StackState | None = None,
 ) -> Plan:
-    """Run infra/__main__.py under mocks with Pulumi.yaml defaults + overrides."""
+    """Run infra/__main__.py under mocks with Pulumi.yaml defaults + overrides; `state`
+    carries a stack's state from one run to the next (a fresh one when None). After the
+    run, the state holds the run's outputs, as Pulumi's would after a successful `up`."""
     _ensure_event_loop()
     values = project_defaults()
     if project is not None:
         values["project"] = project
     values.update(overrides or {})
-    monitor = RecordingMonitor(Mocks())
+    state = state if state is not None else StackState()
+    monitor = RecordingMonitor(Mocks(stack, state))
     logger = logging.getLogger(f"infra-harness-{stack}")
     logger.propagate = False
     capture = _Capture()
@@ -238,4 +274,5 @@ def run_program(
         outputs[key] = _sync_await(out.future())
         if _sync_await(out.is_secret()):
             secret.add(key)
+    state.outputs = dict(outputs)
     return Plan(stack, monitor.registrations, outputs, secret, capture.warnings, script)

@@ -3,12 +3,13 @@ IAM propagation, flow logs."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from infra_harness import Plan, Registration, run_program
+from infra_harness import Plan, Registration, StackState, run_program
 from test_images import SCRIPT, run_script, sandbox  # noqa: F401  (fixture)
 
 from infra.config import UNRESTRICTED_BUILD_REGIONS, ConfigError
@@ -126,3 +127,25 @@ def test_flow_logs_can_be_turned_off(plan_for: PlanFor) -> None:
 def test_build_script_is_still_bash_clean() -> None:
     result = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def role_ids(plan: Plan) -> dict[str, str]:
+    roles = plan.of_type("gcp:projects/iAMCustomRole:IAMCustomRole")
+    return {r.name: r.inputs["roleId"] for r in roles}
+
+
+def test_role_ids_are_kept_across_ups_and_new_after_destroy() -> None:
+    """A deleted custom role's id is blocked for 37 days: ids carry a per-state random part."""
+    dev = StackState()
+    first, second = run_program("dev", state=dev), run_program("dev", state=dev)
+    assert len(role_ids(first)) == 2
+    assert role_ids(first) == role_ids(second)  # the same state: the same roles, no replace
+    prod = role_ids(run_program("prod"))
+    assert not set(prod.values()) & set(role_ids(first).values())
+    recreated = role_ids(run_program("dev", state=StackState(seed="after-destroy")))
+    for logical, role_id in role_ids(first).items():
+        assert recreated[logical] != role_id  # `destroy` + `up` never reuses a blocked id
+        assert re.fullmatch(r"t2i_dev_gateway_(start|ops)_[0-9a-f]{6}", role_id)
+    # the grants name the roles the stack created
+    binding = first.one("gcp:compute/instanceIAMMember:InstanceIAMMember").inputs["role"]
+    assert binding.endswith("/roles/" + role_ids(first)["gateway-instance-role"])
