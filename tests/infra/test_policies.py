@@ -432,7 +432,7 @@ def test_prebuilt_images_skip_the_build(plan_for: PlanFor) -> None:
 def test_hourly_cost_estimate(plan_for: PlanFor) -> None:
     standard = plan_for().outputs["hourly_cost_estimate"]
     spot = plan_for(spot=True).outputs["hourly_cost_estimate"]
-    assert standard == pytest.approx(0.24376 + 0.37 + 0.0014 + 0.005 + 100 * 0.12 / 730, abs=1e-4)
+    assert standard == pytest.approx(0.24376 + 0.37 + 0.0014 + 0.005 + 100 * 0.13 / 730, abs=1e-4)
     assert 0 < spot < standard / 2
     assert plan_for(gpuCount=2).outputs["hourly_cost_estimate"] == pytest.approx(
         standard + 0.37, abs=1e-4
