@@ -23,10 +23,12 @@ from infra.metadata import instance_metadata, read_startup_script  # noqa: E402
 from infra.naming import Names  # noqa: E402
 from infra.network import create_network  # noqa: E402
 from infra.registry import create_repository, image_base  # noqa: E402
+from infra.replacements import deployed_settings, warn_before_replacing  # noqa: E402
 from infra.server import GpuServer, ServerArgs  # noqa: E402
 
 settings = load_settings()
 names = Names(stack=pulumi.get_stack(), project=settings.project)
+warn_before_replacing(settings)  # compares with the last `pulumi up` of this stack
 startup_script = read_startup_script()
 
 apis = enable_apis(settings)
@@ -101,4 +103,5 @@ pulumi.export(
 )
 pulumi.export("hourly_cost_estimate", pricing.hourly_cost_estimate(settings))
 pulumi.export("monthly_asleep_cost_estimate", pricing.monthly_asleep_estimate(settings))
+pulumi.export("deployed_settings", deployed_settings(settings))
 pulumi.export("price_table", f"{pricing.PRICE_TABLE_DATE}; {pricing.PRICE_TABLE_SOURCE}")

@@ -10,6 +10,17 @@ waits for that delay and the VM (hashicorp/terraform-provider-google#11899,
 GoogleCloudPlatform/cloud-foundation-fabric#2870; infra/propagation.py).
 The schedule is attached with a ResourcePolicyAttachment, so turning it on or off later
 does not recreate the VM (its disk holds the cached weights).
+
+The boot disk is a resource of its own (a `gcp.compute.Disk` from the image, attached as
+the boot disk with auto_delete off), not the instance's `initialize_params`, whose every
+field forces a new instance in the provider. So:
+  * a larger `diskSizeGb` resizes the disk in place (a disk only grows; the guest grows
+    its root partition and filesystem at the next boot);
+  * a change that replaces the VM (`spot`, `gpuType`, `gpuCount`: ForceNew fields of the
+    instance) keeps the disk, with the cached weights and the pulled image: the old VM is
+    deleted first (delete_before_replace, the name is fixed), the new one boots the disk;
+  * only a new `zone` (or region) replaces the disk as well: disks are zonal.
+infra/replacements.py warns before any of these is applied to an existing stack.
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ def scheduling(settings: Settings) -> gcp.compute.InstanceSchedulingArgs:
 
 class GpuServer(pulumi.ComponentResource):
     instance: gcp.compute.Instance
+    boot_disk: gcp.compute.Disk
     schedule: gcp.compute.ResourcePolicy | None
 
     def __init__(
@@ -117,6 +129,28 @@ class GpuServer(pulumi.ComponentResource):
             )
             instance_deps.append(agent_grant)
 
+        self.boot_disk = gcp.compute.Disk(
+            f"{name}-boot-disk",
+            name=names.resource("boot"),
+            project=s.project,
+            zone=s.zone,
+            image=args.boot_image,
+            size=s.disk_size_gb,
+            type="pd-balanced",
+            labels=names.labels,
+            description=f"text2img boot disk (OS, image, model cache) of stack {names.stack}",
+            opts=pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions(
+                    depends_on=list(args.deps),
+                    # a newer image in the family must not replace the disk (and its cached
+                    # weights) on every `pulumi up`
+                    ignore_changes=["image"],
+                    delete_before_replace=True,
+                ),
+            ),
+        )
+
         self.instance = gcp.compute.Instance(
             f"{name}-vm",
             name=names.resource("gpu"),
@@ -127,14 +161,9 @@ class GpuServer(pulumi.ComponentResource):
                 gcp.compute.InstanceGuestAcceleratorArgs(type=s.gpu_type, count=s.gpu_count)
             ],
             scheduling=scheduling(s),
+            # the disk outlives a replaced VM; `pulumi destroy` deletes it after the VM
             boot_disk=gcp.compute.InstanceBootDiskArgs(
-                auto_delete=True,
-                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=args.boot_image,
-                    size=s.disk_size_gb,
-                    type="pd-balanced",
-                    labels=names.labels,
-                ),
+                source=self.boot_disk.self_link, auto_delete=False
             ),
             network_interfaces=[
                 # no access_configs: no external IP; outbound goes through Cloud NAT
@@ -159,9 +188,11 @@ class GpuServer(pulumi.ComponentResource):
                 child,
                 pulumi.ResourceOptions(
                     depends_on=instance_deps,
-                    # a newer image in the family must not replace the VM (and its cached
-                    # weights) on every `pulumi up`; the schedule attaches separately below
-                    ignore_changes=["bootDisk.initializeParams.image", "resourcePolicies"],
+                    # the schedule attaches separately below
+                    ignore_changes=["resourcePolicies"],
+                    # fixed name: a replacement must delete the old VM (and free its boot
+                    # disk) before it creates the new one
+                    delete_before_replace=True,
                 ),
             ),
         )
@@ -181,7 +212,11 @@ class GpuServer(pulumi.ComponentResource):
                 name=self.schedule.name,
                 opts=pulumi.ResourceOptions.merge(
                     child,
-                    pulumi.ResourceOptions(depends_on=[agent_active, self.instance]),
+                    pulumi.ResourceOptions(
+                        depends_on=[agent_active, self.instance],
+                        # a replaced VM has no schedule until it is attached again
+                        replace_with=[self.instance],
+                    ),
                 ),
             )
 
@@ -191,6 +226,7 @@ class GpuServer(pulumi.ComponentResource):
                 "zone": self.instance.zone,
                 "internal_ip": self.internal_ip,
                 "boot_image": self.boot_image,
+                "boot_disk": self.boot_disk.name,
                 "schedule": self.schedule.self_link if self.schedule else None,
             }
         )
@@ -201,7 +237,5 @@ class GpuServer(pulumi.ComponentResource):
 
     @property
     def boot_image(self) -> pulumi.Output[str]:
-        """The image the VM was created from (may be older than the family's newest)."""
-        return self.instance.boot_disk.apply(
-            lambda disk: (disk.initialize_params.image if disk.initialize_params else "") or ""
-        )
+        """The image the boot disk was created from (may be older than the family's newest)."""
+        return self.boot_disk.image.apply(lambda image: image or "")

@@ -62,6 +62,9 @@ class Registration:
     dependencies: list[str]
     custom: bool
     retain_on_delete: bool
+    ignore_changes: list[str] = field(default_factory=list)
+    delete_before_replace: bool = False
+    replace_with: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         return json.dumps(self.inputs, sort_keys=True, default=str)
@@ -131,6 +134,11 @@ class Mocks(pulumi.runtime.Mocks):
         elif typ == "command:local:Command":
             image = state["environment"]["T2I_IMAGE"]
             state["stdout"] = f"{image}@sha256:{_fake_digest(image)}\n"
+        elif typ == "gcp:compute/disk:Disk":
+            state["selfLink"] = (
+                "https://www.googleapis.com/compute/v1/projects/"
+                f"{state['project']}/zones/{state['zone']}/disks/{name}"
+            )
         elif typ == "gcp:compute/resourcePolicy:ResourcePolicy":
             state["selfLink"] = f"https://compute.googleapis.com/compute/v1/{name}"
         return f"{args.name}-id", state
@@ -166,6 +174,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     dependencies=list(request.dependencies),
                     custom=request.custom,
                     retain_on_delete=bool(request.retainOnDelete),
+                    ignore_changes=list(request.ignoreChanges),
+                    delete_before_replace=bool(request.deleteBeforeReplace),
+                    replace_with=list(request.replace_with),
                 )
             )
         return response
@@ -251,6 +262,7 @@ def run_program(
         monitor.mocks,
         project="text2img",
         stack=stack,
+        organization="organization",
         preview=False,
         monitor=monitor,
         logger=logger,

@@ -9,14 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from infra_harness import Plan, Registration, StackState, run_program
+import yaml
+from infra_harness import PROJECT_FILE, Plan, Registration, StackState, run_program
 from test_images import SCRIPT, run_script, sandbox  # noqa: F401  (fixture)
 
 from infra.config import UNRESTRICTED_BUILD_REGIONS, ConfigError
+from infra.replacements import REPLACING_KEYS
 
 SLEEP = "time:index/sleep:Sleep"
 SUBNET = "gcp:compute/subnetwork:Subnetwork"
 PlanFor = Callable[..., Plan]
+SCHEDULE = {"scheduleStart": "0 9 * * 1-5", "scheduleStop": "0 23 * * *"}
 
 
 def named(plan: Plan, name: str) -> Registration:
@@ -149,3 +152,77 @@ def test_role_ids_are_kept_across_ups_and_new_after_destroy() -> None:
     # the grants name the roles the stack created
     binding = first.one("gcp:compute/instanceIAMMember:InstanceIAMMember").inputs["role"]
     assert binding.endswith("/roles/" + role_ids(first)["gateway-instance-role"])
+
+
+DISK = "gcp:compute/disk:Disk"
+INSTANCE = "gcp:compute/instance:Instance"
+
+
+def test_boot_disk_is_its_own_resource_and_outlives_a_replaced_vm(plan_for: PlanFor) -> None:
+    plan = plan_for(diskSizeGb=150, **SCHEDULE)
+    disk, vm = plan.one(DISK), plan.one(INSTANCE)
+    assert disk.inputs["size"] == 150  # Disk.size grows in place; initialize_params is ForceNew
+    assert disk.inputs["type"] == "pd-balanced"
+    assert disk.inputs["zone"] == vm.inputs["zone"]
+    assert disk.inputs["image"].endswith("/common-cu129-ubuntu-2204-nvidia-580-v20260416")
+    assert "image" in disk.ignore_changes  # a newer image in the family replaces nothing
+    assert vm.inputs["bootDisk"]["source"].endswith(f"/disks/{disk.inputs['name']}")
+    assert vm.inputs["bootDisk"]["autoDelete"] is False
+    assert "initializeParams" not in vm.inputs["bootDisk"]
+    # fixed names: the old VM goes first, so the new one can boot the same disk
+    assert vm.delete_before_replace
+    assert disk.delete_before_replace
+    assert disk.urn in vm.dependencies
+    attachment = plan.one("gcp:compute/resourcePolicyAttachment:ResourcePolicyAttachment")
+    assert attachment.replace_with == [vm.urn]  # a new VM gets its schedule again
+    assert plan.outputs["image_name"] == "common-cu129-ubuntu-2204-nvidia-580-v20260416"
+
+
+def test_a_new_stack_gets_no_replacement_warnings() -> None:
+    plan = run_program("dev", {"spot": True}, state=StackState())
+    assert not [w for w in plan.warnings if "since the last `pulumi up`" in w]
+    assert plan.outputs["deployed_settings"]["spot"] is True
+
+
+def test_changing_spot_on_an_existing_stack_warns_before_replacing() -> None:
+    state = StackState()
+    run_program("dev", state=state)  # the first `pulumi up`
+    same = run_program("dev", state=state)
+    assert same.warnings == []
+    changed = run_program("dev", {"spot": True}, state=state)
+    notes = [w for w in changed.warnings if w.startswith("text2img:spot:")]
+    assert len(notes) == 1
+    assert "changed from false to true" in notes[0]
+    assert "replaces the VM" in notes[0]
+    assert "boot disk" in notes[0]
+    assert "`pulumi config set spot false`" in notes[0]
+    assert len(changed.warnings) == 1  # nothing else changed (gpuCount 1 == 1.0)
+
+
+def test_zone_change_and_disk_shrink_warn_but_disk_growth_does_not() -> None:
+    state = StackState()
+    run_program("dev", state=state)
+    grown = run_program("dev", {"diskSizeGb": 200}, state=state)
+    assert grown.warnings == []
+    moved = run_program("dev", {"zone": "asia-northeast1-c", "diskSizeGb": 150}, state=state)
+    assert any(
+        w.startswith("text2img:zone:") and "replaces the VM and its boot disk" in w
+        for w in moved.warnings
+    )
+    assert any(
+        w.startswith("text2img:diskSizeGb: 150 is smaller than the deployed 200 GB")
+        for w in moved.warnings
+    )
+
+
+def test_every_replacing_key_is_marked_in_pulumi_yaml() -> None:
+    spec = yaml.safe_load(PROJECT_FILE.read_text())["config"]
+    for key in REPLACING_KEYS:
+        assert "CHANGING IT LATER replaces" in spec[key]["description"], key
+    assert "in place" in spec["machineType"]["description"]
+    assert "cannot shrink" in spec["diskSizeGb"]["description"]
+    assert set(REPLACING_KEYS) <= set(deployed_settings_keys())
+
+
+def deployed_settings_keys() -> list[str]:
+    return list(run_program("dev").outputs["deployed_settings"])

@@ -147,7 +147,7 @@ def test_gpu_and_terminate(plan: Plan) -> None:
         "enableVtpm": True,
         "enableIntegrityMonitoring": True,
     }
-    assert inputs["bootDisk"]["initializeParams"]["image"].endswith(
+    assert plan.one("gcp:compute/disk:Disk").inputs["image"].endswith(
         "/deeplearning-platform-release/global/images/common-cu129-ubuntu-2204-nvidia-580-v20260416"
     )
 
@@ -309,7 +309,7 @@ def test_labels_on_every_labelable_resource(plan_for: PlanFor) -> None:
         if resource.type in checked:
             assert resource.inputs.get("labels", {}).get("app") == "text2img", resource.name
             assert resource.inputs["labels"]["stack"] == "dev", resource.name
-    assert vm(plan)["bootDisk"]["initializeParams"]["labels"]["app"] == "text2img"
+    assert plan.one("gcp:compute/disk:Disk").inputs["labels"]["app"] == "text2img"
 
 
 NAME_KEYS = ("name", "accountId", "secretId", "repositoryId", "roleId")
