@@ -226,3 +226,14 @@ def test_every_replacing_key_is_marked_in_pulumi_yaml() -> None:
 
 def deployed_settings_keys() -> list[str]:
     return list(run_program("dev").outputs["deployed_settings"])
+
+
+def test_readme_checks_the_service_by_paths_cloud_run_passes() -> None:
+    """Cloud Run reserves some paths ending in z: the public URL is probed elsewhere."""
+    readme = (PROJECT_FILE.parent / "README.md").read_text()
+    deploy = readme.split("<!-- section:deploy -->", 1)[1].split("<!-- /section:deploy -->")[0]
+    assert '$(pulumi stack output url)/v1/ready"' in deploy
+    assert '$(pulumi stack output url)/v1/status"' in deploy
+    assert not re.search(r"(run\.app|output url\)?)/(healthz|readyz)", readme)
+    warning = next(line for line in deploy.splitlines() if "`/healthz`" in line)
+    assert warning.startswith("Do not probe")

@@ -147,8 +147,12 @@ def test_gpu_and_terminate(plan: Plan) -> None:
         "enableVtpm": True,
         "enableIntegrityMonitoring": True,
     }
-    assert plan.one("gcp:compute/disk:Disk").inputs["image"].endswith(
-        "/deeplearning-platform-release/global/images/common-cu129-ubuntu-2204-nvidia-580-v20260416"
+    assert (
+        plan.one("gcp:compute/disk:Disk")
+        .inputs["image"]
+        .endswith(
+            "/deeplearning-platform-release/global/images/common-cu129-ubuntu-2204-nvidia-580-v20260416"
+        )
     )
 
 
