@@ -212,11 +212,11 @@ class GpuServer(pulumi.ComponentResource):
                 name=self.schedule.name,
                 opts=pulumi.ResourceOptions.merge(
                     child,
-                    pulumi.ResourceOptions(
-                        depends_on=[agent_active, self.instance],
-                        # a replaced VM has no schedule until it is attached again
-                        replace_with=[self.instance],
-                    ),
+                    # a replaced VM needs the schedule attached again: the VM is replaced
+                    # delete-before-replace, and Pulumi then also replaces dependents whose
+                    # ForceNew inputs (here `instance`) come from it. (The `replace_with`
+                    # option would say so explicitly but fails on older Pulumi CLIs.)
+                    pulumi.ResourceOptions(depends_on=[agent_active, self.instance]),
                 ),
             )
 

@@ -174,7 +174,10 @@ def test_boot_disk_is_its_own_resource_and_outlives_a_replaced_vm(plan_for: Plan
     assert disk.delete_before_replace
     assert disk.urn in vm.dependencies
     attachment = plan.one("gcp:compute/resourcePolicyAttachment:ResourcePolicyAttachment")
-    assert attachment.replace_with == [vm.urn]  # a new VM gets its schedule again
+    # a new VM gets its schedule again: the attachment's ForceNew `instance` comes from the
+    # delete-before-replace VM, so Pulumi replaces it with the VM
+    assert vm.urn in attachment.dependencies
+    assert attachment.inputs["instance"] == vm.inputs["name"]
     assert plan.outputs["image_name"] == "common-cu129-ubuntu-2204-nvidia-580-v20260416"
 
 
