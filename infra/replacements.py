@@ -9,8 +9,9 @@ separate resource (infra/server.py), so only zone and region changes lose it.
 
 How the program knows the stack exists and what it runs: every successful `up` exports the
 settings below as `deployed_settings`; the next run reads them back through a
-StackReference to its own stack (`organization/text2img/<stack>`). A new stack has no
-outputs yet, so it gets no warnings. The comparison happens before any resource changes:
+StackReference to its own stack (own_stack_name). A new stack has no outputs yet (Pulumi's
+backend client returns empty outputs for a stack without a root resource), so it gets no
+warnings. The comparison happens before any resource changes:
 the warnings appear in the preview that `pulumi up` shows before asking to proceed.
 """
 
@@ -89,9 +90,16 @@ def replacement_warnings(previous: Mapping[str, Any] | None, settings: Settings)
     return notes
 
 
+DIY_ORGANIZATION = "organization"  # what a DIY (`pulumi login --local`, bucket) backend reports
+
+
 def own_stack_name() -> str:
-    """The fully qualified name of the running stack (`organization` on a DIY backend)."""
-    org = pulumi.get_organization() or "organization"
+    """How a StackReference names the running stack. Pulumi Cloud: `org/project/stack`. A
+    DIY backend: the bare stack name, which its project-scoped layout resolves in the
+    current project and its legacy (pre-project) layout accepts as the only form there."""
+    org = pulumi.get_organization()
+    if not org or org == DIY_ORGANIZATION:
+        return pulumi.get_stack()
     return f"{org}/{pulumi.get_project()}/{pulumi.get_stack()}"
 
 

@@ -71,6 +71,10 @@ def scheduling(settings: Settings) -> gcp.compute.InstanceSchedulingArgs:
 
 
 class GpuServer(pulumi.ComponentResource):
+    """The VM, its boot disk and the optional schedule. With a schedule: agent grant ->
+    `time:Sleep` (SCHEDULE_AGENT_WAIT, for IAM propagation; a bare dependency is not enough,
+    the attach fails with 412) -> ResourcePolicyAttachment, which also waits for the VM."""
+
     instance: gcp.compute.Instance
     boot_disk: gcp.compute.Disk
     schedule: gcp.compute.ResourcePolicy | None

@@ -85,6 +85,7 @@ class StackState:
     seed: str = "first-up"
     randoms: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    references: list[str] = field(default_factory=list)  # stacks read by StackReference
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -114,6 +115,7 @@ class Mocks(pulumi.runtime.Mocks):
         elif typ == "random:index/randomId:RandomId":
             state = self._random_id(args.name, state)
         elif typ == "pulumi:pulumi:StackReference":
+            self.state.references.append(name)
             return name, {**state, "outputs": dict(self.state.outputs), "secretOutputNames": []}
         elif typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@{state['project']}.iam.gserviceaccount.com"

@@ -182,7 +182,9 @@ def test_boot_disk_is_its_own_resource_and_outlives_a_replaced_vm(plan_for: Plan
 
 
 def test_a_new_stack_gets_no_replacement_warnings() -> None:
-    plan = run_program("dev", {"spot": True}, state=StackState())
+    state = StackState()
+    plan = run_program("dev", {"spot": True}, state=state)
+    assert state.references == ["dev"]  # the program reads its own stack (DIY backend)
     assert not [w for w in plan.warnings if "since the last `pulumi up`" in w]
     assert plan.outputs["deployed_settings"]["spot"] is True
 
@@ -240,3 +242,21 @@ def test_readme_checks_the_service_by_paths_cloud_run_passes() -> None:
     assert not re.search(r"(run\.app|output url\)?)/(healthz|readyz)", readme)
     warning = next(line for line in deploy.splitlines() if "`/healthz`" in line)
     assert warning.startswith("Do not probe")
+
+
+@pytest.mark.parametrize(
+    ("organization", "expected"),
+    [("organization", "dev"), ("", "dev"), ("acme", "acme/text2img/dev")],
+)
+def test_the_stack_reads_itself_by_a_name_its_backend_accepts(
+    monkeypatch: pytest.MonkeyPatch, organization: str, expected: str
+) -> None:
+    """DIY backends in the legacy layout refuse `organization/project/stack`."""
+    import pulumi
+
+    from infra import replacements
+
+    monkeypatch.setattr(pulumi, "get_organization", lambda: organization)
+    monkeypatch.setattr(pulumi, "get_project", lambda: "text2img")
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "dev")
+    assert replacements.own_stack_name() == expected
