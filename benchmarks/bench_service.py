@@ -32,16 +32,16 @@ import uvicorn
 
 from text2img.api.app import create_app
 from text2img.api.scheduler import encode_png
-from text2img.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
-from text2img.glide.pipeline import (
+from text2img.engines.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
+from text2img.engines.glide.pipeline import (
     ImageRequest,
     Pipeline,
     SamplingSettings,
     load_pipeline,
 )
-from text2img.glide.tiny import randomize_
-from text2img.glide.tokenizer import ByteTokenizer
-from text2img.glide.unet import build_model
+from text2img.engines.glide.tiny import randomize_
+from text2img.engines.glide.tokenizer import ByteTokenizer
+from text2img.engines.glide.unet import build_model
 from text2img.settings import Settings
 
 TOKEN = "bench-token-0123456789abcdef"

@@ -16,7 +16,7 @@ from api_support import JA_EN, FakeTranslate, make_settings, serve, wait_ready
 from fastapi.testclient import TestClient
 
 from text2img.api.app import create_app
-from text2img.glide.pipeline import Pipeline, load_pipeline
+from text2img.engines.glide.pipeline import Pipeline, load_pipeline
 
 
 @pytest.fixture(scope="session", autouse=True)

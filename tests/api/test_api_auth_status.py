@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from text2img.api.app import create_app
 from text2img.api.state import Activity
+from text2img.engines.glide.pipeline import Pipeline
 from text2img.errors import UserError
-from text2img.glide.pipeline import Pipeline
 
 from api_support import make_settings, wait_ready  # isort: skip
 

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from text2img.api.app import create_app
-from text2img.glide.pipeline import ImageRequest, Pipeline, SamplingSettings
+from text2img.engines.glide.pipeline import ImageRequest, Pipeline, SamplingSettings
 
 # Long enough that only cancellation or the time limit ends it (minutes on the tiny model).
 HEAVY = {"size": "256x256", "steps": 250, "upsample_steps": 250}

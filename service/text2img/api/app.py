@@ -21,7 +21,7 @@ from text2img.api.metrics import Metrics
 from text2img.api.routes import images, jobs, models, system, translations, ui
 from text2img.api.state import Activity, ServiceState
 from text2img.auth import FailureThrottle, load_token
-from text2img.glide.pipeline import Pipeline
+from text2img.engines.glide.pipeline import Pipeline
 from text2img.settings import Settings, get_settings
 from text2img.translate import Translator, make_translator
 
@@ -143,7 +143,7 @@ def create_app(
     def load() -> Pipeline:
         if pipeline is not None:
             return pipeline
-        from text2img.glide.pipeline import load_pipeline
+        from text2img.engines.glide.pipeline import load_pipeline
 
         return load_pipeline(
             settings.model,

@@ -13,7 +13,7 @@ from text2img.api.jobs import Job
 from text2img.api.scheduler import QueueFull, Scheduler, SchedulerStopped
 from text2img.api.schemas import ImageData, ImageGenerationRequest
 from text2img.api.state import ServiceState
-from text2img.glide.pipeline import SamplingSettings
+from text2img.engines.glide.pipeline import SamplingSettings
 from text2img.translate import Mode, Translation, TranslationError, TranslationRefused
 
 

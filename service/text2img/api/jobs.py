@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from text2img.glide.pipeline import SamplingSettings
+from text2img.engines.glide.pipeline import SamplingSettings
 
 
 class JobState(StrEnum):

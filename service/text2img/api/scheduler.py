@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from text2img.api.jobs import Job, JobError, JobProgress, JobState
-from text2img.glide.pipeline import Cancelled, ImageRequest, Pipeline, Progress
+from text2img.engines.glide.pipeline import Cancelled, ImageRequest, Pipeline, Progress
 
 log = logging.getLogger(__name__)
 

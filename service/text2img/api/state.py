@@ -13,8 +13,8 @@ from text2img.api.jobs import Job, JobRegistry, JobState
 from text2img.api.metrics import Metrics
 from text2img.api.scheduler import Scheduler
 from text2img.auth import FailureThrottle
+from text2img.engines.glide.pipeline import Pipeline
 from text2img.errors import UserError
-from text2img.glide.pipeline import Pipeline
 from text2img.settings import Settings
 from text2img.translate import Translator
 

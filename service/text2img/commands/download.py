@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from text2img.glide import weights
-    from text2img.glide.download import human_size
+    from text2img.engines.glide import weights
+    from text2img.engines.glide.download import human_size
 
     cache_dir: Path = (args.cache_dir or weights.default_cache_dir()).expanduser().resolve()
     manifest = weights.default_manifest()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 HELP = "draw images from a prompt on this machine (writes PNGs and a grid)"
-SAMPLER_NAMES = ("dpm++2m", "ddim", "ancestral")  # text2img.glide.samplers.SAMPLERS
+SAMPLER_NAMES = ("dpm++2m", "ddim", "ancestral")  # text2img.engines.glide.samplers.SAMPLERS
 RANDOM_WEIGHTS_BANNER = (
     "*** --model tiny: RANDOM WEIGHTS. These images are noise patterns, NOT pictures of the "
     "prompt (a smoke test of the pipeline). Run `text2img download` and use --model glide "
@@ -123,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
 
     from dataclasses import replace
 
-    from text2img.glide.pipeline import ImageRequest, Progress, SamplingSettings, load_pipeline
+    from text2img.engines.glide.pipeline import (
+        ImageRequest,
+        Progress,
+        SamplingSettings,
+        load_pipeline,
+    )
 
     overrides = {
         "size": args.size,

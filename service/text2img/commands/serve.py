@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     token = load_token(settings.api_token, settings.api_token_file)
     host = resolve_host(args.host, token is not None)
     if settings.model == "glide" and not args.no_download:
-        from text2img.glide.weights import ensure_weights
+        from text2img.engines.glide.weights import ensure_weights
 
         ensure_weights(settings.model_cache, progress=True)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from text2img.glide import weights
-from text2img.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
-from text2img.glide.unet import Text2ImUNet, build_model
+from text2img.engines.glide import weights
+from text2img.engines.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
+from text2img.engines.glide.unet import Text2ImUNet, build_model
 
 RELEASED_OPTIONS = {"base": BASE_OPTIONS, "upsample": UPSAMPLE_OPTIONS}
 

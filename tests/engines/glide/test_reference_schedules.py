@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from glide_reference import read_json, read_tensors, reference_dir, require_dir
 
-from text2img.glide.schedules import make_schedule, named_betas, space_timesteps
+from text2img.engines.glide.schedules import make_schedule, named_betas, space_timesteps
 
 FILE = "diffusion_schedules.json"
 # reference field -> our Schedule attribute

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from text2img.glide import checkpoints, weights
-from text2img.glide.tiny import TINY_BASE_OPTIONS, randomize_
-from text2img.glide.unet import build_model
+from text2img.engines.glide import checkpoints, weights
+from text2img.engines.glide.tiny import TINY_BASE_OPTIONS, randomize_
+from text2img.engines.glide.unet import build_model
 
 
 @pytest.fixture

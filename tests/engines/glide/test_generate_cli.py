@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from text2img.cli import main
-from text2img.glide.pipeline import SamplingSettings
+from text2img.engines.glide.pipeline import SamplingSettings
 
 
 def test_generate_tiny_writes_pngs_and_a_grid(tmp_path, capsys):

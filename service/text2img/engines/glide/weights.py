@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2img.errors import UserError
-from text2img.glide.download import (
+from text2img.engines.glide.download import (
     RetryPolicy,
     cache_lock,
     fetch,
@@ -38,6 +37,7 @@ from text2img.glide.download import (
     sha256_file,
     write_atomic,
 )
+from text2img.errors import UserError
 
 if TYPE_CHECKING:
     import torch

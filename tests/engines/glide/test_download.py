@@ -1,4 +1,4 @@
-"""`text2img.glide.download.fetch` against a local HTTP server with failure switches:
+"""`text2img.engines.glide.download.fetch` against a local HTTP server with failure switches:
 resume, servers that ignore Range, truncation, corruption, HTTP errors, no network, disk full."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from weights_helpers import (
     serve,
 )
 
+from text2img.engines.glide import download
+from text2img.engines.glide.download import RetryPolicy, fetch
 from text2img.errors import UserError
-from text2img.glide import download
-from text2img.glide.download import RetryPolicy, fetch
 
 DATA = os.urandom(3 * download.CHUNK + 12345)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -23,7 +23,7 @@ from weights_helpers import (
 )
 
 from text2img import cli
-from text2img.glide import download, weights
+from text2img.engines.glide import download, weights
 
 REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
 

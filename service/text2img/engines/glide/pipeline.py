@@ -16,11 +16,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from text2img.engines.glide.samplers import SAMPLERS, StepInfo, classifier_free_guidance
+from text2img.engines.glide.schedules import make_schedule
+from text2img.engines.glide.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    padded_tokens_and_mask,
+)
+from text2img.engines.glide.unet import Text2ImUNet
 from text2img.errors import UserError
-from text2img.glide.samplers import SAMPLERS, StepInfo, classifier_free_guidance
-from text2img.glide.schedules import make_schedule
-from text2img.glide.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, padded_tokens_and_mask
-from text2img.glide.unet import Text2ImUNet
 
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1
@@ -329,13 +334,13 @@ def load_pipeline(
     dt = _resolve_dtype(dtype, dev)
     max_batch = 8 if dev.type == "cuda" else 4
     if model == "tiny":
-        from text2img.glide.tiny import tiny_models
+        from text2img.engines.glide.tiny import tiny_models
 
         base, upsampler = tiny_models()
         return Pipeline("tiny", dev, _prepare(base, dev, dt), _prepare(upsampler, dev, dt),
                         ByteTokenizer(), max_batch=8, random_weights=True, dtype=dt)  # fmt: skip
-    from text2img.glide import weights
-    from text2img.glide.checkpoints import load_released
+    from text2img.engines.glide import weights
+    from text2img.engines.glide.checkpoints import load_released
 
     cache = cache_dir if cache_dir is not None else weights.default_cache_dir()
     encoder_path, vocab_path = weights.tokenizer_paths(cache)

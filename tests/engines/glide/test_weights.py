@@ -25,10 +25,10 @@ from weights_helpers import (
     serve,
 )
 
+from text2img.engines.glide import weights
+from text2img.engines.glide.download import RetryPolicy
+from text2img.engines.glide.weights import ensure_weights, load_state_dict, tokenizer_paths
 from text2img.errors import UserError
-from text2img.glide import weights
-from text2img.glide.download import RetryPolicy
-from text2img.glide.weights import ensure_weights, load_state_dict, tokenizer_paths
 
 FAST = RetryPolicy(attempts=2, backoff_s=0.0)
 REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
@@ -326,7 +326,7 @@ def test_read_only_cache_is_a_user_error(server, cache):
 @pytest.mark.parametrize("name", ["base", "upsample"])
 def test_the_released_models_pass_the_download_checks(name):
     """Contract with the engine: what `ensure_weights` accepts, the model loads strictly."""
-    from text2img.glide.checkpoints import expected_shapes
+    from text2img.engines.glide.checkpoints import expected_shapes
 
     expected = expected_shapes(name)  # the full-size model, built on the meta device
     spec = weights.default_manifest().checkpoint(name)
