@@ -38,7 +38,7 @@ elif kind == "pt-mmap":
     sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 else:
     from pathlib import Path
-    from text2img.engines.glide.weights import load_state_dict
+    from text2img.engines.glide.convert import load_state_dict
     expected = {k: tuple(v) for k, v in json.loads(open(listing).read())["shapes"].items()}
     sd = load_state_dict(Path(path), "base", expected)
 touch(sd)
@@ -86,7 +86,7 @@ def main() -> int:
         pt = tmp / "base.pt"
         torch.save(sd, pt)
         del sd
-        from text2img.engines.glide.weights import load_state_dict
+        from text2img.engines.glide.convert import load_state_dict
 
         t0 = time.perf_counter()
         load_state_dict(tmp, "base", {k: tuple(v) for k, v in shapes.items()})  # converts once
