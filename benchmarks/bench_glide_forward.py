@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 from text2img.engines.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
 from text2img.engines.glide.layers import attention_impl
-from text2img.engines.glide.pipeline import SamplingSettings
+from text2img.engines.glide.spec import SamplingSettings
 from text2img.engines.glide.tiny import randomize_
 from text2img.engines.glide.unet import build_model
 

@@ -241,7 +241,9 @@ def test_values_beyond_fp16_range_stay_fp32(server, cache, tmp_path):
 def test_missing_weights_say_to_run_download(cache):
     with pytest.raises(UserError, match=r"not in .*: run `text2img download --model glide`"):
         load_state_dict(cache, "base", SHAPES_BASE, manifest=fake_manifest("http://unused"))
-    with pytest.raises(UserError, match=r"tokenizer file .* is missing: run `text2img download --model glide`"):
+    with pytest.raises(
+        UserError, match=r"tokenizer file .* is missing: run `text2img download --model glide`"
+    ):
         tokenizer_paths(cache, manifest=fake_manifest("http://unused"))
 
 

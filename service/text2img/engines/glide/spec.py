@@ -107,6 +107,7 @@ class GlideSpec(EngineSpec):
                 "sampler", f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}"
             )
         pixels = 64 if size == "64x64" else 256
+        upsample_steps = _integer("upsample_steps", value["upsample_steps"], 1, MAX_REQUEST_STEPS)
         return SamplingSettings(
             size=pixels,
             guidance_scale=_number("guidance_scale", value["guidance_scale"], 0.0, MAX_GUIDANCE),
@@ -114,12 +115,7 @@ class GlideSpec(EngineSpec):
             base_steps=_integer("steps", value["steps"], 1, MAX_REQUEST_STEPS),
             upsample_sampler="dpm++2m",
             # 64x64 never runs the upsampler: keep its default so such requests batch together
-            upsample_steps=_integer(
-                "upsample_steps",
-                value["upsample_steps"] if pixels == 256 else defaults["upsample_steps"],
-                1,
-                MAX_REQUEST_STEPS,
-            ),
+            upsample_steps=upsample_steps if pixels == 256 else defaults["upsample_steps"],
         )
 
 
