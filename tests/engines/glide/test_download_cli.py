@@ -112,3 +112,17 @@ def test_no_network_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     assert err[-1].startswith("text2img download: error: could not download tokenizer/")
     assert "cannot connect to 127.0.0.1" in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_random_weight_models_have_nothing_to_download(tmp_path, capsys):
+    assert cli.main(["download", "--model", "tiny", "--cache-dir", str(tmp_path)]) == 0
+    assert "nothing to download" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_names_the_models_parts(tmp_path, capsys):
+    code = cli.main(
+        ["download", "--model", "glide", "--cache-dir", str(tmp_path), "--only", "unet"]
+    )
+    assert code == 2
+    assert "parts of model glide are base, upsample, tokenizer" in capsys.readouterr().err
