@@ -2,7 +2,7 @@
 
 A full-size random state dict shaped like GLIDE base (from base_params.json in
 GLIDE_REFERENCE_DIR) is saved as upstream ships it (fp32, `torch.save`), converted once
-through `text2img.engines.glide.weights` (the real conversion path), then each file is loaded in a
+through `text2img.engines.glide.convert` (the real conversion path), then each file is loaded in a
 FRESH PROCESS after its pages were evicted from the page cache (fsync, then
 posix_fadvise(DONTNEED)); every tensor is touched page by page so that lazy (mmap) loads
 pay for their reads too. Time is measured inside the child, after `import torch`.
