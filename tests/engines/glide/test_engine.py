@@ -92,3 +92,14 @@ def test_nan_weights_are_bad_output_not_an_image():
             p.fill_(float("nan"))
     with pytest.raises(BadOutput, match="NaN"):
         engine.generate([ImageRequest("a", 1)], TINY.settings(steps=2))
+
+
+def test_service_settings_take_registry_names_only():
+    from pydantic import ValidationError
+
+    from text2img.settings import Settings
+
+    for name in registry.MODEL_NAMES:
+        assert Settings(_env_file=None, model=name).model == name  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="use one of glide, tiny, sdxl-lightning"):
+        Settings(_env_file=None, model="dall-e-3")  # type: ignore[call-arg]
