@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
-from text2img.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
-from text2img.glide.layers import attention_impl
-from text2img.glide.pipeline import SamplingSettings
-from text2img.glide.tiny import randomize_
-from text2img.glide.unet import build_model
+from text2img.engines.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
+from text2img.engines.glide.layers import attention_impl
+from text2img.engines.glide.spec import SamplingSettings
+from text2img.engines.glide.tiny import randomize_
+from text2img.engines.glide.unet import build_model
 
 THREADS = 2
 ANCHORS = {"base": 1.58, "upsample": 4.4}  # reference README §8, upstream code, same CPU class
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> None:
     )
     print(f"load average before: {os.getloadavg()[0]:.2f} (above ~0.5 the numbers are noisy)")
     if quick:
-        from text2img.glide.tiny import TINY_BASE_OPTIONS, TINY_UPSAMPLE_OPTIONS
+        from text2img.engines.glide.tiny import TINY_BASE_OPTIONS, TINY_UPSAMPLE_OPTIONS
 
         print("--quick: tiny models, 1 run; checks the script, the numbers mean nothing")
         times = {"base": bench("base", TINY_BASE_OPTIONS, 1),

@@ -2,7 +2,7 @@
 
 A full-size random state dict shaped like GLIDE base (from base_params.json in
 GLIDE_REFERENCE_DIR) is saved as upstream ships it (fp32, `torch.save`), converted once
-through `text2img.glide.weights` (the real conversion path), then each file is loaded in a
+through `text2img.engines.glide.convert` (the real conversion path), then each file is loaded in a
 FRESH PROCESS after its pages were evicted from the page cache (fsync, then
 posix_fadvise(DONTNEED)); every tensor is touched page by page so that lazy (mmap) loads
 pay for their reads too. Time is measured inside the child, after `import torch`.
@@ -38,7 +38,7 @@ elif kind == "pt-mmap":
     sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 else:
     from pathlib import Path
-    from text2img.glide.weights import load_state_dict
+    from text2img.engines.glide.convert import load_state_dict
     expected = {k: tuple(v) for k, v in json.loads(open(listing).read())["shapes"].items()}
     sd = load_state_dict(Path(path), "base", expected)
 touch(sd)
@@ -86,7 +86,7 @@ def main() -> int:
         pt = tmp / "base.pt"
         torch.save(sd, pt)
         del sd
-        from text2img.glide.weights import load_state_dict
+        from text2img.engines.glide.convert import load_state_dict
 
         t0 = time.perf_counter()
         load_state_dict(tmp, "base", {k: tuple(v) for k, v in shapes.items()})  # converts once

@@ -31,17 +31,16 @@ import torch
 import uvicorn
 
 from text2img.api.app import create_app
-from text2img.api.scheduler import encode_png
-from text2img.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
-from text2img.glide.pipeline import (
-    ImageRequest,
-    Pipeline,
-    SamplingSettings,
-    load_pipeline,
-)
-from text2img.glide.tiny import randomize_
-from text2img.glide.tokenizer import ByteTokenizer
-from text2img.glide.unet import build_model
+from text2img.api.encoding import encode_image
+from text2img.engines.base import Engine, ImageRequest
+from text2img.engines.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
+from text2img.engines.glide.engine import GlideEngine
+from text2img.engines.glide.pipeline import Pipeline
+from text2img.engines.glide.spec import TINY
+from text2img.engines.glide.tiny import randomize_
+from text2img.engines.glide.tokenizer import ByteTokenizer
+from text2img.engines.glide.unet import build_model
+from text2img.engines.registry import load_engine
 from text2img.settings import Settings
 
 TOKEN = "bench-token-0123456789abcdef"
@@ -51,9 +50,10 @@ MID = {"num_channels": 32, "num_res_blocks": 2, "xf_width": 128, "xf_layers": 4,
        "text_ctx": 64, "num_head_channels": 32, "n_vocab": 257, "dropout": 0.0}  # fmt: skip
 
 
-def build_pipeline(config: str, device: str) -> Pipeline:
+def build_engine(config: str, device: str) -> Engine:
+    """The tiny engine, or a GLIDE-layout pair with random weights behind the same spec."""
     if config == "tiny":
-        return load_pipeline("tiny", device=device)
+        return load_engine("tiny", device=device)
     extra = MID if config == "mid" else {"n_vocab": 257, "dropout": 0.0}
     dev = torch.device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
@@ -63,12 +63,13 @@ def build_pipeline(config: str, device: str) -> Pipeline:
         if dtype == torch.float16:
             model.convert_to_fp16()  # type: ignore[operator]
         models.append(model.to(dev).eval().requires_grad_(False))
-    return Pipeline(config, dev, models[0], models[1], ByteTokenizer(),  # type: ignore[arg-type]
-                    max_batch=8, random_weights=True, dtype=dtype)  # fmt: skip
+    pipeline = Pipeline(config, dev, models[0], models[1], ByteTokenizer(),  # type: ignore[arg-type]
+                        max_batch=8, random_weights=True, dtype=dtype)  # fmt: skip
+    return GlideEngine(TINY, pipeline)
 
 
 class Server:
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, engine: Engine) -> None:
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None,
             model="tiny",
@@ -77,7 +78,7 @@ class Server:
             queue_limit=64,
             request_timeout_s=3600,
         )
-        self.app = create_app(settings, pipeline=pipeline)
+        self.app = create_app(settings, engine=engine)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0,
                                                     log_level="warning"))  # fmt: skip
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -132,9 +133,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pipeline = build_pipeline(args.config, args.device)
-    settings = SamplingSettings(size=args.size, base_steps=args.steps,
-                                upsample_steps=args.upsample_steps)  # fmt: skip
+    engine = build_engine(args.config, args.device)
+    settings = TINY.settings(size=f"{args.size}x{args.size}", steps=args.steps,
+                             upsample_steps=args.upsample_steps)  # fmt: skip
     body = {"prompt": "a teddy bear swimming the butterfly stroke", "n": 1,
             "size": f"{args.size}x{args.size}", "steps": args.steps,
             "upsample_steps": args.upsample_steps}  # fmt: skip
@@ -150,9 +151,9 @@ def main() -> int:
         + f", repeats {args.repeats} (medians)"
     )
 
-    image = pipeline.generate(req, settings)[0]  # warm-up
-    png_s = statistics.median(_timed(lambda: encode_png(image)) for _ in range(5))
-    server = Server(pipeline)
+    image = engine.generate(req, settings)[0].image  # warm-up
+    png_s = statistics.median(_timed(lambda: encode_image(image)) for _ in range(5))
+    server = Server(engine)
     with server as url:
         asyncio.run(measure(url, body, 1))  # warm-up through HTTP
         ones, fours, overheads, models = [], [], [], []

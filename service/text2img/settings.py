@@ -10,8 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from text2img.engines.registry import MODEL_NAMES
 
 
 class Settings(BaseSettings):
@@ -26,11 +28,19 @@ class Settings(BaseSettings):
     api_token_file: Path | None = None
 
     # engine
-    model: Literal["glide", "tiny"] = "glide"
+    model: str = "glide"
+    """A registry name (text2img.engines.registry.MODEL_NAMES)."""
     model_cache: Path | None = None
     device: Literal["cuda", "cpu"] | None = None
     # None = the device's default (CUDA float16, CPU float32); bfloat16 is a CPU option
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_NAMES:
+            raise ValueError(f"unknown model {value!r}; use one of {', '.join(MODEL_NAMES)}")
+        return value
 
     # translation (Cloud Translation v3)
     translation: Literal["on", "off"] = "on"

@@ -16,7 +16,8 @@ from api_support import JA_EN, FakeTranslate, make_settings, serve, wait_ready
 from fastapi.testclient import TestClient
 
 from text2img.api.app import create_app
-from text2img.glide.pipeline import Pipeline, load_pipeline
+from text2img.engines.base import Engine
+from text2img.engines.registry import load_engine
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,9 +29,15 @@ def _few_threads() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline() -> Pipeline:
+def tiny_engine() -> Engine:
     """The real tiny engine (seeded random weights), shared: generate() keeps no state."""
-    return load_pipeline("tiny", device="cpu")
+    return load_engine("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_engine: Engine) -> Engine:
+    """The older name of `tiny_engine` (tests written before the engine interface)."""
+    return tiny_engine
 
 
 # -- fake Cloud Translation v3 (REST) --------------------------------------------------------
@@ -103,7 +110,7 @@ def translate_ok(fake_translate: FakeTranslate) -> Iterator[FakeTranslate]:
 
 
 @pytest.fixture
-def make_client(tiny_pipeline: Pipeline) -> Iterator[Callable[..., TestClient]]:
+def make_client(tiny_pipeline: Engine) -> Iterator[Callable[..., TestClient]]:
     """An in-process client of a fresh app (lifespan run) sharing the tiny pipeline."""
     clients: list[TestClient] = []
 
@@ -121,7 +128,7 @@ def make_client(tiny_pipeline: Pipeline) -> Iterator[Callable[..., TestClient]]:
 
 
 @pytest.fixture
-def live(tiny_pipeline: Pipeline) -> Iterator[Callable[..., str]]:
+def live(tiny_pipeline: Engine) -> Iterator[Callable[..., str]]:
     """Start real servers: live(**settings) -> base URL (stopped after the test)."""
     stack: list[Any] = []
 

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from text2img.api.app import create_app
 from text2img.api.state import Activity
+from text2img.engines.base import Engine as Pipeline
 from text2img.errors import UserError
-from text2img.glide.pipeline import Pipeline
 
 from api_support import make_settings, wait_ready  # isort: skip
 
@@ -262,12 +262,10 @@ def test_job_api_with_server_sent_events(make_client: Callable[..., TestClient])
 
 def test_the_precision_setting_reaches_the_engine() -> None:
     """TEXT2IMG_DTYPE / `serve --dtype`: bfloat16 runs on the CPU, float16 there is refused."""
-    import torch
-
     app = create_app(make_settings(dtype="bfloat16"))
     with TestClient(app) as client:
         wait_ready(client)
-        assert app.state.service.pipeline.dtype == torch.bfloat16
+        assert app.state.service.engine.dtype == "bfloat16"
         r = client.post("/v1/images/generations", json={"prompt": "a", **FAST64}, headers=AUTH)
         assert r.status_code == 200
 

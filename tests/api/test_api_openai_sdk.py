@@ -25,7 +25,7 @@ def test_sdk_generates_two_png_images_from_a_japanese_prompt(
         n=2,
         size="256x256",  # type: ignore[arg-type]
         response_format="b64_json",
-        model="glide",
+        model="tiny",  # the served model (another id is a 400)
         extra_body={**FAST, "seed": 7},
     )
     assert result.created > 0
@@ -54,6 +54,9 @@ def test_sdk_maps_our_errors_to_its_exceptions(live: Callable[..., str]) -> None
     assert "n:" in bad.value.message
     with pytest.raises(openai.BadRequestError, match="response_format"):
         sdk(url).images.generate(prompt="a cat", response_format="url")
+    with pytest.raises(openai.BadRequestError, match="draws with 'tiny'") as wrong:
+        sdk(url).images.generate(prompt="a cat", model="dall-e-3")
+    assert wrong.value.code == "model_not_found"
 
 
 def test_translation_failure_is_a_502_and_nothing_is_drawn(

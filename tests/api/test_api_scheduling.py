@@ -21,7 +21,9 @@ from fastapi import FastAPI
 from PIL import Image
 
 from text2img.api.app import create_app
-from text2img.glide.pipeline import ImageRequest, Pipeline, SamplingSettings
+from text2img.engines.base import Engine as Pipeline
+from text2img.engines.base import EngineSettings as SamplingSettings
+from text2img.engines.base import ImageRequest
 
 # Long enough that only cancellation or the time limit ends it (minutes on the tiny model).
 HEAVY = {"size": "256x256", "steps": 250, "upsample_steps": 250}
@@ -33,7 +35,8 @@ class FaultyGPU:
 
     def __init__(self, inner: Pipeline, oom_above: int = 64) -> None:
         self.inner = inner
-        self.model_name = inner.model_name
+        self.spec = inner.spec
+        self.name = inner.name
         self.device = inner.device
         self.max_batch = inner.max_batch
         self.oom_above = oom_above

@@ -59,6 +59,20 @@ def assert_openai_error(body: dict[str, Any]) -> dict[str, Any]:
         ("translate", "sometimes"),
         ("model", "m" * 101),
         ("guidence_scale", 3),  # a typo is named, not ignored
+        # strict types: no coercion of booleans, strings or whole floats (issue 13, item 9)
+        ("n", True),
+        ("n", "2"),
+        ("n", 2.0),
+        ("seed", False),
+        ("steps", True),
+        ("guidance_scale", "3"),
+        ("seed", 10**400),
+        # engine-checked fields (the served model's spec)
+        ("size", "512x512"),
+        ("model", "dall-e-2"),
+        ("output_format", "gif"),
+        ("output_compression", 101),
+        ("output_compression", 50),  # with png: applies to jpeg/webp only
     ],
 )
 @pytest.mark.parametrize("path", ["/v1/images/generations", "/v1/jobs"])
@@ -72,6 +86,29 @@ def test_bad_fields_are_400_naming_the_field(
     assert error["param"] == field
     assert error["message"].startswith(f"{field}:") or field in error["message"]
     assert error["type"] == "invalid_request_error"
+    assert error["code"], "every 400 has a code"
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "says"),
+    [
+        (b'{"prompt": "a", "guidance_scale": NaN}', "guidance_scale", "finite number"),
+        (b'{"prompt": "a", "guidance_scale": Infinity}', "guidance_scale", "finite number"),
+        (b'{"prompt": "a", "n": ' + b"9" * 5000 + b"}", None, "JSON"),  # past int's digit limit
+        (b'{"prompt": "\xff\xfe caf\xe9"}', None, "UTF-8"),
+    ],
+)
+def test_non_finite_numbers_huge_integers_and_non_utf8_are_400_with_a_code(
+    client: TestClient, raw: bytes, param: str | None, says: str
+) -> None:
+    r = client.post(
+        "/v1/images/generations", content=raw, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    error = assert_openai_error(r.json())
+    assert error["code"]
+    assert error["param"] == param
+    assert says in error["message"]
 
 
 def test_missing_prompt_and_malformed_bodies(client: TestClient) -> None:

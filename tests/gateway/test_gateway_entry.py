@@ -26,7 +26,7 @@ def test_the_gateway_imports_no_model_code() -> None:
         "import sys, text2img.gateway.app, text2img.gateway.__main__\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'numpy', 'PIL', 'safetensors') or m.startswith('text2img.api.') "
-        "or m.startswith('text2img.glide'))\n"
+        "or m.startswith('text2img.engines.glide'))\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -21,7 +21,7 @@ from text2img.api.metrics import Metrics
 from text2img.api.routes import images, jobs, models, system, translations, ui
 from text2img.api.state import Activity, ServiceState
 from text2img.auth import FailureThrottle, load_token
-from text2img.glide.pipeline import Pipeline
+from text2img.engines.base import Engine
 from text2img.settings import Settings, get_settings
 from text2img.translate import Translator, make_translator
 
@@ -114,13 +114,16 @@ class ObserveMiddleware:
 def create_app(
     settings: Settings | None = None,
     *,
-    pipeline: Pipeline | None = None,
+    engine: Engine | None = None,
+    pipeline: Engine | None = None,
     translator: Translator | None = None,
     on_load_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """The service. `pipeline` skips loading (e.g. one tiny model shared by tests);
-    `on_load_failure` is called with the message when the model cannot be loaded."""
+    """The service. `engine` skips loading (e.g. one tiny engine shared by tests;
+    `pipeline` is its older name); `on_load_failure` is called with the message when the
+    model cannot be loaded."""
     settings = settings or get_settings()
+    engine = engine or pipeline
     service = ServiceState(
         settings=settings,
         token=load_token(settings.api_token, settings.api_token_file),
@@ -140,12 +143,12 @@ def create_app(
         ready=lambda: 1.0 if service.ready else 0.0,
     )
 
-    def load() -> Pipeline:
-        if pipeline is not None:
-            return pipeline
-        from text2img.glide.pipeline import load_pipeline
+    def load() -> Engine:
+        if engine is not None:
+            return engine
+        from text2img.engines.registry import load_engine
 
-        return load_pipeline(
+        return load_engine(
             settings.model,
             device=settings.device,
             dtype=settings.dtype,
@@ -163,7 +166,7 @@ def create_app(
     app = FastAPI(
         title="text2img",
         version=__version__,
-        summary="Your own text-to-image service (GLIDE): OpenAI-compatible images API, "
+        summary="Your own text-to-image service: OpenAI-compatible images API, "
         "translation, job progress.",
         lifespan=lifespan,
         # the schema needs the token like every API route; no docs pages (they load a CDN)

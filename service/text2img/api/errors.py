@@ -135,7 +135,22 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     else:
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     kind = _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return error_response(ApiError(status, message, type=kind, headers=exc.headers))
+    code = None
+    if status == 400:  # FastAPI could not parse the body (cause: the decoder's exception)
+        message, code = _body_parse_error(exc.__cause__)
+    return error_response(ApiError(status, message, type=kind, code=code, headers=exc.headers))
+
+
+def _body_parse_error(cause: BaseException | None) -> tuple[str, str]:
+    """A 400 for a body FastAPI could not decode, saying what was wrong with it."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "the request body is not UTF-8 text; send JSON encoded as UTF-8", "invalid_encoding"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return (
+            "the request body is not usable JSON: a number in it has too many digits",
+            "invalid_json",
+        )
+    return "the request body is not valid JSON", "invalid_json"
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

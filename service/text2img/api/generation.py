@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import secrets
-from typing import Any
 
 from text2img.api.errors import ApiError
 from text2img.api.jobs import Job
 from text2img.api.scheduler import QueueFull, Scheduler, SchedulerStopped
 from text2img.api.schemas import ImageData, ImageGenerationRequest
 from text2img.api.state import ServiceState
-from text2img.glide.pipeline import SamplingSettings
+from text2img.engines.base import EngineSettings, EngineSpec, InvalidSetting
 from text2img.translate import Mode, Translation, TranslationError, TranslationRefused
 
 
@@ -33,23 +31,32 @@ async def translate(state: ServiceState, text: str, mode: Mode, param: str) -> T
     return result
 
 
-def sampling_settings(body: ImageGenerationRequest) -> SamplingSettings:
-    changes: dict[str, Any] = {}
-    if body.guidance_scale is not None:
-        changes["guidance_scale"] = body.guidance_scale
-    if body.sampler is not None:
-        changes["base_sampler"] = body.sampler
-    if body.steps is not None:
-        changes["base_steps"] = body.steps
-    if body.upsample_steps is not None and body.size == "256x256":
-        changes["upsample_steps"] = body.upsample_steps
+def engine_settings(spec: EngineSpec, body: ImageGenerationRequest) -> tuple[str, EngineSettings]:
+    """(size drawn, the engine's frozen settings) for this body; 400 naming the field."""
+    if body.model is not None and body.model != spec.name:
+        raise ApiError(
+            400,
+            f"model {body.model!r} is not served here; this service draws with {spec.name!r} "
+            "(GET /v1/models), so leave model out or set it to that",
+            param="model",
+            code="model_not_found",
+        )
+    if body.output_compression is not None and body.output_format == "png":
+        raise ApiError(
+            400,
+            "output_compression applies to jpeg and webp only (png is lossless); leave it "
+            "out or set output_format",
+            param="output_compression",
+            code="unsupported_parameter",
+        )
+    options = body.engine_options()
     try:
-        base = SamplingSettings(size=64 if body.size == "64x64" else 256)
-        settings = dataclasses.replace(base, **changes)
-        settings.validate()
-    except ValueError as exc:
-        raise ApiError(400, str(exc), code="invalid_settings") from exc
-    return settings
+        spec.check_option_names(options)
+        size = spec.resolve_size(body.size)
+        settings = spec.settings(size=body.size, **options)
+    except InvalidSetting as exc:
+        raise ApiError(400, str(exc), param=exc.param, code=exc.code) from exc
+    return size, settings
 
 
 async def create_job(
@@ -64,7 +71,7 @@ async def create_job(
             param="response_format",
             code="unsupported_response_format",
         )
-    settings = sampling_settings(body)
+    size, settings = engine_settings(state.spec, body)
     if scheduler.queue_depth >= scheduler.queue_limit:  # refuse before paying to translate
         raise _queue_full(state, scheduler, scheduler.retry_after())
     translation = await translate(state, body.prompt, body.translate, "prompt")
@@ -75,6 +82,9 @@ async def create_job(
         settings=settings,
         seeds=[first + i for i in range(body.n)],
         timeout_s=state.settings.request_timeout_s,
+        size=size,
+        output_format=body.output_format,
+        output_compression=body.output_compression,
     )
     job.bind_loop(asyncio.get_running_loop())
     try:
@@ -101,8 +111,8 @@ def _queue_full(state: ServiceState, scheduler: Scheduler, retry_after: int) -> 
 def image_data(job: Job) -> list[ImageData]:
     return [
         ImageData(
-            b64_json=base64.b64encode(png).decode("ascii"), revised_prompt=job.prompt, seed=seed
+            b64_json=base64.b64encode(data).decode("ascii"), revised_prompt=job.prompt, seed=seed
         )
-        for png, seed in zip(job.images, job.seeds, strict=True)
-        if png is not None
+        for data, seed in zip(job.images, job.seeds, strict=True)
+        if data is not None
     ]

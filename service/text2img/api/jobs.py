@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from text2img.glide.pipeline import SamplingSettings
+from text2img.engines.base import EngineSettings
 
 
 class JobState(StrEnum):
@@ -61,10 +61,13 @@ class Job:
     """n images of one English prompt under one set of sampling settings."""
 
     prompt: str  # the English text drawn (revised_prompt)
-    settings: SamplingSettings
+    settings: EngineSettings
     seeds: list[int]
     timeout_s: float
     original_prompt: str = ""
+    size: str = ""  # the size drawn ("WxH"), as the response states it
+    output_format: str = "png"  # png | jpeg | webp
+    output_compression: int | None = None  # 0-100 for jpeg/webp; None: the format's default
     id: str = field(default_factory=lambda: "job_" + secrets.token_urlsafe(12))
     created: float = field(default_factory=time.time)
     state: JobState = JobState.QUEUED

@@ -2,18 +2,19 @@
 
 - `submit` refuses a job when `queue_limit` jobs already wait (QueueFull, HTTP 429).
 - The worker takes the oldest waiting job and fills one sampling batch, up to the
-  pipeline's `max_batch` images, with images of later jobs whose `SamplingSettings`
+  engine's `max_batch` images, with images of later jobs whose engine settings
   are equal (a job larger than a batch is spread over several batches).
-- A batch is cancelled (the pipeline checks `should_cancel` before every model call)
+- A batch is cancelled (the engine checks `should_cancel` before every model call)
   once every job in it was cancelled or ran past its time limit.
 - CUDA out of memory: the batch is retried in halves, and later batches are capped at
   the size that worked; one image out of memory fails its job with a clear 503.
+- A batch the engine's output guard refuses (BadOutput: NaN or constant images) fails its
+  jobs with 500 `bad_output` saying what to run.
 - Any other failure fails the jobs of that batch; the worker itself never dies.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import threading
@@ -23,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
+from text2img.api.encoding import encode_image
 from text2img.api.jobs import Job, JobError, JobProgress, JobState
-from text2img.glide.pipeline import Cancelled, ImageRequest, Pipeline, Progress
+from text2img.engines.base import BadOutput, Cancelled, Engine, ImageRequest, Progress
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +57,12 @@ class BatchRecord:
     outcome: str  # "ok" | "cancelled" | "oom" | "error"
 
 
-def encode_png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=4)
-    return buf.getvalue()
-
-
 class Scheduler:
-    """Owns the pipeline; the only thread that ever calls `pipeline.generate`."""
+    """Owns the engine; the only thread that ever calls `engine.generate`."""
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        engine: Engine,
         *,
         queue_limit: int,
         max_batch: int | None = None,
@@ -75,9 +70,9 @@ class Scheduler:
         on_batch: Callable[[BatchRecord], None] | None = None,
         on_job_finished: Callable[[Job, JobState], None] | None = None,
     ) -> None:
-        self.pipeline = pipeline
+        self.engine = engine
         self.queue_limit = queue_limit
-        self.max_batch = max(1, min(max_batch or pipeline.max_batch, pipeline.max_batch))
+        self.max_batch = max(1, min(max_batch or engine.max_batch, engine.max_batch))
         self.batch_window_s = batch_window_s
         self._on_batch = on_batch
         self._on_job_finished = on_job_finished
@@ -296,7 +291,7 @@ class Scheduler:
 
         t0 = time.perf_counter()
         try:
-            images = self.pipeline.generate(
+            images = self.engine.generate(
                 requests, jobs[0].settings, progress=progress, should_cancel=should_cancel
             )
         except Cancelled:
@@ -320,6 +315,13 @@ class Scheduler:
             for job in jobs:
                 self._finish(job, JobState.FAILED, _OOM)
             return
+        except BadOutput as exc:
+            self._report(len(items), t0, "error")
+            log.error("the engine refused its own output: %s", exc)
+            error = JobError(500, str(exc), "server_error", "bad_output")
+            for job in jobs:
+                self._finish(job, JobState.FAILED, error)
+            return
         except ValueError as exc:
             self._report(len(items), t0, "error")
             error = JobError(400, str(exc), "invalid_request_error", "invalid_settings")
@@ -339,9 +341,12 @@ class Scheduler:
             if not self._batch_seconds_per_image
             else 0.7 * self._batch_seconds_per_image + 0.3 * per_image
         )
-        for item, image in zip(items, images, strict=True):
+        for item, generated in zip(items, images, strict=True):
             if not item.job.finished:
-                item.job.images[item.index] = encode_png(image)
+                job = item.job
+                job.images[item.index] = encode_image(
+                    generated.image, job.output_format, job.output_compression
+                )
         for job in jobs:
             job.done_count += per_job[job.id]
             if job.done_count >= job.n and not job.finished:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 MAX_PROMPT = 1000
 MAX_SEED = 2**32 - 1
-Sampler = Literal["ancestral", "ddim", "dpm++2m"]
+# Strict numbers: JSON true, "2" or 2.0 are not integers, "3" is not a number; NaN and
+# infinity are refused by name. Ranges of engine options are the engine's (its spec).
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # strict float takes ints
+# the request fields that are engine options (checked by the served engine's spec)
+ENGINE_OPTIONS = ("steps", "guidance_scale", "sampler", "upsample_steps")
 
 
 class ImageGenerationRequest(BaseModel):
@@ -21,9 +25,12 @@ class ImageGenerationRequest(BaseModel):
         max_length=MAX_PROMPT,
         description="What to draw, in English or Japanese (translated).",
     )
-    n: int = Field(default=1, ge=1, le=8, description="Images to draw (1-8).")
-    size: Literal["64x64", "256x256"] = Field(
-        default="256x256", description="64x64 = base model only; 256x256 adds the upsampler."
+    n: StrictInt = Field(default=1, ge=1, le=8, description="Images to draw (1-8).")
+    size: str | None = Field(
+        default=None,
+        max_length=32,
+        description="WIDTHxHEIGHT: one of the served model's sizes (GET /v1/models), an "
+        "alias such as auto, or omitted for its default; the response says the size drawn.",
     )
     response_format: Literal["b64_json", "url"] = Field(
         default="b64_json",
@@ -32,23 +39,32 @@ class ImageGenerationRequest(BaseModel):
     model: str | None = Field(
         default=None,
         max_length=100,
-        description="Accepted for compatibility; the loaded model draws.",
+        description="The served model's id (GET /v1/models) or omitted; another id is a 400.",
+    )
+    output_format: Literal["png", "jpeg", "webp"] = Field(
+        default="png", description="Encoding of b64_json: png (lossless), jpeg or webp."
+    )
+    output_compression: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Quality of jpeg/webp, 0-100 (default 100: best; webp lossless).",
     )
     user: str | None = Field(default=None, max_length=256, description="Accepted, ignored.")
     quality: str | None = Field(default=None, max_length=32, description="Accepted, ignored.")
     style: str | None = Field(default=None, max_length=32, description="Accepted, ignored.")
     # extensions
-    guidance_scale: float | None = Field(
-        default=None, ge=0.0, le=20.0, description="Classifier-free guidance scale."
+    guidance_scale: Number | None = Field(
+        default=None, description="Classifier-free guidance scale (range: GET /v1/models)."
     )
-    sampler: Sampler | None = Field(default=None, description="Sampler of the base model.")
-    steps: int | None = Field(
-        default=None, ge=1, le=250, description="Sampling steps of the base model."
+    sampler: str | None = Field(
+        default=None, max_length=32, description="Sampler, where the model has a choice."
     )
-    upsample_steps: int | None = Field(
-        default=None, ge=1, le=250, description="Sampling steps of the upsampler."
+    steps: StrictInt | None = Field(default=None, description="Sampling steps.")
+    upsample_steps: StrictInt | None = Field(
+        default=None, description="Steps of GLIDE's 64->256 upsampler (GLIDE only)."
     )
-    seed: int | None = Field(
+    seed: StrictInt | None = Field(
         default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i; random when omitted."
     )
     translate: Literal["auto", "always", "never"] = Field(
@@ -63,9 +79,13 @@ class ImageGenerationRequest(BaseModel):
             raise ValueError("must not be blank")
         return value.strip()
 
+    def engine_options(self) -> dict[str, Any]:
+        """The engine options this request sets (None = the engine's default)."""
+        return {k: v for k in ENGINE_OPTIONS if (v := getattr(self, k)) is not None}
+
 
 class ImageData(BaseModel):
-    b64_json: str = Field(description="The PNG, base64-encoded.")
+    b64_json: str = Field(description="The image in output_format, base64-encoded.")
     revised_prompt: str = Field(description="The English text actually drawn.")
     seed: int = Field(description="The seed of this image (reproduces it).")
 
@@ -74,6 +94,8 @@ class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
     model: str = Field(description="The model that drew the images (tiny = random weights).")
+    size: str = Field(description="The size drawn, WIDTHxHEIGHT.")
+    output_format: str = Field(description="The encoding of b64_json: png, jpeg or webp.")
 
 
 class TranslationRequest(BaseModel):

@@ -13,8 +13,9 @@ from text2img.api.jobs import Job, JobRegistry, JobState
 from text2img.api.metrics import Metrics
 from text2img.api.scheduler import Scheduler
 from text2img.auth import FailureThrottle
+from text2img.engines.base import Engine, EngineSpec
+from text2img.engines.registry import get_spec
 from text2img.errors import UserError
-from text2img.glide.pipeline import Pipeline
 from text2img.settings import Settings
 from text2img.translate import Translator
 
@@ -67,13 +68,18 @@ class ServiceState:
     activity: Activity
     throttle: FailureThrottle
     jobs: JobRegistry
-    pipeline: Pipeline | None = None
+    engine: Engine | None = None
     scheduler: Scheduler | None = None
     load_error: str | None = None
     phase: str = "loading_model"
     model_name: str = ""
     on_load_failure: Callable[[str], None] | None = None
     _loader: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def spec(self) -> EngineSpec:
+        """The served engine's spec (known before the weights are loaded)."""
+        return self.engine.spec if self.engine is not None else get_spec(self.settings.model)
 
     @property
     def ready(self) -> bool:
@@ -86,12 +92,12 @@ class ServiceState:
     def idle_seconds(self) -> float:
         return self.activity.idle_seconds(self.busy)
 
-    def start_loading(self, load: Callable[[], Pipeline]) -> None:
-        """Load the pipeline on a thread, so /healthz and /readyz answer meanwhile."""
+    def start_loading(self, load: Callable[[], Engine]) -> None:
+        """Load the engine on a thread, so /healthz and /readyz answer meanwhile."""
 
         def run() -> None:
             try:
-                pipeline = load()
+                engine = load()
             except UserError as exc:
                 self._failed(str(exc))
                 return
@@ -100,7 +106,7 @@ class ServiceState:
                 self._failed(f"loading the model failed: {type(exc).__name__}: {exc}")
                 return
             scheduler = Scheduler(
-                pipeline,
+                engine,
                 queue_limit=self.settings.queue_limit,
                 max_batch=self.settings.max_batch,
                 batch_window_s=self.settings.batch_window_s,
@@ -108,14 +114,14 @@ class ServiceState:
                 on_job_finished=self._job_finished,
             )
             scheduler.start()
-            self.pipeline = pipeline
-            self.model_name = pipeline.model_name
+            self.engine = engine
+            self.model_name = engine.name
             self.scheduler = scheduler
             self.phase = "ready"
             log.info(
                 "model %s ready on %s (max batch %d)",
-                pipeline.model_name,
-                pipeline.device,
+                engine.name,
+                engine.device,
                 scheduler.max_batch,
             )
 

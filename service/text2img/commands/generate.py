@@ -11,18 +11,28 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from text2img.engines import registry
 from text2img.errors import UserError
 
 if TYPE_CHECKING:
     from PIL import Image
 
 HELP = "draw images from a prompt on this machine (writes PNGs and a grid)"
-SAMPLER_NAMES = ("dpm++2m", "ddim", "ancestral")  # text2img.glide.samplers.SAMPLERS
-RANDOM_WEIGHTS_BANNER = (
-    "*** --model tiny: RANDOM WEIGHTS. These images are noise patterns, NOT pictures of the "
-    "prompt (a smoke test of the pipeline). Run `text2img download` and use --model glide "
-    "for real images. ***"
-)
+
+
+def random_weights_banner(model: str) -> str:
+    return (
+        f"*** --model {model}: RANDOM WEIGHTS. These images are noise patterns, NOT pictures "
+        "of the prompt (a smoke test of the pipeline). Run `text2img download` and use a "
+        "model with real weights (glide, sdxl-lightning) for real images. ***"
+    )
+
+
+def _default_help(option: str) -> str:
+    """ "(default N)" from the default model's spec, so --help never drifts from it."""
+    spec = registry.get_spec(registry.DEFAULT_MODEL)
+    defaults = {o.name: o.default for o in spec.options}
+    return f"(default {defaults[option]} for {spec.name}; other models: their own)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,40 +44,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("out"),
                         help="folder for the PNGs (default ./out)")  # fmt: skip
-    parser.add_argument("--model", choices=["glide", "tiny"], default="glide",
-                        help="glide (released weights) or tiny (random weights)")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        choices=registry.MODEL_NAMES,
+        default=registry.DEFAULT_MODEL,
+        help="glide, sdxl-lightning (real weights, downloaded once) or tiny, tiny-sdxl "
+        f"(random weights, smoke tests) (default {registry.DEFAULT_MODEL})",
+    )
     parser.add_argument(
         "--size",
-        type=int,
-        choices=[64, 256],
-        default=256,
-        help="64 = base model only, 256 = base + upsampler (default)",
+        default=None,
+        help="WIDTHxHEIGHT, one of the model's sizes (glide: 64x64 = base model only, "
+        "256x256 = base + upsampler; a bare 64 or 256 works too) (default: the model's)",
     )
-    parser.add_argument("--guidance-scale", type=float, default=None,
-                        help="classifier-free guidance scale (default 3.0)")  # fmt: skip
     parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance scale {_default_help('guidance_scale')}",
+    )
+    parser.add_argument(
+        "--sampler",
         "--base-sampler",
-        choices=SAMPLER_NAMES,
+        dest="sampler",
         default=None,
-        help="sampler of the 64x64 base model (default dpm++2m)",
+        help=f"sampler, where the model has a choice (glide: dpm++2m, ddim, ancestral) "
+        f"{_default_help('sampler')}",
     )
     parser.add_argument(
+        "--steps",
         "--base-steps",
+        dest="steps",
         type=int,
         default=None,
-        help="base model calls per image, 1-1000 (default 25)",
-    )
-    parser.add_argument(
-        "--upsample-sampler",
-        choices=SAMPLER_NAMES,
-        default=None,
-        help="sampler of the 64->256 upsampler (default dpm++2m)",
+        help=f"sampling steps (glide: of the 64x64 base model) {_default_help('steps')}",
     )
     parser.add_argument(
         "--upsample-steps",
         type=int,
         default=None,
-        help="upsampler calls per image, 1-1000 (default 15)",
+        help=f"GLIDE's 64->256 upsampler steps {_default_help('upsample_steps')}",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     parser.add_argument(
@@ -121,34 +137,33 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"cannot create output folder {args.output_dir}: {exc.strerror}") from None
 
-    from dataclasses import replace
+    from text2img.engines.base import ImageRequest, InvalidSetting, Progress
 
-    from text2img.glide.pipeline import ImageRequest, Progress, SamplingSettings, load_pipeline
-
-    overrides = {
-        "size": args.size,
+    spec = registry.get_spec(args.model)
+    size = f"{args.size}x{args.size}" if args.size and args.size.isdigit() else args.size
+    options = {
         "guidance_scale": args.guidance_scale,
-        "base_sampler": args.base_sampler,
-        "base_steps": args.base_steps,
-        "upsample_sampler": args.upsample_sampler,
+        "sampler": args.sampler,
+        "steps": args.steps,
         "upsample_steps": args.upsample_steps,
     }
-    settings = replace(SamplingSettings(), **{k: v for k, v in overrides.items() if v is not None})
+    options = {k: v for k, v in options.items() if v is not None}
     try:
-        settings.validate()
-    except ValueError as exc:
-        flag = "--" + str(exc).split(" ", 1)[0].replace("_", "-")
-        raise UserError(f"{flag}: {exc}") from None
+        spec.check_option_names(options)
+        settings = spec.settings(size=size, **options)
+    except InvalidSetting as exc:
+        raise UserError(f"--{exc.param.replace('_', '-')}: {exc}") from None
 
-    if args.model == "tiny":
-        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+    banner = random_weights_banner(args.model)
+    if spec.random_weights:
+        print(banner, file=sys.stderr)
     started = time.perf_counter()
-    pipeline = load_pipeline(args.model, device=args.device, dtype=args.dtype,
-                             cache_dir=_cache_dir(args))  # fmt: skip
+    engine = registry.load_engine(
+        args.model, device=args.device, dtype=args.dtype, cache_dir=_cache_dir(args)
+    )
     load_s = time.perf_counter() - started
-    dtype_name = str(pipeline.dtype).removeprefix("torch.")
     last_seed = seed + args.num_images - 1
-    print(f"loaded {args.model} on {pipeline.device} ({dtype_name}) in {load_s:.1f} s; "
+    print(f"loaded {args.model} on {engine.device} ({engine.dtype}) in {load_s:.1f} s; "
           f"seeds {seed}..{last_seed}", file=sys.stderr)  # fmt: skip
 
     stage_time: dict[str, float] = {}
@@ -170,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     requests = [ImageRequest(args.prompt, seed + i) for i in range(args.num_images)]
     t0 = time.perf_counter()
     mark["t"] = t0
-    images = pipeline.generate(requests, settings, progress=show)
+    generated = engine.generate(requests, settings, progress=show)
+    images = [g.image for g in generated]
     total_s = time.perf_counter() - t0
     if interactive:
         print(file=sys.stderr)
@@ -187,16 +203,12 @@ def run(args: argparse.Namespace) -> int:
         print(path)
     print(grid_path)
 
-    base_s = stage_time.get("base", 0.0)
-    stages = f"base {base_s:.1f} s ({settings.base_steps} x {settings.base_sampler})"
-    if settings.size == 256:
-        stages += (f", upsample {stage_time.get('upsample', 0.0):.1f} s "
-                   f"({settings.upsample_steps} x {settings.upsample_sampler})")  # fmt: skip
+    stages = ", ".join(f"{stage} {t:.1f} s" for stage, t in stage_time.items())
     print(
-        f"{len(images)} image(s) {settings.size}x{settings.size} in {total_s:.1f} s: {stages}; "
-        f"{settings.model_calls_per_image} model calls per image (upstream's defaults: 127)"
-        + (" [tiny: RANDOM WEIGHTS]" if args.model == "tiny" else "")
+        f"{len(images)} image(s) {settings.width}x{settings.height} in {total_s:.1f} s: "
+        f"{stages}; {settings.model_calls_per_image} model calls per image"
+        + (" [RANDOM WEIGHTS]" if spec.random_weights else "")
     )
-    if args.model == "tiny":
-        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+    if spec.random_weights:
+        print(banner, file=sys.stderr)
     return 0

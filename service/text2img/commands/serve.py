@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from text2img.engines import registry
 from text2img.errors import UserError
 
 if TYPE_CHECKING:
@@ -25,10 +26,12 @@ LOOPBACK = "127.0.0.1"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        choices=["glide", "tiny"],
+        choices=registry.MODEL_NAMES,
         default=None,
-        help="glide: the released GLIDE weights (downloaded once); tiny: small random-weight "
-        "model for smoke tests, its images are noise (default: $TEXT2IMG_MODEL or glide)",
+        help="glide: the released GLIDE weights; sdxl-lightning: SDXL-Lightning (4 steps, "
+        "1024x1024); both downloaded once. tiny, tiny-sdxl: small random-weight models for "
+        f"smoke tests, their images are noise (default: $TEXT2IMG_MODEL or "
+        f"{registry.DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--host",
@@ -57,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-download",
         action="store_true",
-        help="do not download missing GLIDE weights (fail instead)",
+        help="do not download missing weights (fail instead)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -122,10 +125,9 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     token = load_token(settings.api_token, settings.api_token_file)
     host = resolve_host(args.host, token is not None)
-    if settings.model == "glide" and not args.no_download:
-        from text2img.glide.weights import ensure_weights
-
-        ensure_weights(settings.model_cache, progress=True)
+    weights = registry.weights_module(settings.model)
+    if weights is not None and not args.no_download:
+        weights.ensure(settings.model_cache or registry.default_cache_dir(), progress=True)
 
     failures: list[str] = []
     server: uvicorn.Server | None = None
@@ -153,10 +155,10 @@ def run(args: argparse.Namespace) -> int:
             f"{host} only, without authentication",
             file=sys.stderr,
         )
-    if settings.model == "tiny":
+    if registry.get_spec(settings.model).random_weights:
         print(
-            "text2img serve: --model tiny draws with RANDOM WEIGHTS: its images are noise, "
-            "for smoke tests only",
+            f"text2img serve: --model {settings.model} draws with RANDOM WEIGHTS: its images "
+            "are noise, for smoke tests only",
             file=sys.stderr,
         )
     shown = f"[{host}]" if ":" in host else host

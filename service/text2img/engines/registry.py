@@ -8,6 +8,7 @@ under engines/ and one line here.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -68,6 +69,18 @@ ENGINES: dict[str, Registration] = {
 }
 MODEL_NAMES = tuple(ENGINES)
 DEFAULT_MODEL = "glide"
+
+
+CACHE_ENV = "TEXT2IMG_MODEL_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """The one weights cache every engine shares: $TEXT2IMG_MODEL_CACHE, else
+    $XDG_CACHE_HOME/text2img, else ~/.cache/text2img."""
+    if env := os.environ.get(CACHE_ENV):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "text2img"
 
 
 def _registration(name: str) -> Registration:

@@ -42,4 +42,10 @@ async def create_images(
         if job.error is not None:
             raise ApiError.from_job(job.error)
         raise ApiError(409, "the request was cancelled", code="cancelled")
-    return ImagesResponse(created=int(time.time()), data=image_data(job), model=state.model_name)
+    return ImagesResponse(
+        created=int(time.time()),
+        data=image_data(job),
+        model=state.model_name,
+        size=job.size,
+        output_format=job.output_format,
+    )

@@ -13,18 +13,19 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Authorized])
 
 @router.get("/models")
 async def list_models(state: State) -> dict[str, Any]:
-    """The one model this service draws with (`tiny` = random weights, noise)."""
-    name = state.model_name or state.settings.model
+    """The one model this service draws with: its sizes, options with defaults and limits,
+    licence, and whether its weights are random (images are noise)."""
+    spec = state.spec
     return {
         "object": "list",
         "data": [
             {
-                "id": name,
+                "id": spec.name,
                 "object": "model",
                 "created": int(state.activity.started_at),
                 "owned_by": "text2img",
                 "ready": state.ready,
-                "random_weights": name == "tiny",
+                **spec.public(),
             }
         ],
     }

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from glide_reference import names, read_json
 
-from text2img.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
-from text2img.glide.unet import build_model
+from text2img.engines.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
+from text2img.engines.glide.unet import build_model
 
 
 @pytest.mark.parametrize("listing", names("*_params.json"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from text2img.glide.config import ModelConfig
-from text2img.glide.tiny import TINY_BASE_OPTIONS, TINY_UPSAMPLE_OPTIONS, randomize_
-from text2img.glide.unet import build_model
+from text2img.engines.glide.config import ModelConfig
+from text2img.engines.glide.tiny import TINY_BASE_OPTIONS, TINY_UPSAMPLE_OPTIONS, randomize_
+from text2img.engines.glide.unet import build_model
 
 
 def test_precomputed_text_embedding_gives_the_same_output():

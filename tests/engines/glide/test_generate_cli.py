@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from text2img.cli import main
-from text2img.glide.pipeline import SamplingSettings
+from text2img.engines.glide.spec import GLIDE
 
 
 def test_generate_tiny_writes_pngs_and_a_grid(tmp_path, capsys):
@@ -52,7 +52,7 @@ def test_generate_tiny_writes_pngs_and_a_grid(tmp_path, capsys):
 
 def test_generate_bad_input_is_a_one_line_error(tmp_path, capsys):
     assert main(["generate", "x", "--model", "tiny", "--base-steps", "0", "-o", str(tmp_path)]) == 2
-    assert "--base-steps" in capsys.readouterr().err
+    assert "--steps: steps must be from 1 to 250" in capsys.readouterr().err
     assert main(["generate", "  ", "--model", "tiny", "-o", str(tmp_path)]) == 2
     assert "prompt is empty" in capsys.readouterr().err
     code = main(["generate", "x", "--cache-dir", str(tmp_path / "none"), "-o", str(tmp_path)])
@@ -60,13 +60,12 @@ def test_generate_bad_input_is_a_one_line_error(tmp_path, capsys):
     assert "text2img download" in capsys.readouterr().err
 
 
-def test_help_states_the_pipeline_defaults(capsys):
+def test_help_states_the_default_models_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    d = SamplingSettings()
-    assert f"(default {d.base_sampler})" in text
-    assert f"(default {d.base_steps})" in text
-    assert f"(default {d.upsample_sampler})" in text
-    assert f"(default {d.upsample_steps})" in text
-    assert f"(default {d.guidance_scale})" in text
+    d = GLIDE.settings()
+    assert f"(default {d.base_sampler} for glide" in text
+    assert f"(default {d.base_steps} for glide" in text
+    assert f"(default {d.upsample_steps} for glide" in text
+    assert f"(default {d.guidance_scale} for glide" in text

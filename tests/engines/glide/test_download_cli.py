@@ -23,7 +23,8 @@ from weights_helpers import (
 )
 
 from text2img import cli
-from text2img.glide import download, weights
+from text2img.engines.glide import cache as glide_cache
+from text2img.engines.glide import download
 
 REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
 
@@ -39,7 +40,7 @@ def mirror(tmp_path) -> Iterator[FileServer]:
 @pytest.fixture
 def fake_sources(mirror, monkeypatch) -> FileServer:
     """The command's manifest describes the generated files (real ones are too big)."""
-    monkeypatch.setattr(weights, "default_manifest", lambda: fake_manifest(mirror.base_url))
+    monkeypatch.setattr(glide_cache, "default_manifest", lambda: fake_manifest(mirror.base_url))
     return mirror
 
 
@@ -47,7 +48,7 @@ def test_download_all_then_check_then_quick_rerun(fake_sources, tmp_path, capsys
     cache = tmp_path / "models"
     assert cli.main(["download", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith(f"GLIDE weights ready in {cache} (")
+    assert out[-1].startswith(f"glide weights ready in {cache} (")
     table = {line.split()[0]: line.split() for line in out[:-1]}
     assert set(table) == {
         "encoder.json.gz",
@@ -62,7 +63,7 @@ def test_download_all_then_check_then_quick_rerun(fake_sources, tmp_path, capsys
     n = len(fake_sources.requests)
     assert cli.main(["download", "--cache-dir", str(cache), "--quiet"]) == 0
     assert len(fake_sources.requests) == n  # nothing fetched the second time
-    assert capsys.readouterr().out.startswith(f"GLIDE weights ready in {cache}")
+    assert capsys.readouterr().out.startswith(f"glide weights ready in {cache}")
     assert cli.main(["download", "--cache-dir", str(cache), "--check"]) == 0
     assert capsys.readouterr().out.strip().endswith(f"all ready in {cache}")
     assert cli.main(["download", "--cache-dir", str(cache), "--force", "--only", "base"]) == 0
@@ -74,7 +75,7 @@ def test_check_reports_missing_without_network(fake_sources, tmp_path, capsys):
     assert cli.main(["download", "--cache-dir", str(cache), "--check", "--only", "base"]) == 1
     out = capsys.readouterr().out
     assert "base             missing" in out
-    assert "1 of 1 not ready: run `text2img download`" in out
+    assert "1 of 1 not ready: run `text2img download --model glide`" in out
     assert fake_sources.requests == []
 
 
@@ -93,7 +94,7 @@ def test_real_tokenizer_files_from_a_mirror(tmp_path):
         assert done.returncode == 0, done.stderr
         assert "downloading tokenizer/encoder.json.gz from http://127.0.0.1" in done.stderr
         assert f"{tmp_path / 'c' / 'tokenizer' / 'vocab.bpe.gz'}" in done.stdout
-        enc, vocab = weights.tokenizer_paths(tmp_path / "c")
+        enc, vocab = glide_cache.tokenizer_paths(tmp_path / "c")
         assert enc.read_bytes() == files["/encoder.json.gz"]
         assert vocab.read_bytes() == files["/vocab.bpe.gz"]
     finally:
@@ -111,3 +112,17 @@ def test_no_network_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     assert err[-1].startswith("text2img download: error: could not download tokenizer/")
     assert "cannot connect to 127.0.0.1" in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_random_weight_models_have_nothing_to_download(tmp_path, capsys):
+    assert cli.main(["download", "--model", "tiny", "--cache-dir", str(tmp_path)]) == 0
+    assert "nothing to download" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_names_the_models_parts(tmp_path, capsys):
+    code = cli.main(
+        ["download", "--model", "glide", "--cache-dir", str(tmp_path), "--only", "unet"]
+    )
+    assert code == 2
+    assert "parts of model glide are base, upsample, tokenizer" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`text2img.glide.download.fetch` against a local HTTP server with failure switches:
+"""`text2img.engines.glide.download.fetch` against a local HTTP server with failure switches:
 resume, servers that ignore Range, truncation, corruption, HTTP errors, no network, disk full."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,9 @@ from weights_helpers import (
     serve,
 )
 
+from text2img.engines.glide import download
+from text2img.engines.glide.download import RetryPolicy, fetch
 from text2img.errors import UserError
-from text2img.glide import download
-from text2img.glide.download import RetryPolicy, fetch
 
 DATA = os.urandom(3 * download.CHUNK + 12345)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -197,12 +198,12 @@ def test_disk_full_while_writing_keeps_part_and_says_how_much(server, tmp_path):
 
 
 def test_not_enough_free_space_is_refused_up_front(server, tmp_path, monkeypatch):
-    real = download.shutil.disk_usage
+    real = shutil.disk_usage
 
     def tiny(path: object) -> object:
         return real(path)._replace(free=1000)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(download.shutil, "disk_usage", tiny)
+    monkeypatch.setattr(shutil, "disk_usage", tiny)
     with pytest.raises(UserError, match=r"not enough disk space .* 3.2 MB needed, 1.0 KB free"):
         get(server, tmp_path / "blob.bin")
     part = tmp_path / "blob.bin.part"
@@ -240,10 +241,10 @@ def test_server_answering_ranges_in_pieces_is_followed_to_the_end(server, tmp_pa
 
 
 def test_space_for_the_converted_copy_is_checked_before_downloading(server, tmp_path, monkeypatch):
-    real = download.shutil.disk_usage
+    real = shutil.disk_usage
     free = len(DATA) + 20 * 1000**2  # room for the download, not for what comes after
 
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=free))
     get(server, tmp_path / "a.bin")  # fits
     with pytest.raises(UserError, match=r"not enough disk space .*: 103.2 MB needed"):
         get(server, tmp_path / "b.bin", reserve=100 * 1000**2)

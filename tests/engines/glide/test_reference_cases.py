@@ -19,15 +19,15 @@ from glide_reference import (
     reference_dir,
 )
 
-from text2img.glide.samplers import (
+from text2img.engines.glide.samplers import (
     classifier_free_guidance,
     p_mean_variance,
     sample_ancestral,
     sample_ddim,
 )
-from text2img.glide.schedules import make_schedule
-from text2img.glide.tokenizer import BPETokenizer, padded_tokens_and_mask
-from text2img.glide.unet import Text2ImUNet, build_model
+from text2img.engines.glide.schedules import make_schedule
+from text2img.engines.glide.tokenizer import BPETokenizer, padded_tokens_and_mask
+from text2img.engines.glide.unet import Text2ImUNet, build_model
 
 _MODELS: dict[str, Text2ImUNet] = {}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from glide_reference import read_json, read_tensors, reference_dir, require_dir
 
-from text2img.glide.schedules import make_schedule, named_betas, space_timesteps
+from text2img.engines.glide.schedules import make_schedule, named_betas, space_timesteps
 
 FILE = "diffusion_schedules.json"
 # reference field -> our Schedule attribute
@@ -108,3 +108,22 @@ def test_logsnr_spacing_has_exactly_count_distinct_steps(name, count):
     assert kept == sorted(kept)
     assert kept[-1] == 999
     assert count == 1 or kept[0] == 0
+
+
+def test_default_base_grid_wastes_no_calls_on_near_pure_noise():
+    """The base model's cosine schedule caps β at t=999 (λ -9.9 there, -6.5 at 998): an even
+    log-SNR grid from λ_999 picked 990-999 one after another. No two consecutive timesteps
+    above 980 may both be picked, at the default 25 steps and nearby counts."""
+    from text2img.engines.glide.spec import GLIDE
+
+    defaults = GLIDE.settings()
+    assert defaults.base_steps + defaults.upsample_steps == 40
+    for count in (10, 15, 20, defaults.base_steps, 30, 40):
+        kept = make_schedule("squaredcos_cap_v2", f"logsnr{count}").timestep_map.tolist()
+        high = [t for t in kept if t > 980]
+        pairs = [t for t in high if t - 1 in kept]
+        assert pairs == [], (count, high)
+        assert kept[-1] == 999  # sampling still starts from pure noise
+    # the linear (upsampler) schedule has no such cliff: its grid is as before
+    kept = make_schedule("linear", "logsnr15").timestep_map.tolist()
+    assert kept[-2:] == [928, 999]

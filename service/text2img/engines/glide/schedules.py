@@ -51,11 +51,16 @@ def named_betas(name: str, num_steps: int = 1000) -> np.ndarray:
 
 
 def logsnr_timesteps(alphas_cumprod: np.ndarray, count: int) -> list[int]:
-    """`count` distinct timesteps (ascending) closest to uniform spacing in log-SNR.
+    """`count` distinct timesteps (ascending): T-1, then even spacing in log-SNR.
 
-    λ_t = ½ log(ᾱ_t / (1 - ᾱ_t)) is split evenly from λ_{T-1} to λ_0, the spacing the
-    DPM-Solver paper recommends for pixel-space models (Lu et al. 2022, §5). Each target
-    takes the nearest timestep below the previous pick, so all `count` steps stay distinct.
+    λ_t = ½ log(ᾱ_t / (1 - ᾱ_t)) is split evenly from λ_s to λ_0, the spacing the
+    DPM-Solver paper recommends for pixel-space models (Lu et al. 2022, §5); the first
+    grid point is replaced by T-1, where sampling starts from pure noise. The start s is the
+    highest timestep at which one timestep moves λ by at most half the grid spacing: above
+    it λ falls so steeply that an even grid lands on consecutive timesteps of near-pure
+    noise (the cosine schedule caps β at T-1, so λ_999 = -9.9 while λ_998 = -6.5; spaced
+    from λ_999, 10 of 25 base steps fell on 990-999). Each target takes the nearest
+    timestep below the previous pick, so all `count` steps stay distinct.
     """
     total = len(alphas_cumprod)
     if not 1 <= count <= total:
@@ -63,10 +68,15 @@ def logsnr_timesteps(alphas_cumprod: np.ndarray, count: int) -> list[int]:
     lam = 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))
     if count == 1:
         return [total - 1]
-    targets = np.linspace(lam[-1], lam[0], count)
-    picked: list[int] = []
-    upper = total - 1  # highest timestep still allowed
-    for i, target in enumerate(targets):
+    start = total - 1
+    spacing = (lam[0] - lam[start]) / (count - 1)
+    while start > count - 1 and lam[start - 1] - lam[start] > spacing / 2:
+        start -= 1
+        spacing = (lam[0] - lam[start]) / (count - 1)
+    targets = np.linspace(lam[start], lam[0], count)
+    picked = [total - 1]
+    upper = total - 2  # highest timestep still allowed
+    for i, target in enumerate(targets[1:], start=1):
         lowest = count - 1 - i  # leave room for the remaining picks
         candidates = np.arange(lowest, upper + 1)
         best = int(candidates[np.argmin(np.abs(lam[candidates] - target))])

@@ -8,7 +8,6 @@ against upstream's 127 (100 ancestral + 27 DDIM); see the README's `glide` secti
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +15,20 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from text2img.engines.base import MAX_SEED, Cancelled, ImageRequest, InvalidSetting, Progress
+from text2img.engines.glide.samplers import SAMPLERS, StepInfo, classifier_free_guidance
+from text2img.engines.glide.schedules import make_schedule
+from text2img.engines.glide.spec import SamplingSettings
+from text2img.engines.glide.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    padded_tokens_and_mask,
+)
+from text2img.engines.glide.unet import Text2ImUNet
+from text2img.engines.guard import check_batch
 from text2img.errors import UserError
-from text2img.glide.samplers import SAMPLERS, StepInfo, classifier_free_guidance
-from text2img.glide.schedules import make_schedule
-from text2img.glide.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, padded_tokens_and_mask
-from text2img.glide.unet import Text2ImUNet
 
-MAX_STEPS = 1000
-MAX_SEED = 2**63 - 1
 UPSAMPLE_TEMPERATURE = 0.997  # upstream scales the upsampler's starting noise by this
 MODELS = ("glide", "tiny")
 
@@ -39,82 +44,6 @@ def respacing_for(sampler: str, steps: int, stage: str = "base") -> str:
     if stage == "upsample" and sampler == "ddim" and steps == 27:
         return "fast27"
     return str(steps)
-
-
-class Cancelled(Exception):
-    """Raised by `Pipeline.generate` when `should_cancel()` returned true."""
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Everything that must be equal for requests to share a batch."""
-
-    size: int = 256
-    guidance_scale: float = 3.0
-    base_sampler: str = "dpm++2m"
-    base_steps: int = 25
-    upsample_sampler: str = "dpm++2m"
-    upsample_steps: int = 15
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        if self.size not in (64, 256):
-            raise ValueError(f"size must be 64 or 256, got {self.size!r}")
-        if not (
-            isinstance(self.guidance_scale, int | float)
-            and math.isfinite(self.guidance_scale)
-            and 0 <= self.guidance_scale <= 30
-        ):
-            raise ValueError(
-                f"guidance_scale must be between 0 and 30, got {self.guidance_scale!r}"
-            )
-        for stage in ("base", "upsample"):
-            sampler = getattr(self, f"{stage}_sampler")
-            steps = getattr(self, f"{stage}_steps")
-            if sampler not in SAMPLERS:
-                raise ValueError(
-                    f"{stage}_sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}"
-                )
-            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-                raise ValueError(
-                    f"{stage}_steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}"
-                )
-
-    @property
-    def model_calls_per_image(self) -> int:
-        """Model forward calls per image (a base call covers the cond + uncond rows)."""
-        return self.base_steps + (self.upsample_steps if self.size == 256 else 0)
-
-
-@dataclass(frozen=True)
-class ImageRequest:
-    """One image: the English prompt actually drawn, and its seed."""
-
-    prompt: str
-    seed: int
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Progress of one `generate` call: `step` of `total` in `stage` (1-based)."""
-
-    stage: str
-    step: int
-    total: int
-    stage_index: int = 0
-    num_stages: int = 1
-    batch_index: int = 0
-    num_batches: int = 1
-
-    @property
-    def stage_fraction(self) -> float:
-        return self.step / self.total if self.total else 1.0
-
-    @property
-    def fraction(self) -> float:
-        """Overall fraction done in [0, 1], stages and batches weighted equally."""
-        per_batch = (self.stage_index + self.stage_fraction) / self.num_stages
-        return (self.batch_index + per_batch) / self.num_batches
 
 
 @dataclass
@@ -143,13 +72,19 @@ class Pipeline:
         progress: Callable[[Progress], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> list[Image.Image]:  # fmt: skip
-        """Draw one image per request; the same seed gives the same image at any position."""
+        """Draw one image per request; the same seed gives the same image at any position.
+
+        Every finished batch passes the output guard (`engines.guard.check_batch`): NaN or
+        constant images raise BadOutput instead of being returned.
+        """
         settings.validate()
         for i, request in enumerate(requests):
             if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
-                raise ValueError(f"seed must be an integer from 0 to {MAX_SEED} (request {i})")
+                raise InvalidSetting(
+                    "seed", f"seed must be an integer from 0 to {MAX_SEED} (request {i})"
+                )
             if not isinstance(request.prompt, str):
-                raise ValueError(f"prompt must be a string (request {i})")
+                raise InvalidSetting("prompt", f"prompt must be a string (request {i})")
         chunks = [requests[i : i + self.max_batch] for i in range(0, len(requests), self.max_batch)]
         images: list[Image.Image] = []
         for index, chunk in enumerate(chunks):
@@ -237,6 +172,7 @@ class Pipeline:
             callback=reporter("base", 0),
         )[:n]
         if settings.size == 64:
+            check_batch(sample, what="GLIDE base model")
             return to_images(sample)
 
         # Stage 2: upsampler conditioned on the 8-bit-snapped base output, no guidance.
@@ -262,6 +198,7 @@ class Pipeline:
             noise_sampler=lambda _: row_noise(up_cfg.image_size),
             callback=reporter("upsample", 1),
         )
+        check_batch(sample, what="GLIDE upsampler")
         return to_images(sample)
 
 
@@ -329,16 +266,16 @@ def load_pipeline(
     dt = _resolve_dtype(dtype, dev)
     max_batch = 8 if dev.type == "cuda" else 4
     if model == "tiny":
-        from text2img.glide.tiny import tiny_models
+        from text2img.engines.glide.tiny import tiny_models
 
         base, upsampler = tiny_models()
         return Pipeline("tiny", dev, _prepare(base, dev, dt), _prepare(upsampler, dev, dt),
                         ByteTokenizer(), max_batch=8, random_weights=True, dtype=dt)  # fmt: skip
-    from text2img.glide import weights
-    from text2img.glide.checkpoints import load_released
+    from text2img.engines.glide import cache as weights_cache
+    from text2img.engines.glide.checkpoints import load_released
 
-    cache = cache_dir if cache_dir is not None else weights.default_cache_dir()
-    encoder_path, vocab_path = weights.tokenizer_paths(cache)
+    cache = cache_dir if cache_dir is not None else weights_cache.default_cache_dir()
+    encoder_path, vocab_path = weights_cache.tokenizer_paths(cache)
     tokenizer = BPETokenizer.from_files(encoder_path, vocab_path)
     base = load_released(cache, "base", device=dev, dtype=_weight_dtype(dt))
     upsampler = load_released(cache, "upsample", device=dev, dtype=_weight_dtype(dt))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from text2img.glide.weights import CheckpointSpec, Manifest, RemoteFile
+from text2img.engines.glide.cache import CheckpointSpec, Manifest, RemoteFile
 
 
 @dataclass
@@ -194,7 +194,7 @@ def count(shapes: Mapping[str, tuple[int, ...]]) -> int:
 
 def fake_manifest(base_url: str, *, fingerprint: bool = True) -> Manifest:
     """A manifest like the real one, for the generated files served at `base_url`."""
-    from text2img.glide.weights import listing_fingerprint
+    from text2img.engines.glide.cache import listing_fingerprint
 
     def spec(name: str, shapes: Mapping[str, tuple[int, ...]]) -> CheckpointSpec:
         return CheckpointSpec(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from glide_reference import read_json, reference_dir, require_dir
 
-from text2img.glide.tokenizer import BPETokenizer, padded_tokens_and_mask
+from text2img.engines.glide.tokenizer import BPETokenizer, padded_tokens_and_mask
 
 
 def _cases() -> list[dict]:

@@ -8,15 +8,15 @@ import pytest
 import torch
 from glide_reference import read_json, read_tensors, require_dir
 
-from text2img.glide.samplers import (
+from text2img.engines.glide.samplers import (
     SAMPLERS,
     StepInfo,
     classifier_free_guidance,
     sample_ddim,
     sample_dpmpp_2m,
 )
-from text2img.glide.schedules import make_schedule
-from text2img.glide.unet import build_model
+from text2img.engines.glide.schedules import make_schedule
+from text2img.engines.glide.unet import build_model
 
 DATA_VARIANCE = 0.25
 

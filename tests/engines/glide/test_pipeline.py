@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from text2img.errors import UserError
-from text2img.glide.pipeline import (
+from text2img.engines.glide.pipeline import (
     Cancelled,
     ImageRequest,
     Progress,
@@ -19,6 +18,7 @@ from text2img.glide.pipeline import (
     load_pipeline,
     respacing_for,
 )
+from text2img.errors import UserError
 
 FAST64 = SamplingSettings(size=64, base_steps=4)
 FAST256 = SamplingSettings(size=256, base_steps=3, upsample_steps=2)
@@ -146,7 +146,8 @@ def test_load_errors_are_user_errors(tmp_path):
 
 def test_engine_imports_nothing_from_the_service_or_the_cloud():
     code = (
-        "import sys, text2img.glide.pipeline, text2img.glide.samplers, text2img.commands.generate\n"
+        "import sys, text2img.engines.glide.pipeline, text2img.engines.glide.samplers\n"
+        "import text2img.commands.generate\n"
         "bad = [m for m in sys.modules if m.startswith(('fastapi', 'google', 'text2img.api',"
         " 'text2img.gateway', 'uvicorn'))]\n"
         "assert not bad, bad\n"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from glide_reference import read_json, read_tensors, require_dir
 
-from text2img.glide.tiny import TINY_BASE_OPTIONS, TINY_UPSAMPLE_OPTIONS
-from text2img.glide.unet import build_model
+from text2img.engines.glide.tiny import TINY_BASE_OPTIONS, TINY_UPSAMPLE_OPTIONS
+from text2img.engines.glide.unet import build_model
 
 HALF_PREFIXES = ("input_blocks.", "middle_block.", "output_blocks.", "transformer.")
 

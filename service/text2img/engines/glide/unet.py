@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from text2img.glide.config import ModelConfig
-from text2img.glide.layers import GroupNorm32, LayerNorm32, attend, timestep_embedding
-from text2img.glide.text_encoder import Transformer
+from text2img.engines.glide.config import ModelConfig
+from text2img.engines.glide.layers import GroupNorm32, LayerNorm32, attend, timestep_embedding
+from text2img.engines.glide.text_encoder import Transformer
 
 Trace = dict[str, torch.Tensor] | None
 

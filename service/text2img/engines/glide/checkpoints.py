@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from text2img.glide import weights
-from text2img.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
-from text2img.glide.unet import Text2ImUNet, build_model
+from text2img.engines.glide.config import BASE_OPTIONS, UPSAMPLE_OPTIONS
+from text2img.engines.glide.convert import load_state_dict
+from text2img.engines.glide.unet import Text2ImUNet, build_model
 
 RELEASED_OPTIONS = {"base": BASE_OPTIONS, "upsample": UPSAMPLE_OPTIONS}
 
@@ -36,7 +36,7 @@ def load_released(
         model.convert_to_fp16()
     layout = {key: value.dtype for key, value in model.state_dict().items()}
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    state = weights.load_state_dict(cache_dir, name, expected)
+    state = load_state_dict(cache_dir, name, expected)
     state = {key: value.to(device=device, dtype=layout[key]) for key, value in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)

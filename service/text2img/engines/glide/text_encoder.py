@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from text2img.glide.layers import LayerNorm32, attend
+from text2img.engines.glide.layers import LayerNorm32, attend
 
 
 class MultiheadAttention(nn.Module):

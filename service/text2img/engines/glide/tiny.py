@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from text2img.glide.layers import GroupNorm32, LayerNorm32
-from text2img.glide.unet import Text2ImUNet, build_model
+from text2img.engines.glide.layers import GroupNorm32, LayerNorm32
+from text2img.engines.glide.unet import Text2ImUNet, build_model
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 

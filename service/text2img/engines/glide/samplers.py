@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from text2img.glide.schedules import Schedule
+from text2img.engines.glide.schedules import Schedule
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseSampler = Callable[[int], torch.Tensor]

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from text2img.cli import main
+from text2img.engines.glide import pipeline as pipeline_module
+from text2img.engines.glide.pipeline import ImageRequest, SamplingSettings, load_pipeline
 from text2img.errors import UserError
-from text2img.glide import pipeline as pipeline_module
-from text2img.glide.pipeline import ImageRequest, SamplingSettings, load_pipeline
 
 FAST64 = SamplingSettings(size=64, base_steps=4)
 FAST256 = SamplingSettings(size=256, base_steps=3, upsample_steps=2)

@@ -25,10 +25,12 @@ from weights_helpers import (
     serve,
 )
 
+from text2img.engines.glide import cache as glide_cache
+from text2img.engines.glide.cache import tokenizer_paths
+from text2img.engines.glide.convert import load_state_dict
+from text2img.engines.glide.download import RetryPolicy
+from text2img.engines.glide.weights import ensure_weights
 from text2img.errors import UserError
-from text2img.glide import weights
-from text2img.glide.download import RetryPolicy
-from text2img.glide.weights import ensure_weights, load_state_dict, tokenizer_paths
 
 FAST = RetryPolicy(attempts=2, backoff_s=0.0)
 REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
@@ -59,16 +61,16 @@ def ensure(server: FileServer, cache: Path, **kw) -> None:
 
 
 def test_real_sources_are_the_defaults(monkeypatch):
-    monkeypatch.delenv(weights.URL_ENV, raising=False)
-    m = weights.default_manifest()
+    monkeypatch.delenv(glide_cache.URL_ENV, raising=False)
+    m = glide_cache.default_manifest()
     assert [s.source.url for s in m.checkpoints] == [
         "https://openaipublic.blob.core.windows.net/diffusion/dec-2021/base.pt",
         "https://openaipublic.blob.core.windows.net/diffusion/dec-2021/upsample.pt",
     ]
     tok = "https://raw.githubusercontent.com/openai/glide-text2im/69b530740eb6cef69442d6180579ef5ba9ef063e/glide_text2im/tokenizer"
     assert [f.url for f in m.tokenizer] == [f"{tok}/encoder.json.gz", f"{tok}/vocab.bpe.gz"]
-    monkeypatch.setenv(weights.URL_ENV, "https://mirror.example/glide/")
-    m = weights.default_manifest()
+    monkeypatch.setenv(glide_cache.URL_ENV, "https://mirror.example/glide/")
+    m = glide_cache.default_manifest()
     urls = [s.source.url for s in m.checkpoints] + [f.url for f in m.tokenizer]
     assert urls == [
         f"https://mirror.example/glide/{n}"
@@ -80,17 +82,17 @@ def test_checkpoint_specs_match_the_reference_listings():
     listings = sorted(REFERENCE.glob("*_params.json"))
     if not listings:
         pytest.skip(f"no reference listings in {REFERENCE}")
-    m = weights.default_manifest()
+    m = glide_cache.default_manifest()
     for path in listings:
         ref = json.loads(path.read_text())
         spec = m.checkpoint(path.name.removesuffix("_params.json"))
         assert spec.num_params == ref["total_params"]
         assert spec.num_tensors == ref["num_tensors"] == len(ref["shapes"])
-        assert spec.listing_sha256 == weights.listing_fingerprint(ref["shapes"])
+        assert spec.listing_sha256 == glide_cache.listing_fingerprint(ref["shapes"])
 
 
 def test_tokenizer_hashes_match_the_reference_files():
-    for rf in weights.default_manifest().tokenizer:
+    for rf in glide_cache.default_manifest().tokenizer:
         path = REFERENCE / rf.name
         if not path.exists():
             pytest.skip(f"no {path}")
@@ -99,14 +101,14 @@ def test_tokenizer_hashes_match_the_reference_files():
 
 
 def test_default_cache_dir_precedence(monkeypatch, tmp_path):
-    monkeypatch.delenv(weights.CACHE_ENV, raising=False)
+    monkeypatch.delenv(glide_cache.CACHE_ENV, raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert weights.default_cache_dir() == tmp_path / "home" / ".cache" / "text2img"
+    assert glide_cache.default_cache_dir() == tmp_path / "home" / ".cache" / "text2img"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert weights.default_cache_dir() == tmp_path / "xdg" / "text2img"
-    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "models"))
-    assert weights.default_cache_dir() == tmp_path / "models"
+    assert glide_cache.default_cache_dir() == tmp_path / "xdg" / "text2img"
+    monkeypatch.setenv(glide_cache.CACHE_ENV, str(tmp_path / "models"))
+    assert glide_cache.default_cache_dir() == tmp_path / "models"
 
 
 def test_fresh_download_converts_to_fp16_once_and_is_idempotent(server, cache):
@@ -125,7 +127,7 @@ def test_fresh_download_converts_to_fp16_once_and_is_idempotent(server, cache):
     with safe_open(str(cache / "base.fp16.safetensors"), "pt") as f:
         meta = f.metadata()
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
-    assert weights.cache_metadata(cache / "base.fp16.safetensors") == meta  # own header reader
+    assert glide_cache.cache_metadata(cache / "base.fp16.safetensors") == meta  # own header reader
     pt = cache / "base.pt"
     assert meta["text2img_source_sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest()
     assert meta["text2img_source_size"] == str(pt.stat().st_size)
@@ -170,7 +172,7 @@ def test_stale_cache_is_detected_and_converted_again(server, cache, tmp_path):
     torch.save(newer, cache / "base.pt")  # the .pt changed after the conversion
     sd = load_state_dict(cache, "base", SHAPES_BASE, manifest=manifest)
     torch.testing.assert_close(sd["out.2.weight"], newer["out.2.weight"].half(), rtol=0, atol=0)
-    assert weights.weights_status(cache, manifest=manifest, only=["base"])[-1].ok
+    assert glide_cache.weights_status(cache, manifest=manifest, only=["base"])[-1].ok
 
 
 def test_strict_key_and_shape_errors_name_the_keys(server, cache):
@@ -213,7 +215,7 @@ def test_wrong_content_is_not_a_glide_checkpoint(server, cache, tmp_path, conten
     server.files["/base.pt"] = content
     with pytest.raises(UserError, match=why) as err:
         ensure(server, cache, only=["base"])
-    assert "run `text2img download --only base`" in str(err.value)
+    assert "run `text2img download --model glide --only base`" in str(err.value)
     assert not (cache / "base.pt").exists()  # deleted, so that a re-run fetches it again
 
 
@@ -237,9 +239,11 @@ def test_values_beyond_fp16_range_stay_fp32(server, cache, tmp_path):
 
 
 def test_missing_weights_say_to_run_download(cache):
-    with pytest.raises(UserError, match=r"not in .*: run `text2img download`"):
+    with pytest.raises(UserError, match=r"not in .*: run `text2img download --model glide`"):
         load_state_dict(cache, "base", SHAPES_BASE, manifest=fake_manifest("http://unused"))
-    with pytest.raises(UserError, match=r"tokenizer file .* is missing: run `text2img download`"):
+    with pytest.raises(
+        UserError, match=r"tokenizer file .* is missing: run `text2img download --model glide`"
+    ):
         tokenizer_paths(cache, manifest=fake_manifest("http://unused"))
 
 
@@ -249,7 +253,7 @@ def test_damaged_cache_without_pt_is_a_user_error(server, cache):
     (cache / "base.pt").unlink()
     cached = cache / "base.fp16.safetensors"
     cached.write_bytes(cached.read_bytes()[:-100])  # truncated on disk
-    with pytest.raises(UserError, match="run `text2img download`"):
+    with pytest.raises(UserError, match="run `text2img download --model glide`"):
         load_state_dict(cache, "base", SHAPES_BASE, manifest=manifest)
     ensure(server, cache, only=["base"])  # the download repairs it
     assert (
@@ -264,7 +268,7 @@ def test_damaged_tokenizer_file_is_detected_and_refetched(server, cache):
     vocab.write_bytes(b"garbage")
     with pytest.raises(UserError, match=r"damaged .*--force --only tokenizer"):
         tokenizer_paths(cache, manifest=manifest)
-    states = {s.name: s.state for s in weights.weights_status(cache, manifest=manifest)}
+    states = {s.name: s.state for s in glide_cache.weights_status(cache, manifest=manifest)}
     assert states == {
         "encoder.json.gz": "ok",
         "vocab.bpe.gz": "damaged",
@@ -295,16 +299,16 @@ def test_disk_full_during_conversion_is_a_user_error(server, cache):
 def test_check_rehashes_and_finds_a_damaged_cache_file(server, cache):
     manifest = fake_manifest(server.base_url)
     ensure(server, cache, only=["base"])
-    assert all(s.ok for s in weights.weights_status(cache, manifest=manifest, only=["base"]))
+    assert all(s.ok for s in glide_cache.weights_status(cache, manifest=manifest, only=["base"]))
     cached = cache / "base.fp16.safetensors"
     data = bytearray(cached.read_bytes())
     data[-5] ^= 0x40  # bit rot in the tensor data: the header still parses
     cached.write_bytes(bytes(data))
-    states = [(s.name, s.state) for s in weights.weights_status(cache, manifest=manifest)]
+    states = [(s.name, s.state) for s in glide_cache.weights_status(cache, manifest=manifest)]
     assert ("base", "damaged") in states
     assert ("base.pt", "ok") in states
     ensure(server, cache, only=["base"], force=True)
-    assert all(s.ok for s in weights.weights_status(cache, manifest=manifest, only=["base"]))
+    assert all(s.ok for s in glide_cache.weights_status(cache, manifest=manifest, only=["base"]))
 
 
 def test_read_only_cache_is_a_user_error(server, cache):
@@ -326,13 +330,13 @@ def test_read_only_cache_is_a_user_error(server, cache):
 @pytest.mark.parametrize("name", ["base", "upsample"])
 def test_the_released_models_pass_the_download_checks(name):
     """Contract with the engine: what `ensure_weights` accepts, the model loads strictly."""
-    from text2img.glide.checkpoints import expected_shapes
+    from text2img.engines.glide.checkpoints import expected_shapes
 
     expected = expected_shapes(name)  # the full-size model, built on the meta device
-    spec = weights.default_manifest().checkpoint(name)
+    spec = glide_cache.default_manifest().checkpoint(name)
     assert len(expected) == spec.num_tensors
     assert sum(torch.Size(s).numel() for s in expected.values()) == spec.num_params
-    assert weights.listing_fingerprint(expected) == spec.listing_sha256
+    assert glide_cache.listing_fingerprint(expected) == spec.listing_sha256
 
 
 def test_a_second_process_waits_for_the_cache_lock(server, cache, capfd):
@@ -370,13 +374,13 @@ def test_a_copied_cache_is_hashed_once_then_trusted_again(server, cache, monkeyp
     pt = cache / "base.pt"
     os.utime(pt, ns=(1, 1))  # what `cp -r` without -p does to mtimes
     hashed: list[Path] = []
-    real = weights.sha256_file
+    real = glide_cache.sha256_file
 
     def counting(path: Path) -> str:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(weights, "sha256_file", counting)
+    monkeypatch.setattr(glide_cache, "sha256_file", counting)
     ensure(server, cache, only=["base"])  # hashes base.pt once, finds it unchanged
     assert hashed == [pt]
     load_state_dict(cache, "base", SHAPES_BASE, manifest=manifest)

@@ -1,0 +1,286 @@
+"""The GLIDE weights cache: what belongs in it, where it lives, what is known to be intact.
+
+Layout (`default_cache_dir()` unless told otherwise):
+
+    base.pt, upsample.pt                 the released checkpoints, as downloaded (fp32)
+    base.fp16.safetensors, upsample.…    fp16 copies made once (`convert`); what is loaded
+    tokenizer/encoder.json.gz, …/vocab.bpe.gz
+    manifest.json                        size, mtime and sha256 of every verified file
+    .lock                                flock: one writer at a time (download, conversion)
+
+The safetensors metadata records the size and sha256 of the `.pt` it came from, so a `.pt`
+replaced later makes the cache stale and it is converted again. No torch in here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from text2img.engines.glide.files import human_size, sha256_file, write_atomic
+from text2img.errors import UserError
+
+CHECKPOINT_URL_BASE = "https://openaipublic.blob.core.windows.net/diffusion/dec-2021"
+UPSTREAM_COMMIT = "69b530740eb6cef69442d6180579ef5ba9ef063e"
+TOKENIZER_URL_BASE = (
+    f"https://raw.githubusercontent.com/openai/glide-text2im/{UPSTREAM_COMMIT}"
+    "/glide_text2im/tokenizer"
+)
+URL_ENV = "TEXT2IMG_WEIGHTS_URL"  # one folder holding all four files (a mirror)
+CACHE_ENV = "TEXT2IMG_MODEL_CACHE"  # read by registry.default_cache_dir
+CACHE_FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of the cache: its path inside the cache and where it comes from."""
+
+    name: str
+    url: str
+    sha256: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """A released checkpoint and what makes it the right one."""
+
+    name: str  # "base" | "upsample"
+    source: RemoteFile
+    num_tensors: int
+    num_params: int
+    listing_sha256: str | None  # `listing_fingerprint` of its key -> shape listing
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.name}.fp16.safetensors"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    checkpoints: tuple[CheckpointSpec, ...]
+    tokenizer: tuple[RemoteFile, RemoteFile]  # (encoder.json.gz, vocab.bpe.gz)
+
+    def checkpoint(self, name: str) -> CheckpointSpec:
+        for spec in self.checkpoints:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.checkpoints)
+        raise ValueError(f"unknown checkpoint {name!r} (known: {known})")
+
+
+def listing_fingerprint(shapes: Mapping[str, Sequence[int]]) -> str:
+    """sha256 over the sorted `key<TAB>d0,d1,…` lines: one value for a whole key/shape listing."""
+    lines = "".join(f"{k}\t{','.join(str(d) for d in shapes[k])}\n" for k in sorted(shapes))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def default_manifest(url_base: str | None = None) -> Manifest:
+    """The released files; `url_base` (default: $TEXT2IMG_WEIGHTS_URL) replaces every source."""
+    mirror = (url_base or os.environ.get(URL_ENV) or "").rstrip("/") or None
+    ckpt_base = mirror or CHECKPOINT_URL_BASE
+    tok_base = mirror or TOKENIZER_URL_BASE
+    # Counts and fingerprints from the reference listings (base_params.json, upsample_params.json).
+    base = CheckpointSpec(
+        "base",
+        RemoteFile("base.pt", f"{ckpt_base}/base.pt"),
+        num_tensors=783,
+        num_params=385_030_726,
+        listing_sha256="02933f5d06c83263194eeeffc074e6ab0efae169f0284357e5a5bdffa60b63c7",
+    )
+    upsample = CheckpointSpec(
+        "upsample",
+        RemoteFile("upsample.pt", f"{ckpt_base}/upsample.pt"),
+        num_tensors=797,
+        num_params=398_361_286,
+        listing_sha256="351db4a3cffd2aa9a904a5ba09b760789411aa16beb12073f1527af9300ccf3d",
+    )
+    encoder = RemoteFile(
+        "tokenizer/encoder.json.gz",
+        f"{tok_base}/encoder.json.gz",
+        sha256="4debc1cf25180021b07744bc9f4488d53c7bf112c8ce5de8097c6a7518f4ec7c",
+        size=348346,
+    )
+    vocab = RemoteFile(
+        "tokenizer/vocab.bpe.gz",
+        f"{tok_base}/vocab.bpe.gz",
+        sha256="ce239dd5a898827423fee00e3f7ab37de7900f247f2ba360753d860e8a46524d",
+        size=213544,
+    )
+    return Manifest(checkpoints=(base, upsample), tokenizer=(encoder, vocab))
+
+
+def default_cache_dir() -> Path:
+    """The shared cache of every engine (`registry.default_cache_dir`)."""
+    from text2img.engines.registry import default_cache_dir as shared
+
+    return shared()
+
+
+# --- records of verified files (manifest.json) ----------------------------------------
+
+
+def read_records(cache_dir: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads((cache_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record(cache_dir: Path, name: str, sha256: str) -> None:
+    """Remember a verified file (call with the cache lock held)."""
+    records = read_records(cache_dir)
+    st = (cache_dir / name).stat()
+    records[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    data = json.dumps(records, indent=1, sort_keys=True).encode()
+    write_atomic(cache_dir / "manifest.json", data, "the cache's manifest")
+
+
+def refreshed_sha256(cache_dir: Path, name: str) -> str | None:
+    """`_known_sha256`, re-recording a file whose mtime changed (e.g. copied), so later
+    loads need not hash it again (call with the cache lock held)."""
+    sha = known_sha256(cache_dir, name)
+    if sha is None:
+        return None
+    rec = read_records(cache_dir).get(name)
+    st = (cache_dir / name).stat()
+    if not rec or (rec["size"], rec["mtime_ns"]) != (st.st_size, st.st_mtime_ns):
+        record(cache_dir, name, sha)
+    return sha
+
+
+def known_sha256(cache_dir: Path, name: str, *, rehash: bool = False) -> str | None:
+    """sha256 of a cached file: from its record while size and mtime still match, else hashed."""
+    path = cache_dir / name
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    rec = read_records(cache_dir).get(name)
+    if not rehash and rec and (rec["size"], rec["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
+        return str(rec["sha256"])
+    return sha256_file(path)
+
+
+def cache_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of a complete safetensors file, else None (read directly: no torch)."""
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 2 <= n <= 100_000_000 else None
+        size = path.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.pop("__metadata__", None) or {}
+    try:
+        data_end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+    if 8 + n + data_end != size or not isinstance(meta, dict):
+        return None  # truncated or padded: not what we wrote
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def cache_is_current(cache_dir: Path, spec: CheckpointSpec) -> bool:
+    """True if the fp16 cache exists, is ours, and came from the `.pt` now present (if any)."""
+    meta = cache_metadata(cache_dir / spec.cache_name)
+    if meta is None or meta.get("text2img_cache_format") != CACHE_FORMAT:
+        return False
+    if meta.get("text2img_num_params") != str(spec.num_params) and spec.listing_sha256:
+        return False
+    sha = known_sha256(cache_dir, spec.source.name)
+    return sha is None or sha == meta.get("text2img_source_sha256")
+
+
+def tokenizer_paths(cache_dir: Path, *, manifest: Manifest | None = None) -> tuple[Path, Path]:
+    """(encoder.json.gz, vocab.bpe.gz) in the cache, checked against their sha256."""
+    manifest = manifest or default_manifest()
+    paths = []
+    for rf in manifest.tokenizer:
+        path = cache_dir / rf.name
+        sha = known_sha256(cache_dir, rf.name)
+        if sha is None:
+            raise UserError(
+                f"the tokenizer file {path} is missing: run `text2img download --model glide`"
+            )
+        if rf.sha256 is not None and sha != rf.sha256:
+            raise UserError(
+                f"the tokenizer file {path} is damaged (sha256 {sha[:12]}…, expected "
+                f"{rf.sha256[:12]}…): run "
+                "`text2img download --model glide --force --only tokenizer`"
+            )
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+# --- status (`text2img download --check`) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    name: str
+    path: Path
+    state: str  # ok | missing | damaged | stale | not converted | unverified
+    size: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+    def line(self) -> str:
+        size = human_size(self.size) if self.size is not None else "-"
+        return f"{self.name:<16} {self.state:<13} {size:>9}  {self.path}"
+
+
+def weights_status(
+    cache_dir: Path,
+    *,
+    manifest: Manifest | None = None,
+    only: Collection[str] | None = None,
+    deep: bool = True,
+) -> list[FileStatus]:
+    """What is in the cache (no network); `deep` re-hashes every downloaded file."""
+    manifest = manifest or default_manifest()
+    wanted = set(only) if only else {"tokenizer", *(s.name for s in manifest.checkpoints)}
+    out: list[FileStatus] = []
+
+    def size_of(p: Path) -> int | None:
+        return p.stat().st_size if p.exists() else None
+
+    if "tokenizer" in wanted:
+        for rf in manifest.tokenizer:
+            path = cache_dir / rf.name
+            sha = known_sha256(cache_dir, rf.name, rehash=deep)
+            state = "missing" if sha is None else "ok" if sha == rf.sha256 else "damaged"
+            out.append(FileStatus(Path(rf.name).name, path, state, size_of(path)))
+    for spec in manifest.checkpoints:
+        if spec.name not in wanted:
+            continue
+        cached = cache_dir / spec.cache_name
+        pt = cache_dir / spec.source.name
+        pt_sha = known_sha256(cache_dir, spec.source.name, rehash=deep)
+        rec = read_records(cache_dir).get(spec.source.name)
+        if pt_sha is not None:
+            pt_state = (
+                "unverified" if rec is None else "ok" if rec["sha256"] == pt_sha else "damaged"
+            )
+            out.append(FileStatus(spec.source.name, pt, pt_state, size_of(pt)))
+        cached_rec = read_records(cache_dir).get(spec.cache_name)
+        if cache_metadata(cached) is None:
+            state = "not converted" if pt_sha is not None else "missing"
+        elif not cache_is_current(cache_dir, spec):
+            state = "stale"
+        elif deep and cached_rec and sha256_file(cached) != cached_rec["sha256"]:
+            state = "damaged"
+        else:
+            state = "ok"
+        out.append(FileStatus(spec.name, cached, state, size_of(cached)))
+    return out

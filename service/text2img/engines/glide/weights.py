@@ -1,0 +1,107 @@
+"""The GLIDE weights as the registry sees them: `ensure` (download, verify, convert what is
+missing) and `status` (what is present and intact) for `text2img download --model glide`.
+
+The jobs live in their own modules: `cache` (layout, manifest, records, status), `download`
+(resumable verified HTTP), `convert` (checkpoint checks and the fp16 copy), `files` (locks,
+atomic writes, free space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+from text2img.engines.glide import cache
+from text2img.engines.glide.cache import (
+    FileStatus,
+    Manifest,
+    RemoteFile,
+    cache_is_current,
+    default_cache_dir,
+    record,
+    refreshed_sha256,
+    weights_status,
+)
+from text2img.engines.glide.convert import convert
+from text2img.engines.glide.download import RetryPolicy, fetch
+from text2img.engines.glide.files import cache_lock, say
+
+PARTS = ("base", "upsample", "tokenizer")  # `text2img download --only PART`
+
+
+def ensure(
+    cache_dir: Path,
+    *,
+    progress: bool = True,
+    force: bool = False,
+    only: Collection[str] | None = None,
+) -> None:
+    """Registry entry point: the GLIDE cache (both checkpoints and the tokenizer, or `only`
+    some of these PARTS)."""
+    ensure_weights(cache_dir, progress=progress, force=force, only=only)
+
+
+def status(
+    cache_dir: Path, *, deep: bool = True, only: Collection[str] | None = None
+) -> list[FileStatus]:
+    """Registry entry point: one line per file of the GLIDE cache."""
+    return weights_status(cache_dir, deep=deep, only=only)
+
+
+def ensure_weights(
+    cache_dir: Path | None = None,
+    *,
+    progress: bool = True,
+    only: Collection[str] | None = None,
+    force: bool = False,
+    manifest: Manifest | None = None,
+    retry: RetryPolicy | None = None,
+) -> None:
+    """Download, verify and convert whatever is missing; quick when all is in place.
+
+    `only` picks among "base", "upsample", "tokenizer"; `force` fetches them again.
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    manifest = manifest or cache.default_manifest()
+    wanted = set(only) if only else {"tokenizer", *(s.name for s in manifest.checkpoints)}
+    with cache_lock(cache_dir, progress=progress):
+        if "tokenizer" in wanted:
+            for rf in manifest.tokenizer:
+                sha = refreshed_sha256(cache_dir, rf.name)
+                if force or sha is None or sha != (rf.sha256 or sha):
+                    _download(cache_dir, rf, progress, retry)
+        for spec in manifest.checkpoints:
+            if spec.name not in wanted:
+                continue
+            pt = cache_dir / spec.source.name
+            if force:
+                pt.unlink(missing_ok=True)
+                (cache_dir / spec.cache_name).unlink(missing_ok=True)
+            refreshed_sha256(cache_dir, spec.source.name)
+            if cache_is_current(cache_dir, spec):
+                continue
+            if not pt.exists():
+                fp16_bytes = 2 * spec.num_params  # the converted copy, written next
+                _download(cache_dir, spec.source, progress, retry, reserve=fp16_bytes)
+            convert(cache_dir, spec, None, progress)
+
+
+def _download(
+    cache_dir: Path,
+    rf: RemoteFile,
+    progress: bool,
+    retry: RetryPolicy | None,
+    reserve: int = 0,
+) -> None:
+    say(f"downloading {rf.name} from {rf.url}", progress)
+    got = fetch(
+        rf.url,
+        cache_dir / rf.name,
+        sha256=rf.sha256,
+        size=rf.size,
+        progress=progress,
+        retry=retry,
+        label=rf.name,
+        reserve=reserve,
+    )
+    record(cache_dir, rf.name, got.sha256)
