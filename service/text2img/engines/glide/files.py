@@ -11,12 +11,14 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import os
 import shutil
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from text2img.errors import UserError
 
@@ -38,6 +40,44 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+def read_hashed(
+    f: io.BufferedIOBase, length: int, hasher: Hasher, *, keep: bool
+) -> bytearray | None:
+    """Read the next `length` bytes of `f` once, feeding them to `hasher`; return them if
+    `keep`.
+
+    The hashing of each block runs on one helper thread while the next block is read
+    (hashlib and file reads both release the GIL), so verifying costs little more than
+    the read itself. Raises EOFError if the file ends early.
+    """
+    block = 16 * CHUNK
+    out = bytearray(length) if keep else None
+    spare = (bytearray(block), bytearray(block)) if out is None else (bytearray(), bytearray())
+    pos, turn = 0, 0
+    pending: Future[None] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+        while pos < length:
+            n = min(block, length - pos)
+            # never the buffer the helper is still hashing: `keep` reads into fresh bytes,
+            # otherwise the two spare buffers take turns
+            buf, start = (out, pos) if out is not None else (spare[turn], 0)
+            view = memoryview(buf)[start : start + n]
+            got = f.readinto(view)
+            if not got:
+                raise EOFError(f"the file ended {length - pos} bytes early")
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(hasher.update, view[:got])
+            pos, turn = pos + got, 1 - turn
+        if pending is not None:
+            pending.result()
+    return out
 
 
 def say(message: str, enabled: bool = True) -> None:

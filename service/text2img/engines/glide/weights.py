@@ -67,7 +67,7 @@ def ensure_weights(
     with cache_lock(cache_dir, progress=progress):
         if "tokenizer" in wanted:
             for rf in manifest.tokenizer:
-                sha = refreshed_sha256(cache_dir, rf.name)
+                sha = refreshed_sha256(cache_dir, rf.name, pin=rf.sha256)
                 if force or sha is None or sha != (rf.sha256 or sha):
                     _download(cache_dir, rf, progress, retry)
         for spec in manifest.checkpoints:
@@ -77,7 +77,7 @@ def ensure_weights(
             if force:
                 pt.unlink(missing_ok=True)
                 (cache_dir / spec.cache_name).unlink(missing_ok=True)
-            refreshed_sha256(cache_dir, spec.source.name)
+            refreshed_sha256(cache_dir, spec.source.name, pin=spec.source.sha256)
             if cache_is_current(cache_dir, spec):
                 continue
             if not pt.exists():
@@ -104,4 +104,6 @@ def _download(
         label=rf.name,
         reserve=reserve,
     )
-    record(cache_dir, rf.name, got.sha256)
+    # the only place a checkpoint's hash is learnt: after a transfer that fetch verified
+    # (size; the pin or the server's MD5 where there is one)
+    record(cache_dir, rf.name, got.sha256, "download")
