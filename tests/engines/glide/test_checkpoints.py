@@ -1,6 +1,6 @@
 """load_released: the fp16 cache's tensors land in the model with the right dtypes.
 
-`weights.load_state_dict` (the cache, tested in test_weights.py) is replaced by a function
+`convert.load_state_dict` (the cache, tested in test_weights.py) is replaced by a function
 returning a fp16 state dict of the tiny architecture, which also stands in for the
 full-size options so that the test stays small.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from text2img.engines.glide import checkpoints, weights
+from text2img.engines.glide import checkpoints
 from text2img.engines.glide.tiny import TINY_BASE_OPTIONS, randomize_
 from text2img.engines.glide.unet import build_model
 
@@ -26,7 +26,7 @@ def fp16_cache(monkeypatch, tmp_path):
         return dict(state)
 
     monkeypatch.setitem(checkpoints.RELEASED_OPTIONS, "base", TINY_BASE_OPTIONS)
-    monkeypatch.setattr(weights, "load_state_dict", fake_load)
+    monkeypatch.setattr(checkpoints, "load_state_dict", fake_load)  # the name it calls
     return state, asked
 
 
