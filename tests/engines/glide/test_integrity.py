@@ -200,3 +200,21 @@ def test_the_released_checkpoints_are_unpinned_unless_pinned(monkeypatch, tmp_pa
     spec = glide_cache.default_manifest().checkpoint("base")
     assert spec.source.sha256 == hashlib.sha256(b"abc").hexdigest()
     assert spec.source.size == 3
+
+
+def test_download_replaces_a_pt_that_changed_since_it_was_downloaded(
+    server, cache, released, capfd
+):
+    """No pin: `text2img download` fetches the file again instead of converting it."""
+    ensure(server, cache, only=["base"])
+    recorded = glide_cache.read_records(cache)["base.pt"]
+    (cache / "base.fp16.safetensors").unlink()
+    overwrite_mib(cache / "base.pt", bytes(MIB))
+    n = server.body_bytes("/base.pt")
+    ensure(server, cache, only=["base"])
+    assert "base.pt is not the file that was pinned or downloaded; fetching it again" in (
+        capfd.readouterr().err
+    )
+    assert server.body_bytes("/base.pt") == n + len(released)
+    assert (cache / "base.pt").read_bytes() == released
+    assert glide_cache.read_records(cache)["base.pt"]["sha256"] == recorded["sha256"]
