@@ -9,11 +9,12 @@ pay for their reads too. Time is measured inside the child, after `import torch`
 Reports medians of REPEAT runs and the ratio. Temporary files are removed at the end.
 
 Then, IN ONE PROCESS, the cost of verifying the cache on load (issue 13 item 4): our
-`load_state_dict` (sha256 of the data hashed on one helper thread while the one read
-happens, tensors viewing that buffer) against loading the same file without any check
-(`safe_open` + `get_tensor`, what the loader did before), cold and warm, alternating.
-Thread policy: torch uses 1 thread (`torch.set_num_threads(1)`) in that part; the
-verified load adds its one hashing thread. `BENCH_PART=verify` runs only that part.
+`load_state_dict` (sha256 per 16 MiB segment, hashed on `files.hash_threads()` = min(4,
+cores) threads while the one sequential read goes on, tensors viewing that buffer) against
+loading the same file without any check (`safe_open` + `get_tensor`, what the loader did
+before), cold and warm, alternating; and plain one-thread sha256 of the file for scale.
+Thread policy: torch uses 1 thread (`torch.set_num_threads(1)`) in that part; hashing
+uses min(4, cores) threads. `BENCH_PART=verify` runs only that part.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def verify_cost(cache_dir: Path, shapes: dict[str, list[int]]) -> int:
     from safetensors import safe_open
 
     from text2img.engines.glide.convert import load_state_dict
-    from text2img.engines.glide.files import CHUNK
+    from text2img.engines.glide.files import CHUNK, hash_threads
 
     torch.set_num_threads(1)
     cached = cache_dir / "base.fp16.safetensors"
@@ -112,15 +113,16 @@ def verify_cost(cache_dir: Path, shapes: dict[str, list[int]]) -> int:
         temp = "cold" if cold else "warm"
         for _ in range(REPEAT):
             for name, load in (("unverified", unverified), ("verified", verified),
-                               ("sha256 alone", hash_only)):  # fmt: skip
+                               ("sha256, 1 thread", hash_only)):  # fmt: skip
                 if cold:
                     evict(cached)
                 t0 = time.perf_counter()
                 touch(load())
                 runs.setdefault(f"{temp} {name}", []).append(time.perf_counter() - t0)
     size = cached.stat().st_size
-    print(f"verify on load, one process, {size / 1e9:.2f} GB fp16 cache, torch 1 thread "
-          f"(+1 hashing thread), median of {REPEAT}:")  # fmt: skip
+    threads = hash_threads()
+    print(f"verify on load, one process, {size / 1e9:.2f} GB fp16 cache, torch 1 thread, "
+          f"{threads} hashing threads, {os.cpu_count()} cores, median of {REPEAT}:")  # fmt: skip
     med = {k: statistics.median(v) for k, v in runs.items()}
     for key, times in runs.items():
         spread = ", ".join(f"{t:.2f}" for t in times)

@@ -218,3 +218,27 @@ def test_download_replaces_a_pt_that_changed_since_it_was_downloaded(
     assert server.body_bytes("/base.pt") == n + len(released)
     assert (cache / "base.pt").read_bytes() == released
     assert glide_cache.read_records(cache)["base.pt"]["sha256"] == recorded["sha256"]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_read_segments_hashes_each_segment_once_in_order(tmp_path, monkeypatch, keep):
+    """Many segments, few threads: the reused buffers (keep=False) never mix segments."""
+    from text2img.engines.glide import files
+
+    monkeypatch.setattr(files, "SEGMENT", 64 * 1024)
+    monkeypatch.setattr(files, "hash_threads", lambda: 2)
+    data = os.urandom(files.SEGMENT * 9 + 123)
+    path = tmp_path / "blob"
+    path.write_bytes(b"HEAD" + data)
+    want = [
+        hashlib.sha256(data[i : i + files.SEGMENT]).hexdigest()
+        for i in range(0, len(data), files.SEGMENT)
+    ]
+    assert files.segment_digests(memoryview(data)) == want
+    with path.open("rb") as f:
+        f.read(4)
+        got, buf = files.read_segments(f, len(data), keep=keep)
+    assert got == want
+    assert (bytes(buf) == data) if keep else buf is None
+    with path.open("rb") as f, pytest.raises(EOFError):
+        files.read_segments(f, len(data) + 10, keep=keep)

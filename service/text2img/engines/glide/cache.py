@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from text2img.engines.glide.files import human_size, read_hashed, sha256_file, write_atomic
+from text2img.engines.glide.files import (
+    SEGMENT,
+    human_size,
+    read_hashed,
+    read_segments,
+    sha256_file,
+    write_atomic,
+)
 from text2img.errors import UserError
 
 CHECKPOINT_URL_BASE = "https://openaipublic.blob.core.windows.net/diffusion/dec-2021"
@@ -34,10 +42,11 @@ TOKENIZER_URL_BASE = (
 URL_ENV = "TEXT2IMG_WEIGHTS_URL"  # one folder holding all four files (a mirror)
 CACHE_ENV = "TEXT2IMG_MODEL_CACHE"  # read by registry.default_cache_dir
 CACHE_FORMAT = "1"
-# safetensors metadata key: sha256 of the tensor data (everything after the header),
-# written at conversion, so an fp16 copy verifies itself on every load without trusting
-# anything else on disk (copies written before it existed verify against manifest.json)
-DATA_SHA_KEY = "text2img_data_sha256"
+# safetensors metadata key: sha256 of the tensor data (everything after the header), per
+# 16 MiB segment so that loading can hash on several cores while it reads; written at
+# conversion, so an fp16 copy verifies itself on every load without trusting anything else
+# on disk (copies written before it existed verify against manifest.json)
+DATA_SHA_KEY = "text2img_data_sha256_16mib"  # one sha256 per 16 MiB segment (`SEGMENT`)
 
 
 PINS_ENV = "TEXT2IMG_WEIGHTS_PINS"  # a JSON file adding/replacing pins (see `pins`)
@@ -260,13 +269,14 @@ def cache_metadata(path: Path) -> dict[str, str] | None:
 
 def read_cache_file(
     cache_dir: Path, spec: CheckpointSpec, *, keep: bool
-) -> tuple[dict[str, Any], bytearray | None]:
+) -> tuple[dict[str, Any], mmap.mmap | None]:
     """The fp16 copy's tensor header and (if `keep`) its data, read once and verified.
 
-    The data is hashed while it is read (`read_hashed`) and must match the sha256 the
-    conversion embedded in the header (`DATA_SHA_KEY`); a copy from before that key
-    existed must match its manifest record instead. Anything else is a `UserError` that
-    says what to run: a same-size file with overwritten bytes is never loaded.
+    The data is hashed while it is read (`read_segments`, on several cores) and must match
+    the per-segment sha256 the conversion embedded in the header (`DATA_SHA_KEY`); a copy
+    from before that key existed must match its manifest record instead. Anything else is
+    a `UserError` that says what to run: a same-size file with overwritten bytes is never
+    loaded.
     """
     path = cache_dir / spec.cache_name
     redo = (
@@ -293,25 +303,36 @@ def read_cache_file(
                 raise damaged("its header is unreadable") from None
             if 8 + n + data_len != size:
                 raise damaged(f"it is {size} bytes, its header describes {8 + n + data_len}")
-            digest = hashlib.sha256()
-            expected = meta.get(DATA_SHA_KEY) if isinstance(meta, dict) else None
-            if expected is None:  # written before DATA_SHA_KEY: the whole file's record
-                rec = read_records(cache_dir).get(spec.cache_name)
-                expected = rec.get("sha256") if isinstance(rec, dict) else None
-                digest.update(head + raw)
+            segments = meta.get(DATA_SHA_KEY) if isinstance(meta, dict) else None
+            if segments is not None:
+                got, data = read_segments(f, data_len, keep=keep)
+                want = str(segments).split(",")
+                if got != want:
+                    pairs = zip(got, want, strict=False)
+                    first = next((i for i, (a, b) in enumerate(pairs) if a != b), len(want))
+                    at = min(first, len(got)) * SEGMENT
+                    raise damaged(
+                        f"the sha256 of its data from byte {8 + n + at:,} on differs from the "
+                        "one written with it: its bytes changed on disk"
+                    )
+                return header, data
+            # written before DATA_SHA_KEY: the whole file against its manifest record
+            rec = read_records(cache_dir).get(spec.cache_name)
+            expected = rec.get("sha256") if isinstance(rec, dict) else None
             if expected is None:
                 raise damaged("it carries no checksum and manifest.json has no record of it")
-            data = read_hashed(f, data_len, digest, keep=keep)
+            digest = hashlib.sha256(head + raw)
+            data = read_hashed(f, data_len, digest)
+            if digest.hexdigest() != expected:
+                raise damaged(
+                    f"sha256 {digest.hexdigest()[:12]}…, {str(expected)[:12]}… recorded when it "
+                    "was written: its bytes changed on disk"
+                )
+            return header, data if keep else None
     except EOFError as exc:
         raise damaged(str(exc)) from None
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc.strerror}): {redo}") from None
-    if digest.hexdigest() != expected:
-        raise damaged(
-            f"sha256 {digest.hexdigest()[:12]}…, but {str(expected)[:12]}… when it was written: "
-            "its bytes changed on disk"
-        )
-    return header, data
 
 
 def trusted_source_sha256(cache_dir: Path, spec: CheckpointSpec) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import zipfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,13 @@ from text2img.engines.glide.cache import (
     listing_fingerprint,
     record,
 )
-from text2img.engines.glide.files import cache_lock, progress_bar, sha256_file, write_atomic
+from text2img.engines.glide.files import (
+    cache_lock,
+    progress_bar,
+    segment_digests,
+    sha256_file,
+    write_atomic,
+)
 from text2img.errors import UserError
 
 if TYPE_CHECKING:
@@ -71,7 +78,7 @@ def load_state_dict(
 _DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
-def _tensor(data: bytearray, entry: Mapping[str, Any], what: str) -> torch.Tensor:
+def _tensor(data: mmap.mmap, entry: Mapping[str, Any], what: str) -> torch.Tensor:
     """One tensor of a verified safetensors buffer, as a view (a copy only if unaligned)."""
     import torch
 
@@ -235,11 +242,12 @@ def convert(
         "text2img_source_sha256": sha,
         "text2img_num_params": str(count),
     }
-    # Embed the sha256 of the tensor data, so the copy verifies itself on every load. The
+    # Embed the tensor data's sha256 (per segment), so the copy verifies itself on every
+    # load. The
     # data section does not depend on the metadata, so a second save lays it out the same.
     data = safetensors.torch.save(out, metadata=metadata)
     header_len = int.from_bytes(data[:8], "little")
-    metadata[cache.DATA_SHA_KEY] = hashlib.sha256(memoryview(data)[8 + header_len :]).hexdigest()
+    metadata[cache.DATA_SHA_KEY] = ",".join(segment_digests(memoryview(data)[8 + header_len :]))
     del data
     data = safetensors.torch.save(out, metadata=metadata)
     del out, sd

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import hashlib
 import io
+import mmap
 import os
 import shutil
 import sys
@@ -46,35 +47,83 @@ class Hasher(Protocol):
     def update(self, data: bytes | memoryview, /) -> None: ...
 
 
-def read_hashed(
-    f: io.BufferedIOBase, length: int, hasher: Hasher, *, keep: bool
-) -> bytearray | None:
-    """Read the next `length` bytes of `f` once, feeding them to `hasher`; return them if
-    `keep`.
+SEGMENT = 16 * CHUNK  # the unit of `segment_digests`: hashed independently, in parallel
 
-    The hashing of each block runs on one helper thread while the next block is read
-    (hashlib and file reads both release the GIL), so verifying costs little more than
-    the read itself. Raises EOFError if the file ends early.
+
+def hash_threads() -> int:
+    """Threads that hash segments: hashlib releases the GIL, so they run on separate cores;
+    at most 4 (a T4 VM has 4-8 vCPUs, and the service is idle while it loads)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _sha256_hex(view: memoryview) -> str:
+    return hashlib.sha256(view).hexdigest()
+
+
+def segment_digests(data: memoryview) -> list[str]:
+    """sha256 of each `SEGMENT` of `data` (the last may be shorter), computed in parallel."""
+    views = [data[i : i + SEGMENT] for i in range(0, len(data), SEGMENT)]
+    with ThreadPoolExecutor(hash_threads(), thread_name_prefix="sha256") as pool:
+        return list(pool.map(_sha256_hex, views))
+
+
+def new_buffer(length: int) -> mmap.mmap:
+    """`length` writable bytes without a zero-filling pass (anonymous mapping: the kernel
+    supplies zero pages as they are first written, i.e. by the read itself)."""
+    return mmap.mmap(-1, max(1, length))
+
+
+def _read_into(f: io.BufferedIOBase, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:])
+        if not got:
+            raise EOFError(f"the file ended {len(view) - done} bytes early")
+        done += got
+
+
+def read_segments(
+    f: io.BufferedIOBase, length: int, *, keep: bool
+) -> tuple[list[str], mmap.mmap | None]:
+    """Read the next `length` bytes of `f` once and return `segment_digests` of them (and
+    the bytes, if `keep`).
+
+    Reading is sequential; each segment read is hashed on a pool of `hash_threads()` while
+    the next is read, so verifying costs about max(read, hash / threads) instead of
+    read + hash. Without `keep`, a ring of segment buffers is reused. EOFError if the file
+    ends early.
     """
-    block = 16 * CHUNK
-    out = bytearray(length) if keep else None
-    spare = (bytearray(block), bytearray(block)) if out is None else (bytearray(), bytearray())
-    pos, turn = 0, 0
+    workers = hash_threads()
+    out = new_buffer(length) if keep else None
+    ring = [bytearray(SEGMENT) for _ in range(workers + 1)] if out is None else []
+    futures: list[Future[str]] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="sha256") as pool:
+        for i, pos in enumerate(range(0, length, SEGMENT)):
+            n = min(SEGMENT, length - pos)
+            if out is not None:
+                view = memoryview(out)[pos : pos + n]
+            else:
+                if i >= len(ring):  # reuse a buffer only once its hash is done
+                    futures[i - len(ring)].result()
+                view = memoryview(ring[i % len(ring)])[:n]
+            _read_into(f, view)
+            futures.append(pool.submit(_sha256_hex, view))
+        return [fut.result() for fut in futures], out
+
+
+def read_hashed(f: io.BufferedIOBase, length: int, hasher: Hasher) -> mmap.mmap:
+    """Read the next `length` bytes of `f` once, feeding them to one `hasher` (on a helper
+    thread, overlapping the next read); for files that carry a single whole-file hash."""
+    out = new_buffer(length)
+    block = SEGMENT
     pending: Future[None] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
-        while pos < length:
-            n = min(block, length - pos)
-            # never the buffer the helper is still hashing: `keep` reads into fresh bytes,
-            # otherwise the two spare buffers take turns
-            buf, start = (out, pos) if out is not None else (spare[turn], 0)
-            view = memoryview(buf)[start : start + n]
-            got = f.readinto(view)
-            if not got:
-                raise EOFError(f"the file ended {length - pos} bytes early")
+        for pos in range(0, length, block):
+            view = memoryview(out)[pos : min(length, pos + block)]
+            _read_into(f, view)
             if pending is not None:
                 pending.result()
-            pending = pool.submit(hasher.update, view[:got])
-            pos, turn = pos + got, 1 - turn
+            pending = pool.submit(hasher.update, view)
         if pending is not None:
             pending.result()
     return out
