@@ -1,9 +1,11 @@
 """Checkpoint verification and fp16 conversion: `.pt` as released -> `.fp16.safetensors`.
 
-A checkpoint is accepted only if `torch.load(weights_only=True)` reads it as a flat dict of
-finite float tensors whose tensor count, element count and key/shape listing are GLIDE's.
-Tensors with values beyond fp16's range would stay fp32 (GLIDE's have none). Loading reads
-the converted copy strictly against the model's key -> shape listing.
+A checkpoint is accepted only if its sha256 is the trusted one (its pin, else the hash
+recorded when text2img downloaded it: `check_source`) and `torch.load(weights_only=True)`
+reads it as a flat dict of finite float tensors whose tensor count, element count and
+key/shape listing are GLIDE's. Tensors with values beyond fp16's range would stay fp32
+(GLIDE's have none). The copy carries the sha256 of its own data; loading verifies it
+while reading and checks it strictly against the model's key -> shape listing.
 """
 
 from __future__ import annotations
