@@ -9,8 +9,8 @@ pay for their reads too. Time is measured inside the child, after `import torch`
 Reports medians of REPEAT runs and the ratio. Temporary files are removed at the end.
 
 Then, IN ONE PROCESS, the cost of verifying the cache on load (issue 13 item 4): our
-`load_state_dict` (sha256 per 16 MiB segment, hashed on `files.hash_threads()` = min(4,
-cores) threads while the one sequential read goes on, tensors viewing that buffer) against
+`load_state_dict` (sha256 per 16 MiB segment of a copy-on-write mapping of the file,
+hashed on `files.hash_threads()` = min(4, cores) threads, tensors viewing it) against
 loading the same file without any check (`safe_open` + `get_tensor`, what the loader did
 before), cold and warm, alternating; and plain one-thread sha256 of the file for scale.
 Thread policy: torch uses 1 thread (`torch.set_num_threads(1)`) in that part; hashing

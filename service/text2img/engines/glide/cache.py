@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from typing import Any
 from text2img.engines.glide.files import (
     SEGMENT,
     human_size,
-    read_hashed,
-    read_segments,
+    map_file,
+    segment_digests,
     sha256_file,
     write_atomic,
 )
@@ -267,16 +266,14 @@ def cache_metadata(path: Path) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def read_cache_file(
-    cache_dir: Path, spec: CheckpointSpec, *, keep: bool
-) -> tuple[dict[str, Any], mmap.mmap | None]:
-    """The fp16 copy's tensor header and (if `keep`) its data, read once and verified.
+def read_cache_file(cache_dir: Path, spec: CheckpointSpec) -> tuple[dict[str, Any], memoryview]:
+    """The fp16 copy's tensor header and its tensor data, verified.
 
-    The data is hashed while it is read (`read_segments`, on several cores) and must match
-    the per-segment sha256 the conversion embedded in the header (`DATA_SHA_KEY`); a copy
-    from before that key existed must match its manifest record instead. Anything else is
-    a `UserError` that says what to run: a same-size file with overwritten bytes is never
-    loaded.
+    The data (a copy-on-write mapping of the file: no copy in memory) is hashed per 16 MiB
+    segment on several cores (`segment_digests`) and must match the digests the conversion
+    embedded in the header (`DATA_SHA_KEY`); a copy from before that key existed must
+    match its manifest record instead. Anything else is a `UserError` that says what to
+    run: a same-size file with overwritten bytes is never loaded.
     """
     path = cache_dir / spec.cache_name
     redo = (
@@ -294,45 +291,41 @@ def read_cache_file(
             n = int.from_bytes(head, "little") if len(head) == 8 else 0
             if not 2 <= n <= min(100_000_000, size - 8):
                 raise damaged("its header is unreadable")
-            raw = f.read(n)
             try:
-                header = json.loads(raw)
+                header = json.loads(f.read(n))
                 meta = header.pop("__metadata__", None) or {}
                 data_len = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
             except (ValueError, TypeError, KeyError, IndexError, AttributeError):
                 raise damaged("its header is unreadable") from None
             if 8 + n + data_len != size:
                 raise damaged(f"it is {size} bytes, its header describes {8 + n + data_len}")
-            segments = meta.get(DATA_SHA_KEY) if isinstance(meta, dict) else None
-            if segments is not None:
-                got, data = read_segments(f, data_len, keep=keep)
-                want = str(segments).split(",")
-                if got != want:
-                    pairs = zip(got, want, strict=False)
-                    first = next((i for i, (a, b) in enumerate(pairs) if a != b), len(want))
-                    at = min(first, len(got)) * SEGMENT
-                    raise damaged(
-                        f"the sha256 of its data from byte {8 + n + at:,} on differs from the "
-                        "one written with it: its bytes changed on disk"
-                    )
-                return header, data
-            # written before DATA_SHA_KEY: the whole file against its manifest record
-            rec = read_records(cache_dir).get(spec.cache_name)
-            expected = rec.get("sha256") if isinstance(rec, dict) else None
-            if expected is None:
-                raise damaged("it carries no checksum and manifest.json has no record of it")
-            digest = hashlib.sha256(head + raw)
-            data = read_hashed(f, data_len, digest)
-            if digest.hexdigest() != expected:
-                raise damaged(
-                    f"sha256 {digest.hexdigest()[:12]}…, {str(expected)[:12]}… recorded when it "
-                    "was written: its bytes changed on disk"
-                )
-            return header, data if keep else None
-    except EOFError as exc:
-        raise damaged(str(exc)) from None
+            whole = memoryview(map_file(f))
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc.strerror}): {redo}") from None
+    data = whole[8 + n :]
+    segments = meta.get(DATA_SHA_KEY) if isinstance(meta, dict) else None
+    if segments is not None:
+        got, want = segment_digests(data), str(segments).split(",")
+        if got != want:
+            pairs = zip(got, want, strict=False)
+            first = next((i for i, (a, b) in enumerate(pairs) if a != b), len(want))
+            raise damaged(
+                f"the sha256 of its data from byte {8 + n + first * SEGMENT:,} on differs "
+                "from the one written with it: its bytes changed on disk"
+            )
+        return header, data
+    # written before DATA_SHA_KEY: the whole file against its manifest record
+    rec = read_records(cache_dir).get(spec.cache_name)
+    expected = rec.get("sha256") if isinstance(rec, dict) else None
+    if expected is None:
+        raise damaged("it carries no checksum and manifest.json has no record of it")
+    sha = hashlib.sha256(whole).hexdigest()
+    if sha != expected:
+        raise damaged(
+            f"sha256 {sha[:12]}…, {str(expected)[:12]}… recorded when it was written: "
+            "its bytes changed on disk"
+        )
+    return header, data
 
 
 def trusted_source_sha256(cache_dir: Path, spec: CheckpointSpec) -> str | None:
@@ -443,7 +436,7 @@ def weights_status(
 def _cache_file_intact(cache_dir: Path, spec: CheckpointSpec) -> bool:
     """The same check as every load (`read_cache_file`), without keeping the data."""
     try:
-        read_cache_file(cache_dir, spec, keep=False)
+        read_cache_file(cache_dir, spec)
     except UserError:
         return False
     return True

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import mmap
 import zipfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -53,9 +52,9 @@ def load_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The fp16 state dict of checkpoint `name`, strictly matching `expected` key -> shape.
 
-    The copy is read once and verified while it is read (`cache.read_cache_file`: sha256
-    of its bytes against the one recorded when it was written); the tensors are views of
-    that one buffer, so verifying costs no second read and no second copy in memory.
+    The copy is verified first (`cache.read_cache_file`: sha256 of its data, per segment on
+    several cores, against what was written with it); the tensors are views of the same
+    copy-on-write file mapping that was hashed, so there is no second read and no copy.
     """
     spec = (manifest or cache.default_manifest()).checkpoint(name)
     cached = cache_dir / spec.cache_name
@@ -69,8 +68,7 @@ def load_state_dict(
         with cache_lock(cache_dir):
             if not cache_is_current(cache_dir, spec):
                 convert(cache_dir, spec, expected, progress=True)
-    header, data = cache.read_cache_file(cache_dir, spec, keep=True)
-    assert data is not None
+    header, data = cache.read_cache_file(cache_dir, spec)
     shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items()}
     check_listing(shapes, expected, f"{cached}")
     out = {k: _tensor(data, v, f"{cached}: {k}") for k, v in header.items()}
@@ -80,7 +78,7 @@ def load_state_dict(
 _DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
-def _tensor(data: mmap.mmap, entry: Mapping[str, Any], what: str) -> torch.Tensor:
+def _tensor(data: memoryview, entry: Mapping[str, Any], what: str) -> torch.Tensor:
     """One tensor of a verified safetensors buffer, as a view (a copy only if unaligned)."""
     import torch
 

@@ -17,9 +17,9 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from text2img.errors import UserError
 
@@ -43,10 +43,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-class Hasher(Protocol):
-    def update(self, data: bytes | memoryview, /) -> None: ...
-
-
 SEGMENT = 16 * CHUNK  # the unit of `segment_digests`: hashed independently, in parallel
 
 
@@ -61,72 +57,24 @@ def _sha256_hex(view: memoryview) -> str:
 
 
 def segment_digests(data: memoryview) -> list[str]:
-    """sha256 of each `SEGMENT` of `data` (the last may be shorter), computed in parallel."""
+    """sha256 of each `SEGMENT` of `data` (the last may be shorter), on `hash_threads()`.
+
+    On a file mapping (`map_file`) this is also the read: each thread faults its own
+    segment in from disk, so a cold file is read in parallel, and nothing is copied.
+    """
     views = [data[i : i + SEGMENT] for i in range(0, len(data), SEGMENT)]
     with ThreadPoolExecutor(hash_threads(), thread_name_prefix="sha256") as pool:
         return list(pool.map(_sha256_hex, views))
 
 
-def new_buffer(length: int) -> mmap.mmap:
-    """`length` writable bytes without a zero-filling pass (anonymous mapping: the kernel
-    supplies zero pages as they are first written, i.e. by the read itself)."""
-    return mmap.mmap(-1, max(1, length))
-
-
-def _read_into(f: io.BufferedIOBase, view: memoryview) -> None:
-    done = 0
-    while done < len(view):
-        got = f.readinto(view[done:])
-        if not got:
-            raise EOFError(f"the file ended {len(view) - done} bytes early")
-        done += got
-
-
-def read_segments(
-    f: io.BufferedIOBase, length: int, *, keep: bool
-) -> tuple[list[str], mmap.mmap | None]:
-    """Read the next `length` bytes of `f` once and return `segment_digests` of them (and
-    the bytes, if `keep`).
-
-    Reading is sequential; each segment read is hashed on a pool of `hash_threads()` while
-    the next is read, so verifying costs about max(read, hash / threads) instead of
-    read + hash. Without `keep`, a ring of segment buffers is reused. EOFError if the file
-    ends early.
-    """
-    workers = hash_threads()
-    out = new_buffer(length) if keep else None
-    ring = [bytearray(SEGMENT) for _ in range(workers + 1)] if out is None else []
-    futures: list[Future[str]] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="sha256") as pool:
-        for i, pos in enumerate(range(0, length, SEGMENT)):
-            n = min(SEGMENT, length - pos)
-            if out is not None:
-                view = memoryview(out)[pos : pos + n]
-            else:
-                if i >= len(ring):  # reuse a buffer only once its hash is done
-                    futures[i - len(ring)].result()
-                view = memoryview(ring[i % len(ring)])[:n]
-            _read_into(f, view)
-            futures.append(pool.submit(_sha256_hex, view))
-        return [fut.result() for fut in futures], out
-
-
-def read_hashed(f: io.BufferedIOBase, length: int, hasher: Hasher) -> mmap.mmap:
-    """Read the next `length` bytes of `f` once, feeding them to one `hasher` (on a helper
-    thread, overlapping the next read); for files that carry a single whole-file hash."""
-    out = new_buffer(length)
-    block = SEGMENT
-    pending: Future[None] | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
-        for pos in range(0, length, block):
-            view = memoryview(out)[pos : min(length, pos + block)]
-            _read_into(f, view)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(hasher.update, view)
-        if pending is not None:
-            pending.result()
-    return out
+def map_file(f: io.BufferedIOBase) -> mmap.mmap:
+    """A private (copy-on-write) mapping of the whole file: tensors can view it without a
+    copy, like safetensors' own loader. Files in the cache are only ever replaced by an
+    atomic rename, never rewritten in place, so the mapped bytes stay the verified ones."""
+    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    with contextlib.suppress(AttributeError, OSError):  # a hint: start reading ahead now
+        m.madvise(mmap.MADV_WILLNEED)
+    return m
 
 
 def say(message: str, enabled: bool = True) -> None:
