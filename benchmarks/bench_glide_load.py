@@ -7,6 +7,14 @@ FRESH PROCESS after its pages were evicted from the page cache (fsync, then
 posix_fadvise(DONTNEED)); every tensor is touched page by page so that lazy (mmap) loads
 pay for their reads too. Time is measured inside the child, after `import torch`.
 Reports medians of REPEAT runs and the ratio. Temporary files are removed at the end.
+
+Then, IN ONE PROCESS, the cost of verifying the cache on load (issue 13 item 4): our
+`load_state_dict` (sha256 per 16 MiB segment of a copy-on-write mapping of the file,
+hashed on `files.hash_threads()` = min(4, cores) threads, tensors viewing it) against
+loading the same file without any check (`safe_open` + `get_tensor`, what the loader did
+before), cold and warm, alternating; and plain one-thread sha256 of the file for scale.
+Thread policy: torch uses 1 thread (`torch.set_num_threads(1)`) in that part; hashing
+uses min(4, cores) threads. `BENCH_PART=verify` runs only that part.
 """
 
 from __future__ import annotations
@@ -69,6 +77,63 @@ def child(kind: str, target: Path, listing: Path, files: list[Path], cold: bool)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def verify_cost(cache_dir: Path, shapes: dict[str, list[int]]) -> int:
+    """Verified load / unverified load of the same fp16 cache file, in this process."""
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+
+    from text2img.engines.glide.convert import load_state_dict
+    from text2img.engines.glide.files import CHUNK, hash_threads
+
+    torch.set_num_threads(1)
+    cached = cache_dir / "base.fp16.safetensors"
+    expected = {k: tuple(v) for k, v in shapes.items()}
+
+    def unverified() -> dict[str, torch.Tensor]:
+        with safe_open(str(cached), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+    def verified() -> dict[str, torch.Tensor]:
+        return load_state_dict(cache_dir, "base", expected)
+
+    def hash_only() -> dict[str, torch.Tensor]:
+        h = hashlib.sha256()
+        with cached.open("rb") as f:
+            while chunk := f.read(16 * CHUNK):
+                h.update(chunk)
+        return {}
+
+    def touch(sd: dict[str, torch.Tensor]) -> float:
+        return sum(float(t.reshape(-1)[::512].float().sum()) for t in sd.values())
+
+    runs: dict[str, list[float]] = {}
+    for cold in (True, False):
+        temp = "cold" if cold else "warm"
+        for _ in range(REPEAT):
+            for name, load in (("unverified", unverified), ("verified", verified),
+                               ("sha256, 1 thread", hash_only)):  # fmt: skip
+                if cold:
+                    evict(cached)
+                t0 = time.perf_counter()
+                touch(load())
+                runs.setdefault(f"{temp} {name}", []).append(time.perf_counter() - t0)
+    size = cached.stat().st_size
+    threads = hash_threads()
+    print(f"verify on load, one process, {size / 1e9:.2f} GB fp16 cache, torch 1 thread, "
+          f"{threads} hashing threads, {os.cpu_count()} cores, median of {REPEAT}:")  # fmt: skip
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    for key, times in runs.items():
+        spread = ", ".join(f"{t:.2f}" for t in times)
+        print(f"  {key:<18} {med[key]:6.2f} s   ({spread})")
+    for temp in ("cold", "warm"):
+        ratio = med[f"{temp} verified"] / med[f"{temp} unverified"]
+        extra = med[f"{temp} verified"] - med[f"{temp} unverified"]
+        print(f"  {temp}: verified / unverified load = {ratio:.2f}x ({extra:+.2f} s)")
+    return 0
+
+
 def main() -> int:
     import torch
 
@@ -86,8 +151,12 @@ def main() -> int:
         pt = tmp / "base.pt"
         torch.save(sd, pt)
         del sd
+        from text2img.engines.glide import cache as glide_cache
         from text2img.engines.glide.convert import load_state_dict
+        from text2img.engines.glide.files import sha256_file
 
+        # stands in for `text2img download`, the only thing that may vouch for a .pt
+        glide_cache.record(tmp, "base.pt", sha256_file(pt), "download")
         t0 = time.perf_counter()
         load_state_dict(tmp, "base", {k: tuple(v) for k, v in shapes.items()})  # converts once
         convert_s = time.perf_counter() - t0
@@ -98,6 +167,8 @@ def main() -> int:
         print(f"cache (fp16 safetensors): {cached.stat().st_size / 1e9:.2f} GB")
         print(f"one-time conversion: {convert_s:.1f} s")
         print(f"cold = fresh process + posix_fadvise(DONTNEED) on both files; median of {REPEAT}")
+        if os.environ.get("BENCH_PART") == "verify":
+            return verify_cost(tmp, shapes)
         results: dict[str, list[float]] = {}
         for cold in (True, False):
             for _ in range(REPEAT):
@@ -114,6 +185,7 @@ def main() -> int:
             print(f"{temp}: torch.load(.pt) / fp16 cache load = {base / ours:.2f}x")
         mmap_ratio = med["cold pt-mmap"] / med["cold cache"]
         print(f"cold: torch.load(.pt, mmap=True) / fp16 cache load = {mmap_ratio:.2f}x")
+        verify_cost(tmp, shapes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

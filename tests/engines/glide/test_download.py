@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,3 +249,28 @@ def test_space_for_the_converted_copy_is_checked_before_downloading(server, tmp_
     get(server, tmp_path / "a.bin")  # fits
     with pytest.raises(UserError, match=r"not enough disk space .*: 103.2 MB needed"):
         get(server, tmp_path / "b.bin", reserve=100 * 1000**2)
+
+
+def test_unresolvable_host_fails_at_once_and_names_both_ways_out(tmp_path, monkeypatch):
+    """Offline (no DNS) is not retried: `.invalid` never resolves (RFC 6761 section 6.4)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)  # resolve here, not at a proxy
+    slow = RetryPolicy(attempts=4, backoff_s=5.0)  # a retried DNS failure would take > 15 s
+    started = time.monotonic()
+    with pytest.raises(UserError) as err:
+        fetch("http://weights.text2img.invalid/base.pt", tmp_path / "base.pt",
+              progress=False, retry=slow)  # fmt: skip
+    assert time.monotonic() - started < 5.0  # a hang guard, not a performance claim
+    msg = str(err.value)
+    assert "cannot resolve weights.text2img.invalid (DNS failure" in msg
+    assert "TEXT2IMG_WEIGHTS_URL" in msg
+    assert 'make serve SERVE_ARGS="--model tiny"' in msg
+    assert "tries" not in msg  # answered on the first try
+
+
+def test_dns_failure_is_recognised_through_the_exception_chain():
+    inner = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    wrapped = httpx.ConnectError("connect failed")
+    wrapped.__cause__ = inner  # what `raise ... from` inside httpcore leaves
+    assert download._is_dns_failure(wrapped)
+    assert not download._is_dns_failure(httpx.ConnectError("[Errno 111] Connection refused"))

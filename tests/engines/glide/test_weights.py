@@ -21,6 +21,7 @@ from weights_helpers import (
     checkpoint_bytes,
     fake_manifest,
     local_only,  # noqa: F401  (autouse fixture: no proxy for 127.0.0.1)
+    pin_files,
     random_state_dict,
     serve,
 )
@@ -153,10 +154,14 @@ def test_load_state_dict_reads_the_cache_without_the_pt(server, cache):
         torch.testing.assert_close(v, source[k].half(), rtol=0, atol=0)
 
 
-def test_load_state_dict_converts_once_when_only_the_pt_is_there(server, cache, tmp_path):
-    manifest = fake_manifest(server.base_url)
+def test_a_pt_copied_in_by_hand_converts_only_when_pinned(server, cache, tmp_path, monkeypatch):
     cache.mkdir()
     (cache / "upsample.pt").write_bytes(server.files["/upsample.pt"])  # copied in by hand
+    with pytest.raises(UserError, match=r"cannot verify .*upsample.pt: no sha256 is pinned"):
+        load_state_dict(cache, "upsample", SHAPES_UPSAMPLE, manifest=fake_manifest(server.base_url))
+    assert (cache / "upsample.pt").exists()  # unverifiable is not damaged: the file stays
+    pin_files(monkeypatch, tmp_path, {"upsample.pt": server.files["/upsample.pt"]})
+    manifest = fake_manifest(server.base_url)
     sd = load_state_dict(cache, "upsample", SHAPES_UPSAMPLE, manifest=manifest)
     assert {v.dtype for v in sd.values()} == {torch.float16}
     stamp = (cache / "upsample.fp16.safetensors").stat().st_mtime_ns
@@ -165,14 +170,25 @@ def test_load_state_dict_converts_once_when_only_the_pt_is_there(server, cache, 
     assert server.requests == []
 
 
-def test_stale_cache_is_detected_and_converted_again(server, cache, tmp_path):
+def test_a_pt_changed_after_download_is_refused_never_adopted(server, cache):
+    """Issue 13 item 5 without a pin: the download-time hash is the only one trusted."""
     manifest = fake_manifest(server.base_url)
     ensure(server, cache, only=["base"])
-    newer = random_state_dict(SHAPES_BASE, 7)
-    torch.save(newer, cache / "base.pt")  # the .pt changed after the conversion
+    recorded = glide_cache.read_records(cache)["base.pt"]
+    assert recorded["origin"] == "download"
+    torch.save(random_state_dict(SHAPES_BASE, 7), cache / "base.pt")  # a valid, other file
+    refused = r"base.pt is not the released GLIDE base .*recorded when it was downloaded"
+    with pytest.raises(UserError, match=refused + r".*deleted it"):
+        load_state_dict(cache, "base", SHAPES_BASE, manifest=manifest)
+    assert not (cache / "base.pt").exists()
+    assert glide_cache.read_records(cache)["base.pt"] == recorded  # the manifest kept its word
+    # the fp16 copy made from the downloaded file is intact and is what loads
     sd = load_state_dict(cache, "base", SHAPES_BASE, manifest=manifest)
-    torch.testing.assert_close(sd["out.2.weight"], newer["out.2.weight"].half(), rtol=0, atol=0)
-    assert glide_cache.weights_status(cache, manifest=manifest, only=["base"])[-1].ok
+    source = random_state_dict(SHAPES_BASE, 1)
+    torch.testing.assert_close(sd["out.2.weight"], source["out.2.weight"].half(), rtol=0, atol=0)
+    ensure(server, cache, only=["base"], force=True)  # and --force brings the right .pt back
+    assert (cache / "base.pt").read_bytes() == server.files["/base.pt"]
+    assert all(s.ok for s in glide_cache.weights_status(cache, manifest=manifest, only=["base"]))
 
 
 def test_strict_key_and_shape_errors_name_the_keys(server, cache):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import sys
 import threading
 from collections.abc import Generator, Mapping
@@ -193,13 +194,14 @@ def count(shapes: Mapping[str, tuple[int, ...]]) -> int:
 
 
 def fake_manifest(base_url: str, *, fingerprint: bool = True) -> Manifest:
-    """A manifest like the real one, for the generated files served at `base_url`."""
-    from text2img.engines.glide.cache import listing_fingerprint
+    """A manifest like the real one, for the generated files served at `base_url`; the
+    checkpoints are unpinned unless a test pins them as users do ($TEXT2IMG_WEIGHTS_PINS)."""
+    from text2img.engines.glide.cache import listing_fingerprint, pinned
 
     def spec(name: str, shapes: Mapping[str, tuple[int, ...]]) -> CheckpointSpec:
         return CheckpointSpec(
             name,
-            RemoteFile(f"{name}.pt", f"{base_url}/{name}.pt"),
+            pinned(RemoteFile(f"{name}.pt", f"{base_url}/{name}.pt")),  # $TEXT2IMG_WEIGHTS_PINS
             num_tensors=len(shapes),
             num_params=count(shapes),
             listing_sha256=listing_fingerprint(shapes) if fingerprint else None,
@@ -218,3 +220,18 @@ def fake_manifest(base_url: str, *, fingerprint: bool = True) -> Manifest:
         checkpoints=(spec("base", SHAPES_BASE), spec("upsample", SHAPES_UPSAMPLE)),
         tokenizer=(tok[0], tok[1]),
     )
+
+
+def pin_files(monkeypatch: pytest.MonkeyPatch, where: Path, files: Mapping[str, bytes]) -> Path:
+    """Pin `files` (name -> the bytes they must be) the documented way: a JSON file named
+    by $TEXT2IMG_WEIGHTS_PINS."""
+    from text2img.engines.glide.cache import PINS_ENV
+
+    pins = {
+        name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        for name, data in files.items()
+    }
+    path = where / "pins.json"
+    path.write_text(json.dumps(pins))
+    monkeypatch.setenv(PINS_ENV, str(path))
+    return path

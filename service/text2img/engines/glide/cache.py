@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from text2img.engines.glide.files import human_size, sha256_file, write_atomic
+from text2img.engines.glide.files import (
+    SEGMENT,
+    human_size,
+    map_file,
+    segment_digests,
+    sha256_file,
+    write_atomic,
+)
 from text2img.errors import UserError
 
 CHECKPOINT_URL_BASE = "https://openaipublic.blob.core.windows.net/diffusion/dec-2021"
@@ -34,6 +41,60 @@ TOKENIZER_URL_BASE = (
 URL_ENV = "TEXT2IMG_WEIGHTS_URL"  # one folder holding all four files (a mirror)
 CACHE_ENV = "TEXT2IMG_MODEL_CACHE"  # read by registry.default_cache_dir
 CACHE_FORMAT = "1"
+# safetensors metadata key: sha256 of the tensor data (everything after the header), per
+# 16 MiB segment so that loading can hash on several cores while it reads; written at
+# conversion, so an fp16 copy verifies itself on every load without trusting anything else
+# on disk (copies written before it existed verify against manifest.json)
+DATA_SHA_KEY = "text2img_data_sha256_16mib"  # one sha256 per 16 MiB segment (`SEGMENT`)
+
+
+PINS_ENV = "TEXT2IMG_WEIGHTS_PINS"  # a JSON file adding/replacing pins (see `pins`)
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What a released file must be, fixed in the code: never learnt from the disk."""
+
+    sha256: str
+    size: int
+
+
+# The released checkpoints' sha256 and size. EMPTY ON PURPOSE: OpenAI publishes no checksum
+# for diffusion/dec-2021/{base,upsample}.pt and no copy we could check states one, so
+# nothing is pinned rather than a guessed value. Until a pin is added (here or through
+# $TEXT2IMG_WEIGHTS_PINS), a checkpoint is trusted only as text2img downloaded it: the
+# sha256 recorded at download time, after the transfer was verified (size, and the MD5 the
+# server states when it states one), never a hash recomputed later (`convert`).
+RELEASED_PINS: dict[str, Pin] = {}
+
+
+def pins() -> dict[str, Pin]:
+    """`RELEASED_PINS`, plus those in the JSON file $TEXT2IMG_WEIGHTS_PINS names:
+    `{"base.pt": {"sha256": "…", "size": 1234}, …}` (for a mirror whose files you checked
+    yourself, or for tests)."""
+    out = dict(RELEASED_PINS)
+    where = os.environ.get(PINS_ENV)
+    if not where:
+        return out
+    try:
+        data = json.loads(Path(where).expanduser().read_text())
+        for name, pin in data.items():
+            sha = str(pin["sha256"]).lower()
+            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise ValueError(f"{name}: sha256 is not 64 hex digits")
+            out[str(name)] = Pin(sha, int(pin["size"]))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserError(
+            f"{PINS_ENV}={where}: cannot use it as a pins file ({exc}); it must be JSON like "
+            '{"base.pt": {"sha256": "<64 hex digits>", "size": <bytes>}}, or unset it'
+        ) from None
+    return out
+
+
+def pinned(rf: RemoteFile) -> RemoteFile:
+    """`rf` with the sha256 and size pinned for its file name, if any."""
+    pin = pins().get(Path(rf.name).name)
+    return rf if pin is None else RemoteFile(rf.name, rf.url, pin.sha256, pin.size)
 
 
 @dataclass(frozen=True)
@@ -88,14 +149,14 @@ def default_manifest(url_base: str | None = None) -> Manifest:
     # Counts and fingerprints from the reference listings (base_params.json, upsample_params.json).
     base = CheckpointSpec(
         "base",
-        RemoteFile("base.pt", f"{ckpt_base}/base.pt"),
+        pinned(RemoteFile("base.pt", f"{ckpt_base}/base.pt")),
         num_tensors=783,
         num_params=385_030_726,
         listing_sha256="02933f5d06c83263194eeeffc074e6ab0efae169f0284357e5a5bdffa60b63c7",
     )
     upsample = CheckpointSpec(
         "upsample",
-        RemoteFile("upsample.pt", f"{ckpt_base}/upsample.pt"),
+        pinned(RemoteFile("upsample.pt", f"{ckpt_base}/upsample.pt")),
         num_tensors=797,
         num_params=398_361_286,
         listing_sha256="351db4a3cffd2aa9a904a5ba09b760789411aa16beb12073f1527af9300ccf3d",
@@ -133,25 +194,41 @@ def read_records(cache_dir: Path) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def record(cache_dir: Path, name: str, sha256: str) -> None:
-    """Remember a verified file (call with the cache lock held)."""
+def record(cache_dir: Path, name: str, sha256: str, origin: str) -> None:
+    """Remember a file as it was when it was verified (call with the cache lock held).
+
+    `origin` says who vouches for the hash: "download" (a transfer verified end to end),
+    "conversion" (an fp16 copy we wrote), "pin" (matched a pinned hash). Only those write
+    a hash; a file found changed later is never re-recorded with its new hash.
+    """
     records = read_records(cache_dir)
     st = (cache_dir / name).stat()
-    records[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    records[name] = {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": sha256,
+        "origin": origin,
+    }
     data = json.dumps(records, indent=1, sort_keys=True).encode()
     write_atomic(cache_dir / "manifest.json", data, "the cache's manifest")
 
 
-def refreshed_sha256(cache_dir: Path, name: str) -> str | None:
-    """`_known_sha256`, re-recording a file whose mtime changed (e.g. copied), so later
-    loads need not hash it again (call with the cache lock held)."""
+def refreshed_sha256(cache_dir: Path, name: str, pin: str | None = None) -> str | None:
+    """`known_sha256`, refreshing the record of a file whose mtime changed (e.g. copied)
+    when its content is still the recorded (or pinned) one, so later runs need not hash it
+    again (call with the cache lock held). A changed file keeps its old record: the
+    manifest records what was verified, it never adopts what is on disk."""
     sha = known_sha256(cache_dir, name)
     if sha is None:
         return None
     rec = read_records(cache_dir).get(name)
     st = (cache_dir / name).stat()
-    if not rec or (rec["size"], rec["mtime_ns"]) != (st.st_size, st.st_mtime_ns):
-        record(cache_dir, name, sha)
+    if rec and (rec["size"], rec["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
+        return sha
+    if rec and rec.get("sha256") == sha:
+        record(cache_dir, name, sha, str(rec.get("origin", "download")))
+    elif pin is not None and sha == pin:
+        record(cache_dir, name, sha, "pin")
     return sha
 
 
@@ -187,6 +264,79 @@ def cache_metadata(path: Path) -> dict[str, str] | None:
     if 8 + n + data_end != size or not isinstance(meta, dict):
         return None  # truncated or padded: not what we wrote
     return {str(k): str(v) for k, v in meta.items()}
+
+
+def read_cache_file(cache_dir: Path, spec: CheckpointSpec) -> tuple[dict[str, Any], memoryview]:
+    """The fp16 copy's tensor header and its tensor data, verified.
+
+    The data (a copy-on-write mapping of the file: no copy in memory) is hashed per 16 MiB
+    segment on several cores (`segment_digests`) and must match the digests the conversion
+    embedded in the header (`DATA_SHA_KEY`); a copy from before that key existed must
+    match its manifest record instead. Anything else is a `UserError` that says what to
+    run: a same-size file with overwritten bytes is never loaded.
+    """
+    path = cache_dir / spec.cache_name
+    redo = (
+        f"run `text2img download --model glide --force --only {spec.name}` to fetch and "
+        "convert it again (`text2img download --model glide --check` lists what is damaged)"
+    )
+
+    def damaged(why: str) -> UserError:
+        return UserError(f"the GLIDE {spec.name} weights {path} are damaged ({why}): {redo}")
+
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            if not 2 <= n <= min(100_000_000, size - 8):
+                raise damaged("its header is unreadable")
+            try:
+                header = json.loads(f.read(n))
+                meta = header.pop("__metadata__", None) or {}
+                data_len = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                raise damaged("its header is unreadable") from None
+            if 8 + n + data_len != size:
+                raise damaged(f"it is {size} bytes, its header describes {8 + n + data_len}")
+            whole = memoryview(map_file(f))
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}): {redo}") from None
+    data = whole[8 + n :]
+    segments = meta.get(DATA_SHA_KEY) if isinstance(meta, dict) else None
+    if segments is not None:
+        got, want = segment_digests(data), str(segments).split(",")
+        if got != want:
+            pairs = zip(got, want, strict=False)
+            first = next((i for i, (a, b) in enumerate(pairs) if a != b), len(want))
+            raise damaged(
+                f"the sha256 of its data from byte {8 + n + first * SEGMENT:,} on differs "
+                "from the one written with it: its bytes changed on disk"
+            )
+        return header, data
+    # written before DATA_SHA_KEY: the whole file against its manifest record
+    rec = read_records(cache_dir).get(spec.cache_name)
+    expected = rec.get("sha256") if isinstance(rec, dict) else None
+    if expected is None:
+        raise damaged("it carries no checksum and manifest.json has no record of it")
+    sha = hashlib.sha256(whole).hexdigest()
+    if sha != expected:
+        raise damaged(
+            f"sha256 {sha[:12]}…, {str(expected)[:12]}… recorded when it was written: "
+            "its bytes changed on disk"
+        )
+    return header, data
+
+
+def trusted_source_sha256(cache_dir: Path, spec: CheckpointSpec) -> str | None:
+    """The sha256 the checkpoint `spec.source` must have: its pin, else the hash recorded
+    when text2img downloaded it; None if neither exists (a file nobody vouches for)."""
+    if spec.source.sha256 is not None:
+        return spec.source.sha256.lower()
+    rec = read_records(cache_dir).get(spec.source.name)
+    if isinstance(rec, dict) and rec.get("origin", "download") in ("download", "pin"):
+        return str(rec["sha256"])
+    return None
 
 
 def cache_is_current(cache_dir: Path, spec: CheckpointSpec) -> bool:
@@ -267,20 +417,26 @@ def weights_status(
         cached = cache_dir / spec.cache_name
         pt = cache_dir / spec.source.name
         pt_sha = known_sha256(cache_dir, spec.source.name, rehash=deep)
-        rec = read_records(cache_dir).get(spec.source.name)
         if pt_sha is not None:
-            pt_state = (
-                "unverified" if rec is None else "ok" if rec["sha256"] == pt_sha else "damaged"
-            )
+            trusted = trusted_source_sha256(cache_dir, spec)
+            pt_state = "unverified" if trusted is None else "ok" if trusted == pt_sha else "damaged"
             out.append(FileStatus(spec.source.name, pt, pt_state, size_of(pt)))
-        cached_rec = read_records(cache_dir).get(spec.cache_name)
         if cache_metadata(cached) is None:
             state = "not converted" if pt_sha is not None else "missing"
         elif not cache_is_current(cache_dir, spec):
             state = "stale"
-        elif deep and cached_rec and sha256_file(cached) != cached_rec["sha256"]:
+        elif deep and not _cache_file_intact(cache_dir, spec):
             state = "damaged"
         else:
             state = "ok"
         out.append(FileStatus(spec.name, cached, state, size_of(cached)))
     return out
+
+
+def _cache_file_intact(cache_dir: Path, spec: CheckpointSpec) -> bool:
+    """The same check as every load (`read_cache_file`), without keeping the data."""
+    try:
+        read_cache_file(cache_dir, spec)
+    except UserError:
+        return False
+    return True

@@ -37,6 +37,8 @@ def load_released(
     layout = {key: value.dtype for key, value in model.state_dict().items()}
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     state = load_state_dict(cache_dir, name, expected)
-    state = {key: value.to(device=device, dtype=layout[key]) for key, value in state.items()}
+    # copy=True: the state dict views the cache file's mapping (verified when it was
+    # mapped); the model owns its own memory, whatever happens to the file later
+    state = {k: v.to(device=device, dtype=layout[k], copy=True) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)

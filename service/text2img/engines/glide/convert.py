@@ -1,9 +1,11 @@
 """Checkpoint verification and fp16 conversion: `.pt` as released -> `.fp16.safetensors`.
 
-A checkpoint is accepted only if `torch.load(weights_only=True)` reads it as a flat dict of
-finite float tensors whose tensor count, element count and key/shape listing are GLIDE's.
-Tensors with values beyond fp16's range would stay fp32 (GLIDE's have none). Loading reads
-the converted copy strictly against the model's key -> shape listing.
+A checkpoint is accepted only if its sha256 is the trusted one (its pin, else the hash
+recorded when text2img downloaded it: `check_source`) and `torch.load(weights_only=True)`
+reads it as a flat dict of finite float tensors whose tensor count, element count and
+key/shape listing are GLIDE's. Tensors with values beyond fp16's range would stay fp32
+(GLIDE's have none). The copy carries the sha256 of its own data; loading verifies it
+while reading and checks it strictly against the model's key -> shape listing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import zipfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from text2img.engines.glide import cache
 from text2img.engines.glide.cache import (
@@ -22,11 +24,16 @@ from text2img.engines.glide.cache import (
     CheckpointSpec,
     Manifest,
     cache_is_current,
-    known_sha256,
     listing_fingerprint,
     record,
 )
-from text2img.engines.glide.files import cache_lock, progress_bar, write_atomic
+from text2img.engines.glide.files import (
+    cache_lock,
+    progress_bar,
+    segment_digests,
+    sha256_file,
+    write_atomic,
+)
 from text2img.errors import UserError
 
 if TYPE_CHECKING:
@@ -43,9 +50,12 @@ def load_state_dict(
     manifest: Manifest | None = None,
     device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
-    """The fp16 state dict of checkpoint `name`, strictly matching `expected` key -> shape."""
-    from safetensors import SafetensorError, safe_open
+    """The fp16 state dict of checkpoint `name`, strictly matching `expected` key -> shape.
 
+    The copy is verified first (`cache.read_cache_file`: sha256 of its data, per segment on
+    several cores, against what was written with it); the tensors are views of the same
+    copy-on-write file mapping that was hashed, so there is no second read and no copy.
+    """
     spec = (manifest or cache.default_manifest()).checkpoint(name)
     cached = cache_dir / spec.cache_name
     if not cache_is_current(cache_dir, spec):
@@ -58,16 +68,35 @@ def load_state_dict(
         with cache_lock(cache_dir):
             if not cache_is_current(cache_dir, spec):
                 convert(cache_dir, spec, expected, progress=True)
-    try:
-        with safe_open(str(cached), framework="pt", device=device) as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-            check_listing(shapes, expected, f"{cached}")
-            return {k: f.get_tensor(k) for k in shapes}
-    except (SafetensorError, OSError) as exc:
-        raise UserError(
-            f"cannot read {cached} ({exc}); run "
-            f"`text2img download --model glide --force --only {name}`"
-        ) from None
+    header, data = cache.read_cache_file(cache_dir, spec)
+    shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items()}
+    check_listing(shapes, expected, f"{cached}")
+    out = {k: _tensor(data, v, f"{cached}: {k}") for k, v in header.items()}
+    return out if device == "cpu" else {k: v.to(device) for k, v in out.items()}
+
+
+_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+
+
+def _tensor(data: memoryview, entry: Mapping[str, Any], what: str) -> torch.Tensor:
+    """One tensor of a verified safetensors buffer, as a view (a copy only if unaligned)."""
+    import torch
+
+    name = _DTYPES.get(str(entry.get("dtype")))
+    if name is None:
+        raise UserError(f"{what} has dtype {entry.get('dtype')}, not a float type we wrote")
+    dtype = getattr(torch, name)
+    shape = [int(d) for d in entry["shape"]]
+    begin, end = (int(x) for x in entry["data_offsets"])
+    count = math.prod(shape)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if end - begin != count * itemsize:
+        raise UserError(f"{what}: {end - begin} bytes for {count} values; not a file we wrote")
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    if begin % itemsize:  # safetensors aligns its data; copy rather than view if not
+        return torch.frombuffer(bytearray(data[begin:end]), dtype=dtype).reshape(shape)
+    return torch.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
 
 
 def check_listing(
@@ -132,6 +161,34 @@ def _load_pt(path: Path, name: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def check_source(cache_dir: Path, spec: CheckpointSpec) -> str:
+    """The `.pt`'s sha256, hashed now and required to equal the trusted one: its pin, else
+    the hash recorded when text2img downloaded it (`cache.trusted_source_sha256`). Never a
+    hash taken here: a `.pt` changed on disk is refused (and deleted), not adopted."""
+    pt = cache_dir / spec.source.name
+    again = f"`text2img download --model glide --only {spec.name}`"
+    trusted = cache.trusted_source_sha256(cache_dir, spec)
+    if trusted is None:
+        raise UserError(
+            f"cannot verify {pt}: no sha256 is pinned for it and text2img did not download "
+            f"it; run {again} to fetch it, or, if you checked this file yourself, pin its "
+            f"sha256 and size in a JSON file named by {cache.PINS_ENV} (see README, "
+            "*The weights*)"
+        )
+    pin = spec.source.size
+    size = pt.stat().st_size
+    sha = sha256_file(pt)
+    if (pin is not None and size != pin) or sha != trusted:
+        pt.unlink()
+        whose = "pinned" if spec.source.sha256 else "recorded when it was downloaded"
+        raise UserError(
+            f"{pt} is not the released GLIDE {spec.name} checkpoint (sha256 {sha[:12]}…, "
+            f"{size} bytes; {trusted[:12]}…{f', {pin} bytes' if pin else ''} {whose}): "
+            f"damaged or replaced; deleted it: run {again}"
+        )
+    return sha
+
+
 def convert(
     cache_dir: Path,
     spec: CheckpointSpec,
@@ -143,6 +200,7 @@ def convert(
     import torch
 
     pt = cache_dir / spec.source.name
+    sha = check_source(cache_dir, spec)
     sd = _load_pt(pt, spec.name)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     count = sum(v.numel() for v in sd.values())
@@ -165,9 +223,6 @@ def convert(
             f"`text2img download --model glide --only {spec.name}` (check TEXT2IMG_WEIGHTS_URL "
             "if you use a mirror)"
         )
-    sha = known_sha256(cache_dir, spec.source.name)
-    assert sha is not None
-    record(cache_dir, spec.source.name, sha)
     out: dict[str, torch.Tensor] = {}
     label = f"converting {pt.name} to fp16 (once)"
     for k, v in progress_bar(len(sd), label, progress, iterable=sd.items(), unit=" tensors"):
@@ -187,7 +242,14 @@ def convert(
         "text2img_source_sha256": sha,
         "text2img_num_params": str(count),
     }
+    # Embed the tensor data's sha256 (per segment), so the copy verifies itself on every
+    # load. The
+    # data section does not depend on the metadata, so a second save lays it out the same.
+    data = safetensors.torch.save(out, metadata=metadata)
+    header_len = int.from_bytes(data[:8], "little")
+    metadata[cache.DATA_SHA_KEY] = ",".join(segment_digests(memoryview(data)[8 + header_len :]))
+    del data
     data = safetensors.torch.save(out, metadata=metadata)
     del out, sd
     write_atomic(cache_dir / spec.cache_name, data, f"the fp16 copy of {pt.name}")
-    record(cache_dir, spec.cache_name, hashlib.sha256(data).hexdigest())  # for --check
+    record(cache_dir, spec.cache_name, hashlib.sha256(data).hexdigest(), "conversion")

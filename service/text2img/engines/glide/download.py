@@ -3,9 +3,11 @@
 `fetch` streams a URL into `<dest>.part` with a progress bar, resumes a partial file with
 an HTTP Range request (guarded by If-Range, so a changed file on the server restarts
 cleanly; a server that ignores Range and answers 200 also restarts cleanly), retries
-connection drops and 5xx/429 answers with bounded backoff, checks the size (Content-Length /
-Content-Range and the expected size), the sha256 where known and the Content-MD5 the server
-advertises (Azure Blob Storage sends one), then renames the file into place atomically.
+connection drops and 5xx/429 answers with bounded backoff (never a failed name lookup:
+offline, that fails at once, naming a mirror and the tiny model as ways out), checks the
+size (Content-Length / Content-Range and the expected size), the sha256 where known and
+the Content-MD5 the server advertises (Azure Blob Storage does for blobs that carry one),
+then renames the file into place atomically.
 Every failure a user can fix becomes a one-line `UserError` saying what to do next.
 """
 
@@ -16,6 +18,7 @@ import errno
 import hashlib
 import json
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +62,40 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _UNREACHABLE = (
     "check the network connection (or set TEXT2IMG_WEIGHTS_URL to a mirror you can reach)"
 )
+# Both ways out when the source cannot be reached at all (offline, no DNS): a mirror, or
+# the tiny model, which needs no weights.
+OFFLINE_HINT = (
+    "set TEXT2IMG_WEIGHTS_URL to a mirror you can reach (one folder holding base.pt, "
+    "upsample.pt, encoder.json.gz and vocab.bpe.gz), or try the kit offline with "
+    '`make serve SERVE_ARGS="--model tiny"` (random weights, nothing to download)'
+)
+_DNS_TEXT = re.compile(
+    r"name or service|nodename|servname|name resolution|getaddrinfo|no address associated",
+    re.I,
+)
+
+
+def _is_dns_failure(exc: BaseException) -> bool:
+    """True if name resolution failed (offline, no DNS): retrying does not fix that.
+
+    httpx wraps the resolver's `socket.gaierror` (through httpcore); walk the chain, and
+    fall back on the message for transports that keep only the text.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return isinstance(exc, httpx.ConnectError) and bool(_DNS_TEXT.search(str(exc)))
 
 
 def _describe_transport_error(exc: httpx.TransportError, url: str) -> str:
     host = httpx.URL(url).host
     text = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectError):
-        if re.search(r"name or service|nodename|name resolution|getaddrinfo", text, re.I):
+        if _is_dns_failure(exc):
             return f"cannot resolve {host} (DNS failure: {text})"
         return f"cannot connect to {host} ({text})"
     if isinstance(exc, httpx.TimeoutException):
@@ -229,6 +259,11 @@ def _attempt(client: httpx.Client, job: _Job, state: _State, offset: int) -> boo
                 check_free_space(part, state.total - offset + job.reserve, job.label)
             _stream_body(response, job, offset, state.total)
     except httpx.TransportError as exc:
+        if _is_dns_failure(exc):  # offline or no DNS: retrying would only make the user wait
+            raise UserError(
+                f"could not download {job.label} from {job.url}: "
+                f"{_describe_transport_error(exc, job.url)}; {OFFLINE_HINT}"
+            ) from None
         raise _Retry(_describe_transport_error(exc, job.url)) from None
     written = part.stat().st_size
     if state.total is None or written == state.total:

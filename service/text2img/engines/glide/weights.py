@@ -13,6 +13,7 @@ from pathlib import Path
 
 from text2img.engines.glide import cache
 from text2img.engines.glide.cache import (
+    CheckpointSpec,
     FileStatus,
     Manifest,
     RemoteFile,
@@ -24,7 +25,7 @@ from text2img.engines.glide.cache import (
 )
 from text2img.engines.glide.convert import convert
 from text2img.engines.glide.download import RetryPolicy, fetch
-from text2img.engines.glide.files import cache_lock, say
+from text2img.engines.glide.files import cache_lock, say, sha256_file
 
 PARTS = ("base", "upsample", "tokenizer")  # `text2img download --only PART`
 
@@ -67,7 +68,7 @@ def ensure_weights(
     with cache_lock(cache_dir, progress=progress):
         if "tokenizer" in wanted:
             for rf in manifest.tokenizer:
-                sha = refreshed_sha256(cache_dir, rf.name)
+                sha = refreshed_sha256(cache_dir, rf.name, pin=rf.sha256)
                 if force or sha is None or sha != (rf.sha256 or sha):
                     _download(cache_dir, rf, progress, retry)
         for spec in manifest.checkpoints:
@@ -77,13 +78,29 @@ def ensure_weights(
             if force:
                 pt.unlink(missing_ok=True)
                 (cache_dir / spec.cache_name).unlink(missing_ok=True)
-            refreshed_sha256(cache_dir, spec.source.name)
+            refreshed_sha256(cache_dir, spec.source.name, pin=spec.source.sha256)
             if cache_is_current(cache_dir, spec):
                 continue
+            if pt.exists() and not _source_intact(cache_dir, spec):
+                say(f"{pt.name} is not the file that was pinned or downloaded; fetching it again")
+                pt.unlink()
             if not pt.exists():
                 fp16_bytes = 2 * spec.num_params  # the converted copy, written next
                 _download(cache_dir, spec.source, progress, retry, reserve=fp16_bytes)
             convert(cache_dir, spec, None, progress)
+
+
+def _source_intact(cache_dir: Path, spec: CheckpointSpec) -> bool:
+    """False if the `.pt` differs from its pin or download-time hash (then `download`
+    fetches it again rather than stopping); a file nobody vouches for is left to
+    `convert`, which refuses it with what to do."""
+    trusted = cache.trusted_source_sha256(cache_dir, spec)
+    if trusted is None:
+        return True
+    pt = cache_dir / spec.source.name
+    if spec.source.size is not None and pt.stat().st_size != spec.source.size:
+        return False
+    return sha256_file(pt) == trusted
 
 
 def _download(
@@ -104,4 +121,6 @@ def _download(
         label=rf.name,
         reserve=reserve,
     )
-    record(cache_dir, rf.name, got.sha256)
+    # the only place a checkpoint's hash is learnt: after a transfer that fetch verified
+    # (size; the pin or the server's MD5 where there is one)
+    record(cache_dir, rf.name, got.sha256, "download")
