@@ -11,9 +11,10 @@ load. Where they were read (2026-12-01, through the project's search tool):
 - madebyollin/sdxl-vae-fp16-fix @ 207b116dae70ace3637169f1ddd2434b91b3a8cd: pinned by
   several public projects (snapshot paths and revision tables).
 
-Only what the pipeline reads is fetched: fp16 text encoders (`model.fp16.safetensors`),
-tokenizer files, configs, the three distilled UNets (already fp16), and the fp16-fix VAE
-(its repository ships it as one fp32 safetensors file; it is cast on load).
+Only what the pipeline reads is fetched: fp16 text encoders (`model.fp16.safetensors`)
+with their configs, tokenizer files, the scheduler config, the three distilled UNets
+(already fp16) and the fp16-fix VAE (its repository ships it as one fp32 safetensors
+file; it is cast on load). The UNet and VAE architectures are data in configs.py.
 Cache: `<TEXT2IMG_MODEL_CACHE or ~/.cache/text2img>/huggingface`, huggingface_hub's own
 layout (`models--org--name/{blobs,snapshots}`), next to GLIDE's files.
 """
@@ -67,7 +68,6 @@ UNET_STEPS = (2, 4, 8)
 FILES: tuple[HubFile, ...] = (
     HubFile(BASE_REPO, BASE_REVISION, "LICENSE.md", "licence"),
     HubFile(BASE_REPO, BASE_REVISION, "scheduler/scheduler_config.json", "scheduler"),
-    HubFile(BASE_REPO, BASE_REVISION, "unet/config.json", "unet"),
     HubFile(BASE_REPO, BASE_REVISION, "text_encoder/config.json", "text_encoder"),
     HubFile(BASE_REPO, BASE_REVISION, "text_encoder/model.fp16.safetensors", "text_encoder"),
     HubFile(BASE_REPO, BASE_REVISION, "text_encoder_2/config.json", "text_encoder_2"),
@@ -76,7 +76,6 @@ FILES: tuple[HubFile, ...] = (
     *_tokenizer("tokenizer_2"),
     HubFile(LIGHTNING_REPO, LIGHTNING_REVISION, "LICENSE.md", "licence"),
     *(unet_file(steps) for steps in UNET_STEPS),
-    HubFile(VAE_REPO, VAE_REVISION, "config.json", "vae"),
     HubFile(VAE_REPO, VAE_REVISION, "diffusion_pytorch_model.safetensors", "vae"),
 )
 

@@ -132,7 +132,9 @@ def build_components(dtype: torch.dtype = torch.float32) -> dict[str, Any]:
             "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**text_config)),
         }
     for module in parts.values():
-        module.to(dtype=dtype).eval().requires_grad_(False)
+        if dtype != torch.float32:
+            module.to(dtype=dtype)
+        module.eval().requires_grad_(False)
     parts["tokenizer"] = tokenizer
     parts["tokenizer_2"] = tokenizer
     parts["scheduler"] = EulerDiscreteScheduler(**SCHEDULER)

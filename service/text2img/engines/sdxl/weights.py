@@ -30,7 +30,7 @@ RUN = f"text2img download --model {MODEL}"
 SPACE_MARGIN = 256 * 1000**2  # keep this much free beyond the download itself
 
 
-class _Quiet(tqdm):  # type: ignore[type-arg]
+class _Quiet(tqdm):
     """huggingface_hub's progress bars, switched off (`--quiet`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -46,9 +46,7 @@ def _say(message: str, enabled: bool) -> None:
 def status(cache_dir: Path, *, deep: bool = True) -> list[verify.FileStatus]:
     """One line per pinned file: ok, missing or damaged (hashing when `deep`)."""
     hub = files.hub_cache(cache_dir)
-    return [
-        verify.check(hub, files.local_path(cache_dir, f), f.label, deep=deep) for f in FILES
-    ]
+    return [verify.check(hub, files.local_path(cache_dir, f), f.label, deep=deep) for f in FILES]
 
 
 def require(cache_dir: Path | None, wanted: Sequence[HubFile] = FILES) -> None:
@@ -76,9 +74,8 @@ def ensure(cache_dir: Path, *, progress: bool = True, force: bool = False) -> No
     for hub_file in FILES:
         pointer = files.local_path(cache_dir, hub_file)
         state = verify.check(hub, pointer, hub_file.label, deep=False)
-        if force or state.state == "damaged":
-            if pointer.exists():
-                verify.remove(pointer)
+        if (force or state.state == "damaged") and pointer.exists():
+            verify.remove(pointer)
         if force or not state.ok:
             todo.append(hub_file)
     if not todo:
@@ -177,7 +174,7 @@ def _check_space(hub: Path, needed: int) -> None:
         )
 
 
-def _download(cache_dir: Path, hub_file: HubFile, tqdm_class: type[tqdm] | None) -> None:  # type: ignore[type-arg]
+def _download(cache_dir: Path, hub_file: HubFile, tqdm_class: type[tqdm] | None) -> None:
     from huggingface_hub import hf_hub_download
 
     try:
