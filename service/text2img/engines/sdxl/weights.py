@@ -158,7 +158,7 @@ def _remote_size(hub_file: HubFile) -> int:
         hub_file.repo, hub_file.path, revision=hub_file.revision, endpoint=files.endpoint()
     )
     try:
-        meta = get_hf_file_metadata(url, endpoint=files.endpoint(), retry_on_errors=True)
+        meta = get_hf_file_metadata(url, endpoint=files.endpoint())
     except _hub_errors() as exc:
         raise _explain(hub_file, exc) from None
     return meta.size or 0
