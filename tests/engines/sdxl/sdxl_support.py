@@ -99,10 +99,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             self.wfile.write(body)
 
-        def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_HEAD(self) -> None:
             self._head(send_body=False)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._head(send_body=True)
 
     return Handler

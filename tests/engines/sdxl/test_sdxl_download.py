@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.engines.sdxl.sdxl_support import FakeHub
 from text2img.engines.base import ImageRequest
 from text2img.engines.sdxl import files, weights
 from text2img.engines.sdxl.engine import SdxlEngine, _pipeline, load
@@ -16,7 +17,6 @@ from text2img.engines.sdxl.loading import load_components
 from text2img.engines.sdxl.spec import SDXL_LIGHTNING
 from text2img.engines.sdxl.tiny import TINY_UNET, TINY_VAE
 from text2img.errors import UserError
-from tests.engines.sdxl.sdxl_support import FakeHub
 
 RUN = "text2img download --model sdxl-lightning"
 UNET4 = files.unet_file(4).path
@@ -65,7 +65,8 @@ def test_a_cut_connection_resumes_from_where_it_stopped(
     weights.ensure(tmp_path, progress=False)
     ranges = [rng for _, path, rng in gets(hub) if path.endswith(UNET4)]
     size = len(hub.content[(files.LIGHTNING_REPO, files.LIGHTNING_REVISION, UNET4)])
-    assert len(ranges) == 2 and ranges[0] is None
+    assert len(ranges) == 2
+    assert ranges[0] is None
     resumed_at = int(ranges[1].removeprefix("bytes=").rstrip("-"))
     assert size // 2 - 8192 <= resumed_at <= size // 2
     assert (
@@ -162,7 +163,8 @@ def test_no_network_says_to_check_it_or_use_a_mirror(
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(UserError, match="cannot reach the Hugging Face Hub") as err:
         weights.ensure(tmp_path, progress=False)
-    assert "HF_ENDPOINT" in str(err.value) and RUN in str(err.value)
+    assert "HF_ENDPOINT" in str(err.value)
+    assert RUN in str(err.value)
 
 
 def test_too_little_disk_space_is_refused_before_any_download(
