@@ -69,12 +69,18 @@ def require(cache_dir: Path | None, wanted: Sequence[HubFile] = FILES) -> None:
 def ensure(cache_dir: Path, *, progress: bool = True, force: bool = False) -> None:
     """Download what is missing or damaged, verify everything; quick when all is in place."""
     hub = files.hub_cache(cache_dir)
-    _say(f"{MODEL}: weights licensed under {LICENCE}; by downloading you accept them", progress)
+    # named even with --quiet: using the weights means accepting these licences
+    _say(f"{MODEL}: weights licensed under {LICENCE}; using them means accepting them", True)
     todo: list[HubFile] = []
     for hub_file in FILES:
         pointer = files.local_path(cache_dir, hub_file)
         state = verify.check(hub, pointer, hub_file.label, deep=False)
         if (force or state.state == "damaged") and pointer.exists():
+            if state.state == "damaged":
+                _say(
+                    f"{MODEL}: {hub_file.label} is damaged ({state.detail}); fetching it again",
+                    True,
+                )
             verify.remove(pointer)
         if force or not state.ok:
             todo.append(hub_file)
