@@ -111,5 +111,8 @@ def endpoint() -> str:
 
 
 def offline() -> bool:
-    """$HF_HUB_OFFLINE (huggingface_hub's switch), read at call time."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}
+    """$HF_HUB_OFFLINE (or transformers' TRANSFORMERS_OFFLINE), read at call time."""
+    flags = (
+        os.environ.get(n, "").strip().lower() for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    return any(flag in {"1", "on", "yes", "true"} for flag in flags)

@@ -123,12 +123,18 @@ def _explain(hub_file: HubFile, exc: BaseException) -> UserError:
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     where = files.endpoint()
     cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, OfflineModeIsEnabled):
+        return UserError(
+            f"huggingface_hub is in offline mode (HF_HUB_OFFLINE was set when it was imported) "
+            f"and {hub_file.label} is not cached; run `{RUN}` without HF_HUB_OFFLINE"
+        )
     if isinstance(exc, RevisionNotFoundError | RepositoryNotFoundError):
         return UserError(
             f"{where} does not have {hub_file.repo} at revision {hub_file.revision[:12]} "
