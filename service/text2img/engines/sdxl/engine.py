@@ -1,0 +1,241 @@
+"""The SDXL engine: diffusers' `StableDiffusionXLPipeline` behind `base.Engine`.
+
+What we add around the library call, and why:
+- per-image seeds: one `torch.Generator` per row draws that row's initial latents
+  (passed as `latents=`), and Euler with `s_churn=0` adds no noise afterwards, so seed i
+  draws the same image alone or anywhere in a batch (up to float rounding);
+- progress and cancellation through `callback_on_step_end` (after every UNet call, so
+  `should_cancel` is checked before each next call; once more before the first);
+- chunks of at most `max_batch` images; the output guard (NaN / constant -> BadOutput);
+- steps: SDXL-Lightning ships one distilled UNet per step count. The 4-step UNet is loaded
+  at start; a request for 2 or 8 steps swaps the UNet's weights in place from the cache
+  (same architecture, strict load, ~5 GB read) and keeps them until another count is
+  asked for. Requests batch only with equal settings, so a swap happens between batches.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from text2img.engines.base import (
+    MAX_SEED,
+    CancelFn,
+    Cancelled,
+    Engine,
+    EngineSettings,
+    EngineSpec,
+    GeneratedImage,
+    ImageRequest,
+    InvalidSetting,
+    Progress,
+    ProgressFn,
+)
+from text2img.engines.guard import check_batch
+from text2img.engines.sdxl.spec import DEFAULT_STEPS, STEP_CHOICES, SdxlSettings
+from text2img.errors import UserError
+
+LATENT_CHANNELS = 4
+VAE_SCALE = 8  # SDXL's VAE downsamples 8x
+
+
+class SdxlEngine(Engine):
+    """A loaded SDXL pipeline. `generate` keeps no per-request state on the object."""
+
+    def __init__(
+        self,
+        spec: EngineSpec,
+        pipe: Any,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_batch: int,
+        cache_dir: Path | None = None,
+        steps_loaded: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.pipe = pipe
+        self.torch_device = device
+        self.torch_dtype = dtype
+        self.device = device.type
+        self.dtype = str(dtype).removeprefix("torch.")
+        self.max_batch = max_batch
+        self._cache_dir = cache_dir
+        self._steps_loaded = steps_loaded  # None: one UNet serves every step count (tiny)
+        self._lock = threading.Lock()  # the UNet swap and the pipeline call are one unit
+
+    def generate(
+        self,
+        requests: Sequence[ImageRequest],
+        settings: EngineSettings,
+        *,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> list[GeneratedImage]:
+        checked = self._check(requests, settings)
+        chunks = [requests[i : i + self.max_batch] for i in range(0, len(requests), self.max_batch)]
+        out: list[GeneratedImage] = []
+        with self._lock:
+            self._use_steps(checked.steps)
+            for index, chunk in enumerate(chunks):
+                images = self._chunk(chunk, checked, progress, should_cancel, index, len(chunks))
+                out += [GeneratedImage(img, r.seed) for img, r in zip(images, chunk, strict=True)]
+        return out
+
+    def _check(self, requests: Sequence[ImageRequest], settings: EngineSettings) -> SdxlSettings:
+        if not isinstance(settings, SdxlSettings):
+            raise InvalidSetting(
+                "settings", f"model {self.name} needs SdxlSettings, got {type(settings).__name__}"
+            )
+        if settings.size not in self.spec.sizes:
+            raise InvalidSetting("size", f"size {settings.size} is not drawn by {self.name}")
+        if settings.steps not in STEP_CHOICES:
+            choices = ", ".join(str(s) for s in STEP_CHOICES)
+            raise InvalidSetting("steps", f"steps must be one of {choices}, got {settings.steps}")
+        for i, r in enumerate(requests):
+            if (
+                isinstance(r.seed, bool)
+                or not isinstance(r.seed, int)
+                or not 0 <= r.seed <= MAX_SEED
+            ):
+                raise InvalidSetting(
+                    "seed", f"seed must be an integer from 0 to {MAX_SEED} (image {i})"
+                )
+            if not isinstance(r.prompt, str):
+                raise InvalidSetting("prompt", f"prompt must be a string (image {i})")
+        return settings
+
+    def _use_steps(self, steps: int) -> None:
+        """Swap in the distilled UNet for `steps` (real weights only; call under the lock)."""
+        if self._steps_loaded is None or self._steps_loaded == steps:
+            return
+        from text2img.engines.sdxl import files
+        from text2img.engines.sdxl.loading import load_strict
+
+        path = files.local_path(self._cache_dir, files.unet_file(steps))
+        if not path.exists():
+            raise UserError(
+                f"the {steps}-step UNet is not in the cache ({path}); run "
+                "`text2img download --model sdxl-lightning`"
+            )
+        load_strict(
+            self.pipe.unet, path, self.torch_device, self.torch_dtype, f"the UNet {path.name}"
+        )
+        self._steps_loaded = steps
+
+    def _latents(self, chunk: Sequence[ImageRequest], settings: SdxlSettings) -> torch.Tensor:
+        """Each row's starting noise from its own seed (float32 on the CPU, then moved)."""
+        shape = (LATENT_CHANNELS, settings.height // VAE_SCALE, settings.width // VAE_SCALE)
+        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(r.seed)) for r in chunk]
+        return torch.stack(rows).to(self.torch_device, self.torch_dtype)
+
+    @torch.inference_mode()
+    def _chunk(
+        self, chunk: Sequence[ImageRequest], settings: SdxlSettings,
+        progress: ProgressFn | None, should_cancel: CancelFn | None,
+        batch_index: int, num_batches: int,
+    ) -> list[Image.Image]:  # fmt: skip
+        def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if progress is not None:
+                progress(Progress("denoise", i + 1, settings.steps, 0, 1, batch_index, num_batches))
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("generation cancelled")
+            return {}
+
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("generation cancelled")
+        result = self.pipe(
+            prompt=[r.prompt for r in chunk],
+            height=settings.height,
+            width=settings.width,
+            num_inference_steps=settings.steps,
+            guidance_scale=0.0,
+            latents=self._latents(chunk, settings),
+            output_type="pt",
+            callback_on_step_end=on_step,
+        )
+        images = result.images  # NCHW in [0, 1]
+        check_batch(images, value_range=1.0, what=f"model {self.name}")
+        return to_pil(images)
+
+
+def to_pil(batch: torch.Tensor) -> list[Image.Image]:
+    """NCHW in [0, 1] -> RGB images: round(x * 255)."""
+    data = (batch.float() * 255).round().clamp(0, 255).to(torch.uint8)
+    return [Image.fromarray(row, mode="RGB") for row in data.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use cuda, cpu or leave it unset") from None
+    if resolved.type not in ("cuda", "cpu"):
+        raise UserError(f"unsupported device {device!r}; use cuda or cpu")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """CUDA: float16 (default) or float32. CPU: float32 (default) or bfloat16."""
+    if dtype in (None, "", "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use float16 (CUDA), float32 or bfloat16 (CPU)")
+    resolved = DTYPES[dtype]
+    if resolved == torch.float16 and device.type != "cuda":
+        raise UserError("float16 runs on CUDA only; use float32 or bfloat16 on the CPU")
+    if resolved == torch.bfloat16 and device.type != "cpu":
+        raise UserError(
+            "bfloat16 is a CPU option (the T4 has no fast bfloat16); use float16 on CUDA"
+        )
+    return resolved
+
+
+def _pipeline(components: dict[str, Any]) -> Any:
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**components, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    return pipe
+
+
+def load(
+    spec: EngineSpec, *, device: str | None = None, dtype: str | None = None,
+    cache_dir: Path | None = None,
+) -> SdxlEngine:  # fmt: skip
+    """`tiny-sdxl`: random weights built in-process. `sdxl-lightning`: the pinned weights
+    from the cache (UserError with what to run when they are missing or damaged)."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if spec.random_weights:
+        from text2img.engines.sdxl.tiny import build_components
+
+        parts = build_components(dt)
+        pipe = _pipeline(
+            {k: v.to(dev) if isinstance(v, torch.nn.Module) else v for k, v in parts.items()}
+        )
+        return SdxlEngine(spec, pipe, device=dev, dtype=dt, max_batch=8)
+    from text2img.engines.sdxl import files, weights
+    from text2img.engines.sdxl.loading import load_components
+
+    cache = cache_dir if cache_dir is not None else files.default_cache_dir()
+    weights.require(cache)
+    pipe = _pipeline(load_components(cache, dev, dt, DEFAULT_STEPS))
+    if dev.type == "cuda":
+        pipe.vae.enable_slicing()  # decode one image at a time: the VAE's peak is per image
+    return SdxlEngine(
+        spec, pipe, device=dev, dtype=dt, max_batch=4 if dev.type == "cuda" else 2,
+        cache_dir=cache, steps_loaded=DEFAULT_STEPS,
+    )  # fmt: skip

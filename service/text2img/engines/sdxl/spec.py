@@ -1,0 +1,134 @@
+"""What `sdxl-lightning` and `tiny-sdxl` draw and accept; torch-free (no diffusers import).
+
+Sizes are SDXL's native resolutions (about one megapixel, multiples of 64). OpenAI's sizes
+are accepted as aliases and drawn at the native size closest in aspect ratio; the image
+returned has the native size (e.g. "1536x1024" returns 1216x832). Guidance is fixed at 0:
+SDXL-Lightning is distilled to run without classifier-free guidance, so there is no
+option for it, and one UNet call per step is the whole cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from text2img.engines.base import EngineSpec, InvalidSetting, Option, parse_size
+
+NATIVE_SIZES = (
+    "1024x1024",
+    "1152x896",
+    "896x1152",
+    "1216x832",
+    "832x1216",
+    "1344x768",
+    "768x1344",
+)
+DEFAULT_SIZE = "1024x1024"
+STEP_CHOICES = (2, 4, 8)  # ByteDance ships one distilled UNet per step count
+DEFAULT_STEPS = 4
+
+# Licences of the three repositories the weights come from (named at download and in the
+# README): SDXL 1.0 base's model card and ByteDance/SDXL-Lightning's both declare
+# `openrail++` (CreativeML Open RAIL++-M); madebyollin/sdxl-vae-fp16-fix declares `mit`.
+LICENCE = (
+    "CreativeML Open RAIL++-M (stabilityai/stable-diffusion-xl-base-1.0 text encoders, "
+    "ByteDance/SDXL-Lightning UNet); MIT (madebyollin/sdxl-vae-fp16-fix VAE)"
+)
+
+
+def nearest_native(size: str) -> str:
+    """The native size whose aspect ratio is closest (in log space) to `size`'s."""
+    width, height = parse_size(size)
+    target = math.log(width / height)
+
+    def distance(native: str) -> float:
+        w, h = parse_size(native)
+        return abs(math.log(w / h) - target)
+
+    return min(NATIVE_SIZES, key=distance)
+
+
+# OpenAI's gpt-image sizes -> what we draw. "auto" is our default square.
+SIZE_ALIASES = {
+    "1536x1024": nearest_native("1536x1024"),  # 3:2 landscape -> 1216x832
+    "1024x1536": nearest_native("1024x1536"),  # 2:3 portrait -> 832x1216
+    "auto": DEFAULT_SIZE,
+}
+
+
+@dataclass(frozen=True)
+class SdxlSettings:
+    """Everything that must be equal for requests to share a batch."""
+
+    width: int = 1024
+    height: int = 1024
+    steps: int = DEFAULT_STEPS
+
+    @property
+    def model_calls_per_image(self) -> int:
+        """One UNet call per step: guidance is 0, so there is no unconditional row."""
+        return self.steps
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class SdxlSpec(EngineSpec):
+    """The SDXL family's spec; `settings` validates size and steps."""
+
+    def settings(self, **options: Any) -> SdxlSettings:
+        self.check_option_names(options)
+        size = self.resolve_size(options.get("size"))
+        steps = options.get("steps")
+        if steps is None:
+            steps = DEFAULT_STEPS
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps not in STEP_CHOICES:
+            choices = ", ".join(str(s) for s in STEP_CHOICES)
+            raise InvalidSetting(
+                "steps",
+                f"steps must be one of {choices} for model {self.name} (SDXL-Lightning "
+                f"ships one distilled UNet per step count), got {steps!r}",
+            )
+        width, height = parse_size(size)
+        return SdxlSettings(width=width, height=height, steps=steps)
+
+
+STEPS_OPTION = Option(
+    "steps",
+    DEFAULT_STEPS,
+    "denoising steps = UNet calls per image; each count has its own distilled UNet",
+    choices=STEP_CHOICES,
+)
+
+# Bytes in the cache (sizes of the pinned files on the Hub, rounded up): three fp16
+# Lightning UNets (2, 4 and 8 steps, 5.14 GB each), both fp16 text encoders (0.25 GB +
+# 1.39 GB), the fp32 fp16-fix VAE (0.34 GB) and the small config/tokenizer files.
+DOWNLOAD_BYTES = 3 * 5_140_000_000 + 246_200_000 + 1_389_400_000 + 334_700_000 + 10_000_000
+
+SDXL_LIGHTNING = SdxlSpec(
+    name="sdxl-lightning",
+    family="sdxl",
+    title="SDXL-Lightning (ByteDance, 2024) on Stable Diffusion XL 1.0, via diffusers",
+    licence=LICENCE,
+    random_weights=False,
+    sizes=NATIVE_SIZES,
+    default_size=DEFAULT_SIZE,
+    options=(STEPS_OPTION,),
+    size_aliases=SIZE_ALIASES,
+    download_bytes=DOWNLOAD_BYTES,
+)
+
+TINY_SDXL = SdxlSpec(
+    name="tiny-sdxl",
+    family="sdxl",
+    title="tiny SDXL-architecture pipeline with random weights: draws NOISE (smoke tests)",
+    licence="none (random weights generated in-process)",
+    random_weights=True,
+    sizes=NATIVE_SIZES,
+    default_size=DEFAULT_SIZE,
+    options=(STEPS_OPTION,),
+    size_aliases=SIZE_ALIASES,
+)

@@ -1,0 +1,110 @@
+"""The full-size SDXL-Lightning UNet and fp16-fix VAE, built on the `meta` device (no
+memory) from the configs the engine loads with, against public figures of the real
+checkpoints; and the strict listing check the loader runs before reading any tensor."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from text2img.engines.sdxl.loading import check_listing, expected_listing, meta_module, read_listing
+from text2img.errors import UserError
+
+# SDXL's UNet: 2.6B parameters (SDXL paper, Table 1: 2.6B, transformer depth [0, 2, 10],
+# channel mult [1, 2, 4], context dim 2048); diffusers' count of it is 2,567,463,684.
+SDXL_UNET_PARAMS = 2_567_463_684
+# sdxl-vae-fp16-fix's diffusion_pytorch_model.safetensors is 334,643,238 bytes (fp32), as
+# listed in public download manifests; the fp32 tensors plus a safetensors header fill it.
+VAE_FILE_BYTES = 334_643_238
+
+
+@pytest.fixture(scope="module")
+def unet_listing() -> dict[str, tuple[int, ...]]:
+    return expected_listing(meta_module("unet"))
+
+
+def test_unet_has_sdxl_size_and_layout(unet_listing: dict[str, tuple[int, ...]]) -> None:
+    params = sum(_numel(s) for s in unet_listing.values())
+    assert params == SDXL_UNET_PARAMS
+    assert unet_listing["conv_in.weight"] == (320, 4, 3, 3)
+    assert unet_listing["time_embedding.linear_1.weight"] == (1280, 320)
+    # pooled text (1280) + 6 size/crop numbers x 256: SDXL's micro-conditioning
+    assert unet_listing["add_embedding.linear_1.weight"] == (1280, 2816)
+    key = "down_blocks.2.attentions.1.transformer_blocks.9.attn2.to_k.weight"
+    assert unet_listing[key] == (1280, 2048)  # cross-attention on both encoders' states
+    blocks = {k.split(".attn1.")[0] for k in unet_listing if ".attn1.to_q." in k}
+    # depth 0/2/10 per level: down 2x2 + 2x10, mid 10, up 3x10 + 3x2
+    assert len(blocks) == 70
+    assert not [k for k in blocks if re.match(r"down_blocks\.0\.", k)]  # none at full res
+
+
+def test_vae_matches_the_published_fp16_fix_file_size() -> None:
+    listing = expected_listing(meta_module("vae"))
+    params = sum(_numel(s) for s in listing.values())
+    header = VAE_FILE_BYTES - 8 - 4 * params
+    assert 0 < header < 64 * 1024, header  # room for the JSON header, nothing more
+    assert len(listing) == 248
+    assert listing["decoder.conv_out.weight"] == (3, 128, 3, 3)
+    assert listing["post_quant_conv.weight"] == (4, 4, 1, 1)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _sparse_safetensors(path: Path, listing: dict[str, tuple[int, ...]], bytes_per: int) -> Path:
+    """A safetensors file with this header and zero-filled (sparse) data: no disk used."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, shape in sorted(listing.items()):
+        size = _numel(shape) * bytes_per
+        header[key] = {
+            "dtype": "F16",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    payload = json.dumps(header).encode()
+    payload += b" " * (-len(payload) % 8)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(payload)))
+        f.write(payload)
+        f.truncate(8 + len(payload) + offset)
+    return path
+
+
+def test_a_full_size_unet_file_passes_the_strict_check_and_a_wrong_one_does_not(
+    unet_listing: dict[str, tuple[int, ...]], tmp_path: Path
+) -> None:
+    good = _sparse_safetensors(tmp_path / "unet.safetensors", unet_listing, 2)
+    assert good.stat().st_size > 2 * SDXL_UNET_PARAMS  # a 5.1 GB fp16 file, as shipped
+    check_listing(unet_listing, read_listing(good), "the UNet")
+
+    missing = dict(unet_listing)
+    del missing["mid_block.attentions.0.transformer_blocks.3.ff.net.2.weight"]
+    bad = _sparse_safetensors(tmp_path / "missing.safetensors", missing, 2)
+    with pytest.raises(UserError, match=r"1 missing \(e\.g\. mid_block"):
+        check_listing(unet_listing, read_listing(bad), "the UNet")
+
+    # SD 1.x's cross-attention width (768) in place of SDXL's 2048
+    reshaped = dict(
+        unet_listing,
+        **{"mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight": (1280, 768)},
+    )
+    bad = _sparse_safetensors(tmp_path / "shape.safetensors", reshaped, 2)
+    with pytest.raises(UserError, match=r"mis-shaped.*--force"):
+        check_listing(unet_listing, read_listing(bad), "the UNet")
+
+
+def test_a_file_that_is_not_safetensors_is_named(tmp_path: Path) -> None:
+    html = tmp_path / "unet.safetensors"
+    html.write_bytes(b"<!DOCTYPE html><html>proxy login page</html>")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        read_listing(html)

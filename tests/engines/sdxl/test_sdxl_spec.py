@@ -1,0 +1,68 @@
+"""The SDXL specs without torch: sizes, OpenAI aliases, options, licence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from text2img.engines.base import InvalidSetting, parse_size
+from text2img.engines.sdxl.spec import NATIVE_SIZES, SDXL_LIGHTNING, TINY_SDXL
+
+
+def test_native_sizes_are_sdxl_training_buckets() -> None:
+    for size in NATIVE_SIZES:
+        w, h = parse_size(size)
+        assert w % 64 == 0
+        assert h % 64 == 0
+        assert 0.9 < w * h / 1024**2 < 1.05  # about one megapixel each
+    assert SDXL_LIGHTNING.default_size == "1024x1024"
+
+
+@pytest.mark.parametrize(
+    ("asked", "drawn"),
+    [("1024x1024", "1024x1024"), ("1536x1024", "1216x832"), ("1024x1536", "832x1216"),
+     ("auto", "1024x1024"), (None, "1024x1024")],
+)  # fmt: skip
+def test_openai_sizes_draw_the_nearest_native_size(asked: str | None, drawn: str) -> None:
+    settings = SDXL_LIGHTNING.settings(size=asked)
+    assert f"{settings.width}x{settings.height}" == drawn
+
+
+def test_unknown_size_and_glide_only_fields_are_refused_by_name() -> None:
+    with pytest.raises(InvalidSetting) as err:
+        SDXL_LIGHTNING.settings(size="256x256")
+    assert (err.value.param, err.value.code) == ("size", "unsupported_size")
+    with pytest.raises(InvalidSetting) as err:
+        SDXL_LIGHTNING.settings(upsample_steps=10)
+    assert (err.value.param, err.value.code) == ("upsample_steps", "unsupported_parameter")
+    with pytest.raises(InvalidSetting) as err:
+        SDXL_LIGHTNING.settings(guidance_scale=5)
+    assert err.value.param == "guidance_scale"
+
+
+def test_settings_are_hashable_and_batch_only_when_equal() -> None:
+    a = SDXL_LIGHTNING.settings(size="1536x1024", steps=4)
+    b = SDXL_LIGHTNING.settings(size="1216x832")
+    assert a == b
+    assert len({a, b, SDXL_LIGHTNING.settings(steps=8)}) == 2
+
+
+def test_public_view_names_licence_and_noise() -> None:
+    public = SDXL_LIGHTNING.public()
+    assert "Open RAIL++-M" in public["licence"]
+    assert "MIT" in public["licence"]
+    assert public["options"]["steps"]["choices"] == [2, 4, 8]
+    assert TINY_SDXL.public()["random_weights"] is True
+    assert "NOISE" in TINY_SDXL.title
+
+
+def test_spec_module_imports_neither_torch_nor_diffusers() -> None:
+    code = (
+        "import sys, text2img.engines.registry as r; r.get_spec('sdxl-lightning');"
+        "r.get_spec('tiny-sdxl'); heavy = {'torch', 'diffusers', 'transformers'};"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
