@@ -38,8 +38,8 @@ class Refusal(enum.Enum):
     """Why the guard answered instead of the app."""
 
     THROTTLED = "throttled"  # 429: too many wrong tokens from this client
-    MISSING_TOKEN = "missing_token"  # 401
-    WRONG_TOKEN = "wrong_token"  # 401
+    NO_CREDENTIAL = "no_credential"  # 401
+    BAD_CREDENTIAL = "bad_credential"  # 401
     TOO_LARGE = "too_large"  # 413
     TOO_SLOW = "too_slow"  # 408: the body did not arrive in time
 
@@ -157,7 +157,7 @@ class RequestGuard:
         policy.throttle.failure(client)
         if policy.on_auth_failure is not None:
             policy.on_auth_failure()
-        return (Refusal.MISSING_TOKEN if presented is None else Refusal.WRONG_TOKEN), None
+        return (Refusal.NO_CREDENTIAL if presented is None else Refusal.BAD_CREDENTIAL), None
 
     async def _refuse(
         self, refusal: Refusal, wait: int | None, scope: Scope, receive: Receive, send: Send

@@ -40,10 +40,10 @@ def refusal_response(refusal: Refusal, retry_after: int | None) -> Response:
                 headers={"Retry-After": str(seconds)},
             )
         )
-    if refusal in (Refusal.MISSING_TOKEN, Refusal.WRONG_TOKEN):
+    if refusal in (Refusal.NO_CREDENTIAL, Refusal.BAD_CREDENTIAL):
         message = (
             "missing API token: send `Authorization: Bearer <token>`"
-            if refusal is Refusal.MISSING_TOKEN
+            if refusal is Refusal.NO_CREDENTIAL
             else "the API token is wrong: check TEXT2IMG_API_TOKEN / the token `pulumi up` printed"
         )
         return error_response(
