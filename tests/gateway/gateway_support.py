@@ -130,6 +130,9 @@ class Upstream:
                 Route("/sse", sse),
                 Route("/big", big),
                 Route("/echo", echo, methods=["POST", "PUT"]),
+                # documented paths that wake the VM, answered like /echo
+                Route("/v1/translations", echo, methods=["POST"]),
+                Route("/v1/images/generations", echo, methods=["POST"]),
                 Route("/busy", busy, methods=["POST"]),
                 Route("/slow", slow, methods=["POST"]),
                 Route("/hang", hang),
@@ -182,6 +185,7 @@ def make_gateway(
             "upstream_url": upstream.url,
             "start_cooldown_s": 30.0,
             "typical_wake_s": 100.0,
+            "egress_warmup_s": 0.5,  # a fresh instance's retries, kept short in tests
         }
         values.update(overrides)
         app = create_app(GatewaySettings(**values), static_root=static_dir)

@@ -20,6 +20,7 @@ import httpx
 
 from text2img.gateway import compute
 from text2img.gateway.compute import ComputeFailure, InstanceInfo, OperationInfo, VmRef
+from text2img.gateway.egress import EgressState
 from text2img.gateway.settings import GatewaySettings
 
 log = logging.getLogger("text2img.gateway")
@@ -40,7 +41,7 @@ class Ready:
 
 @dataclass(frozen=True)
 class Waking:
-    phase: str  # "starting_vm" | "booting" | "loading_model"
+    phase: str  # "starting_vm" | "booting" | "connecting" | "loading_model"
     eta_s: float
     retry_after_s: int
     message: str
@@ -126,6 +127,7 @@ class Waker:
         self._op_checked_at = 0.0
         self._failure: tuple[StartFailed, float] | None = None
         self._recent: tuple[float, Waking] | None = None  # reused for `state_cache_s`
+        self.egress = EgressState(settings.egress_warmup_s)
 
     def invalidate(self) -> None:
         """Forget that the service was ready (the upstream stopped answering)."""
@@ -235,6 +237,15 @@ class Waker:
                 "stop`; the next request starts it, and it reads the new token when it boots)",
                 30,
             )
+        if phase == "booting" and not self.egress.reached and not self._maybe_booting(info):
+            # a fresh gateway instance whose egress is not up yet: the VM may well be ready
+            return Waking(
+                "connecting",
+                MIN_ETA_S,
+                3,
+                "the gateway is still opening its network path to the GPU VM (a new gateway "
+                "instance can need up to a minute); retry in a few seconds",
+            )
         message = (
             "the GPU VM is up; the service is loading the model"
             if phase == "loading_model"
@@ -242,9 +253,17 @@ class Waker:
         )
         return self._waking(phase, info, message)
 
+    def _maybe_booting(self, info: InstanceInfo) -> bool:
+        """Whether the VM started recently enough that its service may still be booting."""
+        if self._start_at is not None:
+            return True
+        began = _ts(info)
+        return began is None or self.wall() - began < self.expected_wake_s()
+
     async def _probe(self, url: str) -> str:
         try:
-            resp = await self.http.get(
+            resp = await self.egress.get(
+                self.http,
                 f"{url}/readyz",
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=self.settings.probe_timeout_s,
