@@ -74,6 +74,7 @@ class ServiceState:
     model_name: str = ""
     on_load_failure: Callable[[str], None] | None = None
     _loader: threading.Thread | None = field(default=None, repr=False)
+    _closing: bool = field(default=False, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -98,6 +99,8 @@ class ServiceState:
             except Exception as exc:
                 log.exception("loading the model failed")
                 self._failed(f"loading the model failed: {type(exc).__name__}: {exc}")
+                return
+            if self._closing:
                 return
             scheduler = Scheduler(
                 pipeline,
@@ -140,7 +143,9 @@ class ServiceState:
         return self.ready
 
     def shutdown(self) -> None:
+        # a model still loading is not waited for long: the process is exiting
+        self._closing = True
         if self._loader is not None:
-            self._loader.join(timeout=600)
+            self._loader.join(timeout=5)
         if self.scheduler is not None:
-            self.scheduler.stop()
+            self.scheduler.stop(timeout=10)
