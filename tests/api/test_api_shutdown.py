@@ -3,49 +3,20 @@ the JSON 503 `shutting_down` with Retry-After, the process exits cleanly and qui
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from api_support import AUTH, TOKEN
+from api_support import AUTH
+from serve_process import start
 
 # long on the tiny model (many steps at 256x256): still drawing when SIGTERM arrives
 LONG = {"prompt": "a long one", "n": 4, "size": "256x256", "steps": 250, "upsample_steps": 250}
 QUEUED = {"prompt": "a quick one", "size": "64x64", "steps": 2}  # other settings: own batch
 GRACE_S = 2
-
-
-def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], str, list[str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEXT2IMG_")}
-    env.update({"TEXT2IMG_TRANSLATION": "off", "TEXT2IMG_API_TOKEN": TOKEN,
-                "TEXT2IMG_SHUTDOWN_GRACE_S": str(GRACE_S), "TEXT2IMG_BATCH_WINDOW_S": "0",
-                "OMP_NUM_THREADS": "1"})  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "text2img.cli", "serve", "--model", "tiny", "--port", "0"],
-        env=env, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    lines: list[str] = []
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-        if match:
-            rest = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
-            rest.start()
-            return proc, f"http://127.0.0.1:{match.group(1)}", lines
-    proc.kill()
-    raise AssertionError("serve did not start:\n" + "".join(lines))
 
 
 def _post(url: str, body: dict[str, Any], out: dict[str, httpx.Response]) -> threading.Thread:
@@ -67,7 +38,8 @@ def _assert_shutting_down(resp: httpx.Response) -> None:
 
 
 def test_sigterm_answers_every_waiter_with_json_503_and_exits_cleanly(tmp_path: Path) -> None:
-    proc, url, lines = _start(tmp_path)
+    server = start(tmp_path, TEXT2IMG_SHUTDOWN_GRACE_S=str(GRACE_S), TEXT2IMG_BATCH_WINDOW_S="0")
+    proc, url, lines = server.proc, server.url, server.lines
     try:
         with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
             end = time.monotonic() + 60
