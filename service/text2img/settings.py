@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     """A request body must arrive within this many seconds (else 408)."""
     header_timeout_s: float = Field(default=15.0, gt=0, le=600)
     """Request headers must arrive within this many seconds (else 408, connection closed)."""
-    shutdown_grace_s: float = Field(default=90.0, ge=0, le=3600)
+    shutdown_grace_s: float = Field(default=80.0, ge=0, le=100)
     """On SIGTERM the running batch may finish within this many seconds; then it is
     cancelled. Keep it under the container's stop timeout (the VM's unit gives 120 s)."""
 
