@@ -35,6 +35,7 @@ class Upstream:
     ready: bool = True
     readyz_delay_s: float = 0.0
     readyz_calls: int = 0
+    throttle_wrong_tokens: bool = False  # answer wrong tokens like a throttling service
     release_sse: threading.Event = field(default_factory=threading.Event)
     sse_finished: threading.Event = field(default_factory=threading.Event)
     seen: list[dict[str, Any]] = field(default_factory=list)
@@ -46,6 +47,8 @@ class Upstream:
             self.readyz_calls += 1
             await asyncio.sleep(self.readyz_delay_s)
             if request.headers.get("authorization") != AUTH["Authorization"]:
+                if self.throttle_wrong_tokens:
+                    return JSONResponse({"error": {"code": "auth_throttled"}}, status_code=429)
                 return JSONResponse({"error": {"code": "invalid_api_key"}}, status_code=401)
             if self.ready:
                 return JSONResponse({"ready": True, "model": "tiny"})

@@ -212,6 +212,19 @@ def test_vm_with_an_old_token_is_explained(
     assert upstream.seen == []  # nothing was proxied with a token the service refuses
 
 
+def test_a_service_that_throttles_the_old_token_is_still_a_mismatch(
+    make_gateway: Callable[..., str], fake: FakeCompute, upstream: Upstream
+) -> None:
+    """After many probes with the rotated token the service answers 429 auth_throttled
+    to the gateway itself: still a token mismatch, not a VM that is booting."""
+    fake.set_status(VM, "RUNNING")
+    upstream.throttle_wrong_tokens = True
+    new = "a-brand-new-token-0123456789"
+    url = make_gateway(api_token=new)
+    resp = httpx.post(url + "/v1/jobs", headers={"Authorization": f"Bearer {new}"})
+    assert resp.json()["error"]["cause"] == "TOKEN_MISMATCH"
+
+
 def test_a_compute_hiccup_is_retried_soon(
     make_gateway: Callable[..., str], fake: FakeCompute, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -272,7 +272,9 @@ class Waker:
             return "booting"
         if resp.status_code == 200:
             return "ready"
-        if resp.status_code in (401, 403):
+        if resp.status_code in (401, 403) or _throttled(resp):
+            # refused tokens get the service to throttle the gateway's own address: still
+            # the same mismatch, not a boot
             return "token_mismatch"
         try:
             phase = resp.json().get("phase")
@@ -340,6 +342,16 @@ class Waker:
         eta = self._eta(info)
         retry = int(min(10.0, max(2.0, eta / 4)))
         return Waking(phase, eta, retry, f"{message}; about {round(eta)} s to go")
+
+
+def _throttled(resp: httpx.Response) -> bool:
+    """The service's 429 for too many wrong tokens (not its queue_full)."""
+    if resp.status_code != 429:
+        return False
+    try:
+        return bool(resp.json()["error"]["code"] == "auth_throttled")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _ts(info: InstanceInfo) -> float | None:
