@@ -66,6 +66,18 @@ class Settings(BaseSettings):
     # auth throttling
     auth_max_failures: int = Field(default=10, ge=1, le=1000)
     auth_block_s: float = Field(default=60.0, gt=0, le=86_400)
+    trust_forwarded: bool = False
+    """Key the failed-token throttle on the last X-Forwarded-For entry (the one a proxy in
+    front, e.g. the gateway, appends) instead of the socket peer. Only behind a proxy."""
+
+    # slow or hostile clients, shutdown
+    body_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """A request body must arrive within this many seconds (else 408)."""
+    header_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    """Request headers must arrive within this many seconds (else 408, connection closed)."""
+    shutdown_grace_s: float = Field(default=80.0, ge=0, le=100)
+    """On SIGTERM the running batch may finish within this many seconds; then it is
+    cancelled. Keep it under the container's stop timeout (the VM's unit gives 120 s)."""
 
 
 @lru_cache(maxsize=1)

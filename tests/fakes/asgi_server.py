@@ -18,20 +18,22 @@ def serve_in_thread(
     timeout_s: float = 10.0,
     graceful_shutdown_s: float | None = None,
     must_stop: bool = False,
+    **config: Any,
 ) -> Iterator[str]:
     """Yields the base URL; the server shuts down (lifespan included) on exit. With
     `must_stop`, a server thread still alive after `timeout_s` fails the test (tests of
-    the app itself; stand-ins that hang on purpose leave a daemon thread behind)."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=graceful_shutdown_s,
-    )
-    server = uvicorn.Server(config)
+    the app itself; stand-ins that hang on purpose leave a daemon thread behind). Other
+    keywords go to `uvicorn.Config` (e.g. `port`, `http`)."""
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "log_level": "warning",
+        "lifespan": "on",
+        "access_log": False,
+        "timeout_graceful_shutdown": graceful_shutdown_s,
+    }
+    options.update(config)
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

@@ -35,6 +35,7 @@ class Upstream:
     ready: bool = True
     readyz_delay_s: float = 0.0
     readyz_calls: int = 0
+    throttle_wrong_tokens: bool = False  # answer wrong tokens like a throttling service
     release_sse: threading.Event = field(default_factory=threading.Event)
     sse_finished: threading.Event = field(default_factory=threading.Event)
     seen: list[dict[str, Any]] = field(default_factory=list)
@@ -46,6 +47,8 @@ class Upstream:
             self.readyz_calls += 1
             await asyncio.sleep(self.readyz_delay_s)
             if request.headers.get("authorization") != AUTH["Authorization"]:
+                if self.throttle_wrong_tokens:
+                    return JSONResponse({"error": {"code": "auth_throttled"}}, status_code=429)
                 return JSONResponse({"error": {"code": "invalid_api_key"}}, status_code=401)
             if self.ready:
                 return JSONResponse({"ready": True, "model": "tiny"})
@@ -130,6 +133,9 @@ class Upstream:
                 Route("/sse", sse),
                 Route("/big", big),
                 Route("/echo", echo, methods=["POST", "PUT"]),
+                # documented paths that wake the VM, answered like /echo
+                Route("/v1/translations", echo, methods=["POST"]),
+                Route("/v1/images/generations", echo, methods=["POST"]),
                 Route("/busy", busy, methods=["POST"]),
                 Route("/slow", slow, methods=["POST"]),
                 Route("/hang", hang),
@@ -182,6 +188,7 @@ def make_gateway(
             "upstream_url": upstream.url,
             "start_cooldown_s": 30.0,
             "typical_wake_s": 100.0,
+            "egress_warmup_s": 0.5,  # a fresh instance's retries, kept short in tests
         }
         values.update(overrides)
         app = create_app(GatewaySettings(**values), static_root=static_dir)

@@ -67,7 +67,7 @@ def test_wake_phases_then_proxy_when_ready(
 ) -> None:
     fake.boot_delay_s = None
     url = make_gateway(state_cache_s=0.0, ready_cache_s=0.0)
-    post = lambda: httpx.post(url + "/echo", headers=AUTH, content=b"hello")  # noqa: E731
+    post = lambda: httpx.post(url + "/v1/translations", headers=AUTH, content=b"hello")  # noqa: E731
     assert _waking(post())["phase"] == "starting_vm"
     fake.finish_boot(VM)
     # the VM runs but the service does not answer yet: booting
@@ -132,10 +132,10 @@ def test_upstream_gone_after_ready_turns_into_waking(
     ctx = serve_in_thread(vm_service.app())
     service_url = ctx.__enter__()
     url = make_gateway(upstream_url=service_url, state_cache_s=0.0, ready_cache_s=600.0)
-    assert httpx.post(url + "/echo", headers=AUTH, content=b"x").status_code == 201
+    assert httpx.post(url + "/v1/translations", headers=AUTH, content=b"x").status_code == 201
     ctx.__exit__(None, None, None)  # the service process dies with the VM
     fake.power_off(VM)
-    resp = httpx.post(url + "/echo", headers=AUTH, content=b"x")
+    resp = httpx.post(url + "/v1/translations", headers=AUTH, content=b"x")
     assert _waking(resp)["phase"] == "starting_vm"
     assert fake.calls["start"] == 1
 
@@ -183,12 +183,12 @@ def test_capacity_failure_reported_later_on_the_operation(
     monkeypatch.setattr(waker, "OPERATION_POLL_S", 0.0)
     fake.boot_delay_s = None
     url = make_gateway(state_cache_s=0.0)
-    assert _waking(httpx.post(url + "/x", headers=AUTH))["phase"] == "starting_vm"
+    assert _waking(httpx.post(url + "/v1/jobs", headers=AUTH))["phase"] == "starting_vm"
     op = next(iter(fake.operations.values()))
     op.done, op.error = True, ("ZONE_RESOURCE_POOL_EXHAUSTED", "The zone does not have enough")
     fake.set_status(VM, "TERMINATED")
     time.sleep(0.01)
-    body = httpx.post(url + "/x", headers=AUTH).json()["error"]
+    body = httpx.post(url + "/v1/jobs", headers=AUTH).json()["error"]
     assert body["code"] == "start_failed"
     assert body["cause"] == "ZONE_RESOURCE_POOL_EXHAUSTED"
     assert fake.calls["operation"] >= 1
@@ -212,6 +212,19 @@ def test_vm_with_an_old_token_is_explained(
     assert upstream.seen == []  # nothing was proxied with a token the service refuses
 
 
+def test_a_service_that_throttles_the_old_token_is_still_a_mismatch(
+    make_gateway: Callable[..., str], fake: FakeCompute, upstream: Upstream
+) -> None:
+    """After many probes with the rotated token the service answers 429 auth_throttled
+    to the gateway itself: still a token mismatch, not a VM that is booting."""
+    fake.set_status(VM, "RUNNING")
+    upstream.throttle_wrong_tokens = True
+    new = "a-brand-new-token-0123456789"
+    url = make_gateway(api_token=new)
+    resp = httpx.post(url + "/v1/jobs", headers={"Authorization": f"Bearer {new}"})
+    assert resp.json()["error"]["cause"] == "TOKEN_MISMATCH"
+
+
 def test_a_compute_hiccup_is_retried_soon(
     make_gateway: Callable[..., str], fake: FakeCompute, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,13 +234,13 @@ def test_a_compute_hiccup_is_retried_soon(
     monkeypatch.setattr(waker, "TRANSIENT_HOLD_S", 0.3)
     url = make_gateway(state_cache_s=0.0, failure_hold_s=60.0)
     fake.inject("get", "INTERNAL", times=1)
-    first = httpx.post(url + "/x", headers=AUTH)
+    first = httpx.post(url + "/v1/jobs", headers=AUTH)
     body = first.json()["error"]
     assert body["code"] == "start_failed"
     assert "try again" in body["message"]
     assert first.headers["retry-after"] == "1"
     time.sleep(0.4)
-    assert _waking(httpx.post(url + "/x", headers=AUTH))["phase"] == "starting_vm"
+    assert _waking(httpx.post(url + "/v1/jobs", headers=AUTH))["phase"] == "starting_vm"
     assert fake.calls["start"] == 1
 
 
@@ -236,6 +249,6 @@ def test_suspended_vm_is_resumed_not_started(
 ) -> None:
     fake.set_status(VM, "SUSPENDED")
     url = make_gateway()
-    assert _waking(httpx.post(url + "/x", headers=AUTH))["phase"] == "starting_vm"
+    assert _waking(httpx.post(url + "/v1/jobs", headers=AUTH))["phase"] == "starting_vm"
     assert fake.calls["resume"] == 1
     assert fake.calls["start"] == 0

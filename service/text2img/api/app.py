@@ -15,20 +15,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from text2img import __version__
 from text2img.api.deps import Authorized
-from text2img.api.errors import ApiError, error_response, install_error_handlers
+from text2img.api.errors import install_error_handlers
 from text2img.api.jobs import JobRegistry
+from text2img.api.limits import service_policy
 from text2img.api.metrics import Metrics
 from text2img.api.routes import images, jobs, models, system, translations, ui
 from text2img.api.state import Activity, ServiceState
 from text2img.auth import FailureThrottle, load_token
 from text2img.engines.base import Engine
+from text2img.http_guard import RequestGuard
 from text2img.settings import Settings, get_settings
 from text2img.translate import Translator, make_translator
 
 log = logging.getLogger(__name__)
-
-# Request bodies are small JSON (a prompt is at most 1000 characters); refuse floods early.
-MAX_BODY_BYTES = 64 * 1024
 
 # Requests that are not user activity (the VM's idle clock ignores them).
 PASSIVE_PATHS = frozenset(
@@ -50,19 +49,9 @@ def is_activity(path: str) -> bool:
     return path.startswith("/v1/") and path not in PASSIVE_PATHS
 
 
-def _declared_length(scope: Scope) -> int:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
-
-
 class ObserveMiddleware:
-    """Body size limit, request metrics and the activity clock (pure ASGI, so client
-    disconnects still reach the handlers)."""
+    """Request metrics and the activity clock (pure ASGI, so client disconnects still
+    reach the handlers). Token, throttle and body limits are `limits`' guard, inside."""
 
     def __init__(self, app: ASGIApp, service: ServiceState) -> None:
         self.app = app
@@ -71,17 +60,6 @@ class ObserveMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        if _declared_length(scope) > MAX_BODY_BYTES:
-            response = error_response(
-                ApiError(
-                    413,
-                    f"the request body is larger than {MAX_BODY_BYTES} bytes; a "
-                    "generation request is a small JSON object",
-                    code="body_too_large",
-                )
-            )
-            await response(scope, receive, send)
             return
         activity = is_activity(scope["path"])
         status = 500
@@ -184,5 +162,13 @@ def create_app(
         return JSONResponse(app.openapi())
 
     app.mount("/static", StaticFiles(directory=ui.static_dir()), name="static")
+    # the guard checks token and body before anything else reads them; Observe, outside
+    # it, still counts the refusals
+    app.add_middleware(
+        RequestGuard,
+        policy=service_policy(
+            settings, service.token, service.throttle, service.metrics.auth_failures.inc
+        ),
+    )
     app.add_middleware(ObserveMiddleware, service=service)
     return app

@@ -22,6 +22,10 @@ State = Annotated[ServiceState, Depends(get_state)]
 
 
 def client_key(request: Request) -> str:
+    """The throttle's key for this client, as the request guard resolved it."""
+    key = getattr(request.state, "client", None)
+    if isinstance(key, str):
+        return key
     return request.client.host if request.client else "unknown"
 
 

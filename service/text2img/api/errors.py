@@ -70,11 +70,18 @@ def error_body(
     return {"error": error}
 
 
+# a stopping service is usually back (restarted container or re-woken VM) within this
+SHUTDOWN_RETRY_AFTER_S = 10
+
+
 def error_response(exc: ApiError) -> JSONResponse:
+    headers = dict(exc.headers)
+    if exc.code == "shutting_down":
+        headers.setdefault("Retry-After", str(SHUTDOWN_RETRY_AFTER_S))
     return JSONResponse(
         error_body(exc.message, exc.type, code=exc.code, param=exc.param, extra=exc.extra),
         status_code=exc.status,
-        headers=exc.headers,
+        headers=headers,
     )
 
 

@@ -31,6 +31,9 @@ from text2img.engines.base import BadOutput, Cancelled, Engine, ImageRequest, Pr
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BATCH_S = 10.0  # a guess of one sampling batch until one has been measured
+MAX_RETRY_AFTER_S = 600
+
 
 class QueueFull(Exception):
     def __init__(self, retry_after: int) -> None:
@@ -80,8 +83,9 @@ class Scheduler:
         self._running: list[Job] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self._draining = False
         self._thread: threading.Thread | None = None
-        self._batch_seconds_per_image = 0.0  # moving average, for Retry-After
+        self._batch_seconds = 0.0  # moving average of a sampling batch, for Retry-After
 
     # -- public, any thread ------------------------------------------------------------
 
@@ -104,6 +108,19 @@ class Scheduler:
             if self._thread.is_alive():
                 log.error("the GPU worker did not stop within %.0f s", timeout)
             self._thread = None
+
+    def begin_shutdown(self) -> None:
+        """Refuse new jobs and fail the waiting ones (503 shutting_down) now; the batch
+        being drawn runs on, and the worker exits after it (`alive` turns False)."""
+        with self._cond:
+            self._draining = True
+            waiting = [j for j in self._queue if j.state is JobState.QUEUED]
+            for job in waiting:
+                self._queue.remove(job)
+            self._cond.notify_all()
+        for job in waiting:
+            job.cancel_requested = True
+            self._finish(job, JobState.CANCELLED, _SHUTDOWN)
 
     @property
     def alive(self) -> bool:
@@ -129,17 +146,21 @@ class Scheduler:
             return bool(self._queue) or any(not j.finished for j in self._running)
 
     def retry_after(self) -> int:
-        """A guess of the seconds until a queue slot frees up: about one sampling batch."""
-        per_image = self._batch_seconds_per_image or 5.0
+        """Seconds a refused client should wait: the time to draw what is queued ahead
+        (waiting images in batches of `max_batch`, plus half of the batch being drawn) at
+        the measured seconds per batch. Grows with the queue, so a crowd of retrying
+        clients is spread out instead of all being refused again."""
+        batch_s = self._batch_seconds or DEFAULT_BATCH_S
         with self._cond:
             images = sum(j.n - j.next_index for j in self._queue)
-        batch = min(max(1, images), self.max_batch)
-        return max(1, min(600, math.ceil(per_image * batch)))
+            drawing = any(not j.finished for j in self._running)
+        batches = math.ceil(images / self.max_batch) + (0.5 if drawing else 0.0)
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(batch_s * max(1.0, batches))))
 
     def submit(self, job: Job) -> None:
         with self._cond:
-            if self._stopping:
-                raise SchedulerStopped("the service is shutting down")
+            if self._stopping or self._draining:
+                raise SchedulerStopped("the service is shutting down; retry in a moment")
             waiting = sum(1 for j in self._queue if j.state is JobState.QUEUED)
             if waiting >= self.queue_limit:
                 raise QueueFull(self.retry_after())
@@ -200,7 +221,7 @@ class Scheduler:
     def _take_batch(self) -> list[_Item] | None:
         with self._cond:
             while True:
-                if self._stopping:
+                if self._stopping or self._draining:
                     return None
                 self._expire_waiting()
                 if self._queue:
@@ -335,11 +356,8 @@ class Scheduler:
                 self._finish(job, JobState.FAILED, _INTERNAL)
             return
         seconds = self._report(len(items), t0, "ok")
-        per_image = seconds / max(1, len(items))
-        self._batch_seconds_per_image = (
-            per_image
-            if not self._batch_seconds_per_image
-            else 0.7 * self._batch_seconds_per_image + 0.3 * per_image
+        self._batch_seconds = (
+            seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
         )
         for item, generated in zip(items, images, strict=True):
             if not item.job.finished:

@@ -75,6 +75,7 @@ class ServiceState:
     model_name: str = ""
     on_load_failure: Callable[[str], None] | None = None
     _loader: threading.Thread | None = field(default=None, repr=False)
+    _closing: bool = field(default=False, repr=False)
 
     @property
     def spec(self) -> EngineSpec:
@@ -104,6 +105,8 @@ class ServiceState:
             except Exception as exc:
                 log.exception("loading the model failed")
                 self._failed(f"loading the model failed: {type(exc).__name__}: {exc}")
+                return
+            if self._closing:
                 return
             scheduler = Scheduler(
                 engine,
@@ -146,7 +149,9 @@ class ServiceState:
         return self.ready
 
     def shutdown(self) -> None:
+        # a model still loading is not waited for long: the process is exiting
+        self._closing = True
         if self._loader is not None:
-            self._loader.join(timeout=600)
+            self._loader.join(timeout=5)
         if self.scheduler is not None:
-            self.scheduler.stop()
+            self.scheduler.stop(timeout=10)

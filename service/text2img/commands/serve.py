@@ -117,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from text2img.api.app import create_app
+    from text2img.api.shutdown import GracefulServer
     from text2img.auth import load_token
+    from text2img.slow_clients import header_timeout_protocol
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -143,12 +145,16 @@ def run(args: argparse.Namespace) -> int:
         host=host,
         port=args.port,
         log_level=args.log_level,
-        # on SIGTERM in-flight generations may finish (the VM's unit gives `docker stop`
-        # 120 s); a second Ctrl-C stops at once
-        timeout_graceful_shutdown=100,
+        # SIGTERM: GracefulServer drains first (TEXT2IMG_SHUTDOWN_GRACE_S); what is left
+        # for uvicorn is writing out answers. A second Ctrl-C stops at once.
+        timeout_graceful_shutdown=10,
         server_header=False,
+        # the guard keys the throttle (TEXT2IMG_TRUST_FORWARDED); uvicorn must not
+        # rewrite the client address from headers a client can forge
+        proxy_headers=False,
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config, app.state.service, settings.shutdown_grace_s)
     if token is None:
         print(
             "text2img serve: no API token set (TEXT2IMG_API_TOKEN): listening on "

@@ -14,13 +14,15 @@ from importlib.resources.abc import Traversable
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from text2img.auth import FailureThrottle, bearer_from_header, load_token, token_matches
+from text2img.auth import FailureThrottle, load_token
 from text2img.errors import UserError
 from text2img.gateway.compute import VmRef
+from text2img.gateway.paths import may_wake, normalise
 from text2img.gateway.proxy import ClientGone, UpstreamDown, UpstreamFailed, forward, timeouts
 from text2img.gateway.settings import GatewaySettings
 from text2img.gateway.waker import (
@@ -33,15 +35,12 @@ from text2img.gateway.waker import (
     Waker,
     Waking,
 )
+from text2img.http_guard import MAX_BODY_BYTES, GuardPolicy, Refusal, RequestGuard, client_key
 
 log = logging.getLogger("text2img.gateway")
 
-# GET requests made by machines that poll (health checks, `scripts/vm wait`, Prometheus):
-# they report the VM's state but never wake it, or a poller would keep the GPU VM running.
-# Everything else wakes it, /v1/status included: the web page asks for it when it opens,
-# so the VM boots while the user types. /v1/ready is /readyz under a path Cloud Run passes
-# through (it reserves some paths ending in "z").
-OBSERVE_PATHS = frozenset({"/readyz", "/v1/ready", "/metrics"})
+# Only documented calls that do work wake the VM (text2img.gateway.paths); pollers of
+# /v1/ready, /readyz, /metrics and anything unknown see the VM's state without waking it.
 PUBLIC_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
 # The same headers the service sends with its web UI (text2img.api.routes.ui.UI_HEADERS;
 # a test keeps them equal): the page users open in the cloud is served from here.
@@ -62,14 +61,51 @@ def _error(status: int, code: str, message: str, *, type_: str, **extra: object)
 
 
 def client_address(request: Request, trust_forwarded_for: bool) -> str:
-    """The caller's address: Cloud Run replaces X-Forwarded-For with the caller's IP, so its
-    first hop is the client; elsewhere fall back to the socket peer."""
-    if trust_forwarded_for:
-        forwarded = request.headers.get("x-forwarded-for", "")
-        first = forwarded.split(",", 1)[0].strip()
-        if first:
-            return first
-    return request.client.host if request.client else "unknown"
+    """The caller's address: the last X-Forwarded-For entry (the one Cloud Run's front end
+    appends after whatever the client sent), else the socket peer."""
+    return client_key(request.scope, trust_forwarded_for)
+
+
+def is_open(path: str) -> bool:
+    """Served without a token: the web page, its files and liveness."""
+    return path in PUBLIC_FILES or path == "/healthz" or path.startswith("/static/")
+
+
+def refusal_response(refusal: Refusal, retry_after: int | None) -> Response:
+    """The gateway's JSON answer when its guard refuses a request before reading it."""
+    if refusal is Refusal.THROTTLED:
+        resp = _error(
+            429,
+            "too_many_failures",
+            "too many requests with a wrong token; wait and try again with the right one",
+            type_="rate_limit_error",
+        )
+        resp.headers["Retry-After"] = str(retry_after or 1)
+        return resp
+    if refusal in (Refusal.NO_CREDENTIAL, Refusal.BAD_CREDENTIAL):
+        resp = _error(
+            401,
+            "invalid_api_key",
+            "missing or wrong token: send `Authorization: Bearer <token>` (the token is "
+            "printed by `pulumi stack output token --show-secrets`)",
+            type_="invalid_request_error",
+        )
+        resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+    if refusal is Refusal.TOO_LARGE:
+        return _error(
+            413,
+            "body_too_large",
+            f"the request body is larger than {MAX_BODY_BYTES} bytes; API requests are "
+            "small JSON objects",
+            type_="invalid_request_error",
+        )
+    return _error(
+        408,
+        "body_timeout",
+        "the request body did not arrive in time; send it in one go",
+        type_="invalid_request_error",
+    )
 
 
 def _static_root() -> Traversable | None:
@@ -179,36 +215,17 @@ def create_app(
         return Response(item.read_bytes(), media_type=media, headers=UI_HEADERS)
 
     async def gateway(request: Request) -> Response:
+        # the guard in front has checked throttle, token and body size already
         client = client_address(request, settings.trust_forwarded_for)
-        wait = throttle.retry_after(client)
-        if wait is not None:
-            resp = _error(
-                429,
-                "too_many_failures",
-                "too many requests with a wrong token; wait and try again with the right one",
-                type_="rate_limit_error",
-            )
-            resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
-            return resp
-        presented = bearer_from_header(request.headers.get("authorization"))
-        if not token_matches(presented, token):
-            throttle.failure(client)
-            resp = _error(
-                401,
-                "invalid_api_key",
-                "missing or wrong token: send `Authorization: Bearer <token>` (the token is "
-                "printed by `pulumi stack output token --show-secrets`)",
-                type_="invalid_request_error",
-            )
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return resp
-        throttle.success(client)
         waker: Waker = request.app.state.waker
-        wake = not (request.method in ("GET", "HEAD") and request.url.path in OBSERVE_PATHS)
+        path = normalise(request.url.path)
+        wake = may_wake(request.method, path)
         decision = await waker.check(wake=wake)
         if isinstance(decision, Ready):
             try:
-                return await forward(request, decision.base_url, request.app.state.http, client)
+                return await forward(
+                    request, decision.base_url, request.app.state.http, client, path
+                )
             except UpstreamFailed as exc:
                 log.warning("upstream %s failed: %s", decision.base_url, exc)
                 waker.invalidate()  # the VM may have stopped: look again next time
@@ -235,11 +252,14 @@ def create_app(
                 waker.invalidate()
                 decision = await waker.check(wake=wake)
                 if isinstance(decision, Ready):
-                    return _error(
-                        502,
-                        "upstream_unreachable",
-                        "the service on the GPU VM did not answer; try again shortly",
-                        type_="server_error",
+                    # ready a moment ago and refused now: nothing was sent, so a retry is
+                    # safe (the egress path of a new instance can still be settling)
+                    decision = Waking(
+                        "connecting",
+                        5.0,
+                        3,
+                        "the gateway could not reach the service on the GPU VM just now; "
+                        "retry in a few seconds",
                     )
         return decision_response(decision)
 
@@ -251,4 +271,15 @@ def create_app(
         Route("/static/{path:path}", static_file, methods=["GET", "HEAD"]),
         Route("/{rest:path}", gateway, methods=methods),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    guard = GuardPolicy(
+        token=token,
+        throttle=throttle,
+        is_open=is_open,
+        respond=refusal_response,
+        trust_forwarded=settings.trust_forwarded_for,
+        max_body_bytes=MAX_BODY_BYTES,
+        body_timeout_s=settings.body_timeout_s,
+    )
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(RequestGuard, policy=guard)]
+    )

@@ -105,14 +105,19 @@ def timeouts(connect_s: float, read_s: float) -> httpx.Timeout:
 
 
 async def forward(
-    request: Request, base_url: str, client: httpx.AsyncClient, client_ip: str
+    request: Request,
+    base_url: str,
+    client: httpx.AsyncClient,
+    client_ip: str,
+    path: str | None = None,
 ) -> StreamingResponse:
-    """Send `request` to `base_url` and stream the answer back.
+    """Send `request` to `base_url` (at `path`, default the request's own) and stream the
+    answer back.
 
     Raises UpstreamDown when the connection cannot be made (nothing was sent yet, so the
     caller may answer "waking" instead).
     """
-    url = base_url + request.url.path
+    url = base_url + (path or request.url.path)
     if request.url.query:
         url += "?" + request.url.query
     headers = _filtered(

@@ -36,7 +36,14 @@ class GatewaySettings(BaseSettings):
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=300.0, gt=0)
     probe_timeout_s: float = Field(default=3.0, gt=0)
-    # take the client address from X-Forwarded-For (Cloud Run overwrites it with the caller)
+    # key the failed-token throttle on the LAST X-Forwarded-For entry, the one Cloud Run's
+    # front end appends (earlier entries are whatever the client sent)
     trust_forwarded_for: bool = True
     # failed token attempts per client per minute before throttling
     max_auth_failures: int = Field(default=10, ge=1)
+    # request headers / bodies must arrive within these many seconds (else 408)
+    header_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # until this instance has reached the VM once, connect failures are retried this long
+    # (Direct VPC egress can take a minute to work on a new Cloud Run instance)
+    egress_warmup_s: float = Field(default=8.0, ge=0, le=60)

@@ -20,6 +20,7 @@ import httpx
 
 from text2img.gateway import compute
 from text2img.gateway.compute import ComputeFailure, InstanceInfo, OperationInfo, VmRef
+from text2img.gateway.egress import EgressState
 from text2img.gateway.settings import GatewaySettings
 
 log = logging.getLogger("text2img.gateway")
@@ -40,7 +41,7 @@ class Ready:
 
 @dataclass(frozen=True)
 class Waking:
-    phase: str  # "starting_vm" | "booting" | "loading_model"
+    phase: str  # "starting_vm" | "booting" | "connecting" | "loading_model"
     eta_s: float
     retry_after_s: int
     message: str
@@ -126,6 +127,7 @@ class Waker:
         self._op_checked_at = 0.0
         self._failure: tuple[StartFailed, float] | None = None
         self._recent: tuple[float, Waking] | None = None  # reused for `state_cache_s`
+        self.egress = EgressState(settings.egress_warmup_s)
 
     def invalidate(self) -> None:
         """Forget that the service was ready (the upstream stopped answering)."""
@@ -235,6 +237,15 @@ class Waker:
                 "stop`; the next request starts it, and it reads the new token when it boots)",
                 30,
             )
+        if phase == "booting" and not self.egress.reached and not self._maybe_booting(info):
+            # a fresh gateway instance whose egress is not up yet: the VM may well be ready
+            return Waking(
+                "connecting",
+                MIN_ETA_S,
+                3,
+                "the gateway is still opening its network path to the GPU VM (a new gateway "
+                "instance can need up to a minute); retry in a few seconds",
+            )
         message = (
             "the GPU VM is up; the service is loading the model"
             if phase == "loading_model"
@@ -242,9 +253,17 @@ class Waker:
         )
         return self._waking(phase, info, message)
 
+    def _maybe_booting(self, info: InstanceInfo) -> bool:
+        """Whether the VM started recently enough that its service may still be booting."""
+        if self._start_at is not None:
+            return True
+        began = _ts(info)
+        return began is None or self.wall() - began < self.expected_wake_s()
+
     async def _probe(self, url: str) -> str:
         try:
-            resp = await self.http.get(
+            resp = await self.egress.get(
+                self.http,
                 f"{url}/readyz",
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=self.settings.probe_timeout_s,
@@ -253,7 +272,9 @@ class Waker:
             return "booting"
         if resp.status_code == 200:
             return "ready"
-        if resp.status_code in (401, 403):
+        if resp.status_code in (401, 403) or _throttled(resp):
+            # refused tokens get the service to throttle the gateway's own address: still
+            # the same mismatch, not a boot
             return "token_mismatch"
         try:
             phase = resp.json().get("phase")
@@ -321,6 +342,16 @@ class Waker:
         eta = self._eta(info)
         retry = int(min(10.0, max(2.0, eta / 4)))
         return Waking(phase, eta, retry, f"{message}; about {round(eta)} s to go")
+
+
+def _throttled(resp: httpx.Response) -> bool:
+    """The service's 429 for too many wrong tokens (not its queue_full)."""
+    if resp.status_code != 429:
+        return False
+    try:
+        return bool(resp.json()["error"]["code"] == "auth_throttled")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _ts(info: InstanceInfo) -> float | None:

@@ -1,0 +1,91 @@
+"""Hostile HTTP clients on raw sockets (loopback only): chunked floods and slow senders,
+which httpx cannot be made to be."""
+
+from __future__ import annotations
+
+import select
+import socket
+from dataclasses import dataclass
+
+CHUNK = 64 * 1024
+
+
+@dataclass
+class FloodResult:
+    status: int | None  # None: the server closed without answering
+    head: str
+    sent: int  # body bytes the server let us send before it answered or closed
+
+
+def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _read_answer(sock: socket.socket) -> tuple[int | None, str]:
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            part = sock.recv(65536)
+            if not part:
+                break
+            data += part
+    except (ConnectionResetError, TimeoutError):
+        pass
+    if not data.startswith(b"HTTP/1.1 "):
+        return None, ""
+    head = data.decode("latin-1")
+    return int(head.split(" ", 2)[1]), head
+
+
+def chunked_flood(
+    port: int, path: str, headers: dict[str, str], total: int, *, timeout: float = 20.0
+) -> FloodResult:
+    """POST up to `total` bytes as chunked transfer encoding, stopping as soon as the
+    server answers or closes; reports how much it managed to send."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sent = 0
+    try:
+        sock.sendall(_head("POST", path, {**headers, "Content-Type": "application/json",
+                                           "Transfer-Encoding": "chunked"}))  # fmt: skip
+        block = b"%x\r\n" % CHUNK + b"a" * CHUNK + b"\r\n"
+        while sent < total:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(block)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += CHUNK
+        else:
+            sock.sendall(b"0\r\n\r\n")
+        status, head = _read_answer(sock)
+        return FloodResult(status, head, sent)
+    finally:
+        sock.close()
+
+
+def slow_sender(port: int, prefix: bytes) -> socket.socket:
+    """A connection that sends `prefix` and then nothing (the caller keeps it open)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(prefix)
+    return sock
+
+
+def answer_or_close(sock: socket.socket, timeout: float) -> tuple[int | None, bool]:
+    """Wait for the server to answer or close a stalled connection: (status, closed)."""
+    sock.settimeout(timeout)
+    status, _ = _read_answer(sock)
+    try:
+        rest = sock.recv(65536)
+        closed = rest == b"" or status is not None
+    except TimeoutError:
+        closed = False
+    except ConnectionResetError:
+        closed = True
+    return status, closed
