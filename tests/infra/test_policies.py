@@ -116,6 +116,7 @@ def test_gateway_may_only_get_and_start_this_vm(plan: Plan) -> None:
         "compute.instances.get",
         "compute.instances.start",
         "compute.instances.resume",
+        "compute.instances.getGuestAttributes",  # the VM's boot-failure report, read-only
     }
     assert roles["gateway-operations-role"]["permissions"] == ["compute.zoneOperations.get"]
     binding = plan.one("gcp:compute/instanceIAMMember:InstanceIAMMember").inputs
