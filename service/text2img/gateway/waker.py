@@ -311,8 +311,8 @@ class Waker:
         message = (
             f"the GPU VM powered itself off: GPU driver did not load ({reason}). Usually an "
             "automatic kernel update left the NVIDIA driver behind; see the README's "
-            "troubleshooting (recreate the VM from a current image). The next request after "
-            "this notice tries once more"
+            "troubleshooting (recreate the VM from a current image). A request after this "
+            "notice tries once more"
         )
         return self._fail(ComputeFailure("GPU_DRIVER", message), now)
 
