@@ -305,6 +305,7 @@ EOF
 # prefetch_weights: read the model's weights into the page cache in the background while
 # the driver and Docker come up, so the service's load reads memory, not a cold disk.
 # GLIDE loads its fp16 copies (top level); other engines keep safetensors in subfolders.
+# Four files at a time: a persistent disk reaches its throughput only with reads in flight.
 prefetch_weights() {
   step prefetch "read the $MODEL weights into the page cache (background)"
   if systemctl is-active --quiet text2img.service; then
@@ -320,7 +321,7 @@ prefetch_weights() {
   fi
   systemctl reset-failed text2img-prefetch.service 2>/dev/null || true
   systemd-run --unit=text2img-prefetch --collect --quiet --property=Nice=10 \
-    --property=StandardOutput=null -- /usr/bin/xargs -0 -r -a "$list" /bin/cat ||
+    --property=StandardOutput=null -- /usr/bin/xargs -0 -r -P 4 -n 1 -a "$list" /bin/cat ||
     log "warning: could not start the prefetch (the service reads the weights itself)"
   log "prefetching $(tr -cd '\0' <"$list" | wc -c) file(s) from $CACHE_DIR"
 }
