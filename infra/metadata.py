@@ -23,9 +23,10 @@ STARTUP_SCRIPT_ENV = "TEXT2IMG_INFRA_STARTUP_SCRIPT"
 SYSTEMD_DIR = REPO_ROOT / "systemd"
 METADATA_VALUE_LIMIT = 256 * 1024  # bytes per metadata value (Compute Engine limit)
 METADATA_TOTAL_LIMIT = 512 * 1024  # bytes of all values of one instance together
-# systemd/ file -> its metadata key; startup.sh's install_files lists the same keys with
-# where each file goes on the VM.
+# systemd/ file -> its metadata key; startup.sh's install_files lists the same keys (but
+# its own helper library's) with where each file goes on the VM.
 VM_FILES = {
+    "startup-lib.sh": "text2img-file-startup-lib-sh",  # sourced by startup.sh, not installed
     "autostop.py": "text2img-file-autostop-py",
     "text2img-autostop.service": "text2img-file-autostop-service",
     "text2img-autostop.timer": "text2img-file-autostop-timer",

@@ -65,7 +65,7 @@ def test_first_boot_writes_units_env_files_and_starts_the_service(sandbox: Sandb
     assert result.returncode == 0, result.stderr
 
     # every file of systemd/ is installed byte for byte from its metadata attribute
-    assert set(INSTALLED) == set(VM_FILES)
+    assert set(INSTALLED) == set(VM_FILES) - {"startup-lib.sh"}  # that one is sourced
     for name, (where, want_mode) in INSTALLED.items():
         installed = sandbox.path(where)
         assert installed.read_bytes() == (REPO / "systemd" / name).read_bytes(), name
@@ -414,10 +414,11 @@ def test_failing_pull_gives_up_and_names_the_step(sandbox: Sandbox) -> None:
 
 
 def test_metadata_server_hiccups_are_retried(sandbox: Sandbox) -> None:
-    sandbox.google.metadata_failures = 2
+    sandbox.google.metadata_failures = 3  # the first reads: the helper library's fetch
     result = sandbox.run()
     assert result.returncode == 0, result.stderr
-    assert "HTTP 503" in result.stderr
+    assert "text2img-file-startup-lib-sh: attempt 3 failed" in result.stderr
+    assert "returned error: 503" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -545,3 +546,13 @@ def test_an_image_without_a_shell_still_deploys(sandbox: Sandbox) -> None:
     assert result.returncode == 0, result.stderr
     assert "could not tell the image's user (got '(no answer)')" in result.stderr
     assert "FAILED" not in result.stderr
+
+
+def test_missing_helper_library_fails_at_once_with_what_to_do(sandbox: Sandbox) -> None:
+    del sandbox.google.attributes["text2img-file-startup-lib-sh"]
+    result = sandbox.run()
+    assert result.returncode == 1
+    assert "cannot read text2img-file-startup-lib-sh from the metadata; run pulumi up" in (
+        result.stderr
+    )
+    assert not sandbox.calls("systemctl")  # nothing was half done
