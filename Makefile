@@ -26,9 +26,9 @@ serve: $(STAMP)
 	$(VENV)/bin/text2img serve $(SERVE_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service infra scripts tests benchmarks
-	$(VENV)/bin/ruff format --check service infra scripts tests benchmarks
-	$(VENV)/bin/mypy service/text2img infra scripts
+	$(VENV)/bin/ruff check service infra scripts systemd tests benchmarks
+	$(VENV)/bin/ruff format --check service infra scripts systemd tests benchmarks
+	$(VENV)/bin/mypy service/text2img infra scripts systemd
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

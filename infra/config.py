@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pulumi
 
@@ -26,6 +26,23 @@ KNOWN_GPU_ZONES = {
     ("nvidia-tesla-t4", "asia-northeast1"): ("a", "c"),
     ("nvidia-tesla-t4", "us-central1"): ("a", "b", "c", "f"),
 }
+# Models the VM can serve (text2img.engines.registry names without the random-weight
+# `tiny` twins, which draw noise) and the GB their cached weights take on the boot disk.
+MODEL_WEIGHTS_GB = {"glide": 4.7, "sdxl-lightning": 17.3}  # sdxl: three step-count UNets
+# Boot disk when diskSizeGb is 0 (auto): the DLVM image (50 GB) + two service images during
+# a roll-out (30 GB) + three times the weights (the cache, a download beside it, margin),
+# rounded up to 10 GB, and never below 100 GB (the kit's size before models were chosen:
+# a boot disk cannot shrink). A larger size grows the disk in place (infra/server.py).
+DISK_BASE_GB = 80
+DISK_MIN_AUTO_GB = 100
+
+
+def auto_disk_size_gb(model: str) -> int:
+    """The boot disk size (GB) that holds the OS, the service images and `model`'s weights."""
+    needed = DISK_BASE_GB + 3 * MODEL_WEIGHTS_GB.get(model, max(MODEL_WEIGHTS_GB.values()))
+    return max(DISK_MIN_AUTO_GB, -(-int(needed * 10) // 100) * 10)
+
+
 BUILD_MACHINE_TYPES = frozenset(
     {"e2-medium", "e2-highcpu-8", "e2-highcpu-32", "n1-highcpu-8", "n1-highcpu-32"}
 )
@@ -73,6 +90,7 @@ class Settings:
     image_project: str
     image_name: str
     disk_size_gb: int
+    model: str
     idle_minutes: int
     boot_grace_minutes: int
     service_port: int
@@ -153,8 +171,13 @@ def validate(s: Settings) -> list[str]:
         bad("imageFamily", f"{s.image_family!r} is not an image family name")
     if s.image_name and not _IMAGE_FAMILY_RE.match(s.image_name):
         bad("imageName", f"{s.image_name!r} is not an image name")
+    if s.model not in MODEL_WEIGHTS_GB:
+        bad("model", f"{s.model!r} is not one of {', '.join(MODEL_WEIGHTS_GB)}")
     if not 50 <= s.disk_size_gb <= 2000:
-        bad("diskSizeGb", f"{s.disk_size_gb} is outside 50-2000 (the DLVM image needs 50)")
+        bad(
+            "diskSizeGb",
+            f"{s.disk_size_gb} is outside 50-2000 (the DLVM image needs 50; 0 = auto)",
+        )
     if not 5 <= s.idle_minutes <= 1440:
         bad("idleMinutes", f"{s.idle_minutes} is outside 5-1440 minutes")
     if not 10 <= s.boot_grace_minutes <= 240:
@@ -203,6 +226,12 @@ def validate(s: Settings) -> list[str]:
 def advisories(s: Settings) -> list[str]:
     """Valid but probably unintended settings: reported as warnings, not errors."""
     notes = []
+    needed = auto_disk_size_gb(s.model)
+    if s.model in MODEL_WEIGHTS_GB and s.disk_size_gb < needed:
+        notes.append(
+            f"{NAMESPACE}:diskSizeGb: {s.disk_size_gb} GB may be too small for model "
+            f"{s.model} ({needed} GB suggested; set diskSizeGb to 0 for the automatic size)"
+        )
     zones = KNOWN_GPU_ZONES.get((s.gpu_type, s.region))
     if zones is not None and s.zone.rsplit("-", 1)[-1] not in zones:
         listed = ", ".join(f"{s.region}-{z}" for z in zones)
@@ -277,6 +306,7 @@ def load_settings() -> Settings:
         image_project=text("imageProject"),
         image_name=text("imageName"),
         disk_size_gb=integer("diskSizeGb"),
+        model=text("model"),
         idle_minutes=integer("idleMinutes"),
         boot_grace_minutes=integer("bootGraceMinutes"),
         service_port=integer("servicePort"),
@@ -298,6 +328,8 @@ def load_settings() -> Settings:
     # (no default) can be missing there.
     optional_empty = {"imageName", "scheduleStart", "scheduleStop", "serviceImage", "gatewayImage"}
     missing = [k for k in missing if k not in optional_empty]
+    if settings.disk_size_gb == 0:  # auto: sized for the model (Pulumi.yaml's default)
+        settings = replace(settings, disk_size_gb=auto_disk_size_gb(settings.model))
     if missing:
         errors = [
             f"{NAMESPACE}:{key}: not set (`pulumi config set {key} <value>`; "

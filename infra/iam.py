@@ -23,6 +23,7 @@ GATEWAY_INSTANCE_PERMISSIONS = (
     "compute.instances.get",
     "compute.instances.start",
     "compute.instances.resume",  # a suspended VM is woken by resume, not start
+    "compute.instances.getGuestAttributes",  # text2img/boot-failure (GPU driver)
 )
 # ... and follow the start operation it launched (zone operations have no narrower scope)
 GATEWAY_PROJECT_PERMISSIONS = ("compute.zoneOperations.get",)

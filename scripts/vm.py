@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,16 @@ from vm_target import Target, VmError, instances_client, operations_client, reso
 from text2img.gateway import compute
 from text2img.gateway.compute import ComputeFailure, InstanceInfo, VmRef
 
-JOURNAL_UNITS = ("text2img.service", "text2img-autostop.service", "text2img-autostop.timer")
+# The startup script logs from google-startup-scripts.service at boot and from
+# text2img-redeploy.service on a re-run. journalctl ORs several -u (same field) but ANDs
+# them with -t (another field), so the units alone, no -t (systemd's sd_journal_add_match).
+JOURNAL_UNITS = (
+    "google-startup-scripts.service",
+    "text2img.service",
+    "text2img-autostop.service",
+    "text2img-redeploy.service",
+    "text2img-metadata-watch.service",
+)
 DEFAULT_IDLE_MINUTES = 20.0
 
 
@@ -302,13 +312,17 @@ def cmd_deploy(target: Target, args: argparse.Namespace) -> int:
     return 0
 
 
+def journal_command(lines: int, *, follow: bool) -> list[str]:
+    """journalctl for the startup script, the service, autostop and roll-outs together."""
+    command = ["journalctl", "--no-pager", "-n", str(lines)]
+    command += [arg for unit in JOURNAL_UNITS for arg in ("-u", unit)]
+    return [*command, "-f"] if follow else command
+
+
 def cmd_logs(target: Target, args: argparse.Namespace) -> int:
     if args.journal:
         _require_running(target.vm, "the journal is only readable while it runs")
-        units = " ".join(f"-u {u}" for u in JOURNAL_UNITS)
-        journal = f"sudo journalctl --no-pager -n {args.lines} -t text2img-startup {units}"
-        if args.follow:
-            journal += " -f"
+        journal = shlex.join(["sudo", *journal_command(args.lines, follow=args.follow)])
         return subprocess.run(gcloud_ssh(target.vm, ["--command", journal]), check=False).returncode
     client = instances_client()
     text, offset = compute.serial_output(client, target.vm)

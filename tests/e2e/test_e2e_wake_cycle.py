@@ -2,8 +2,8 @@
 
 fake Compute API  --start-->  boots the REAL service (`text2img serve --model tiny`)
                   --poweroff-> kills it
-gateway (real app, real HTTP) in front; the VM's autostop program (extracted verbatim
-from systemd/startup.sh, as the VM installs it) decides when to power off; the user
+gateway (real app, real HTTP) in front; the VM's autostop program (systemd/autostop.py,
+the file the VM installs byte for byte) decides when to power off; the user
 looks through `scripts/vm status` and plain HTTP, as they would.
 
 asleep -> wake (503 waking, phases) -> ready -> generate -> idle -> autostop -> asleep
@@ -51,16 +51,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def extract_autostop(dest: Path) -> Path:
-    """The autostop program exactly as startup.sh writes it onto the VM."""
-    script = (ROOT / "systemd" / "startup.sh").read_text("utf-8")
-    match = re.search(
-        r"<<'__TEXT2IMG_AUTOSTOP_PY__'\n(.*?)\n__TEXT2IMG_AUTOSTOP_PY__\n", script, re.S
-    )
-    assert match, "systemd/startup.sh no longer embeds the autostop program"
-    path = dest / "autostop.py"
-    path.write_text(match.group(1) + "\n", "utf-8")
-    return path
+AUTOSTOP = ROOT / "systemd" / "autostop.py"  # the real file, as infra delivers it
 
 
 @dataclass
@@ -185,7 +176,7 @@ def test_asleep_wake_generate_idle_autostop_asleep(
     guest: FakeVm = world["guest"]
     url: str = world["gateway"]
     client = httpx.Client(base_url=url, headers=AUTH, timeout=120)
-    program = extract_autostop(guest.workdir)
+    program = AUTOSTOP
 
     # 1. asleep: the page loads, status says asleep, observing does not wake it
     assert httpx.get(url + "/").status_code == 200

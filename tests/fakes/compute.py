@@ -39,6 +39,7 @@ ROUTES = [
     ("POST", re.compile(BASE + r"/instances/(?P<name>[^/]+)/stop$"), "stop"),
     ("POST", re.compile(BASE + r"/instances/(?P<name>[^/]+)/resume$"), "resume"),
     ("GET", re.compile(BASE + r"/instances/(?P<name>[^/]+)/serialPort$"), "serial"),
+    ("GET", re.compile(BASE + r"/instances/(?P<name>[^/]+)/getGuestAttributes$"), "guest"),
     ("GET", re.compile(BASE + r"/operations/(?P<name>[^/]+)$"), "operation"),
     ("POST", re.compile(BASE + r"/operations/(?P<name>[^/]+)/wait$"), "operation"),
     # not Compute: what `systemctl poweroff` inside the guest does (tests' poweroff command)
@@ -98,6 +99,8 @@ class FakeInstance:
     last_start: str = ""
     last_stop: str = ""
     serial: str = ""
+    # "namespace/key" -> value, what the guest wrote to instance/guest-attributes/
+    guest_attributes: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(
         default_factory=lambda: {
             "startup-script": "#!/bin/bash\necho startup",
@@ -268,6 +271,8 @@ class FakeCompute:
             if kind == "poweroff":
                 threading.Thread(target=self.power_off, args=(inst.name,), daemon=True).start()
                 return 200, {}
+            if kind == "guest":
+                return self._guest_json(inst, query.get("queryPath", ""), fmt)
             if kind == "serial":
                 start = int(query.get("start", "0"))
                 return 200, {
@@ -372,6 +377,24 @@ class FakeCompute:
         if inst.last_stop:
             body["lastStopTimestamp"] = inst.last_stop
         return body
+
+    def _guest_json(
+        self, inst: FakeInstance, path: str, fmt: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        """getGuestAttributes with a queryPath "ns/" (Compute answers 404 when none match)."""
+        items = [
+            {"namespace": k.split("/", 1)[0], "key": k.split("/", 1)[1], "value": v}
+            for k, v in inst.guest_attributes.items()
+            if k.startswith(path)
+        ]
+        if not items:
+            return 404, _not_found(fmt)
+        body = {
+            "kind": "compute#guestAttributes",
+            "queryPath": path,
+            "queryValue": {"items": items},
+        }
+        return 200, body
 
     def _op_json(self, op: FakeOperation) -> dict[str, Any]:
         body: dict[str, Any] = {

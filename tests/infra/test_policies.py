@@ -10,7 +10,7 @@ from typing import Any
 
 import pulumi_gcp as gcp
 import pytest
-from infra_harness import PROJECT_NUMBER, ROOT, TEST_PROJECT, TOKEN, Plan
+from infra_harness import PROJECT_NUMBER, ROOT, TEST_PROJECT, TOKEN, Plan, run_program
 from pulumi.runtime import rpc
 
 INSTANCE = "gcp:compute/instance:Instance"
@@ -117,6 +117,7 @@ def test_gateway_may_only_get_and_start_this_vm(plan: Plan) -> None:
         "compute.instances.get",
         "compute.instances.start",
         "compute.instances.resume",
+        "compute.instances.getGuestAttributes",  # the VM's boot-failure report, read-only
     }
     assert roles["gateway-operations-role"]["permissions"] == ["compute.zoneOperations.get"]
     binding = plan.one("gcp:compute/instanceIAMMember:InstanceIAMMember").inputs
@@ -450,3 +451,56 @@ def test_hourly_cost_estimate(plan_for: PlanFor) -> None:
 def test_image_family_or_pinned_name(plan_for: PlanFor, tmp_path: Path) -> None:
     pinned = plan_for(imageName="common-cu129-ubuntu-2204-nvidia-580-v20260101")
     assert pinned.outputs["image_name"] == "common-cu129-ubuntu-2204-nvidia-580-v20260101"
+
+
+def test_systemd_files_travel_verbatim_and_fit_the_metadata_limits(plan: Plan) -> None:
+    from infra.metadata import METADATA_TOTAL_LIMIT, VM_FILES
+
+    metadata = vm(plan)["metadata"]
+    for name, key in VM_FILES.items():
+        assert metadata[key] == (ROOT / "systemd" / name).read_text(), name
+    # every file of systemd/ is delivered: startup.sh as the script, the rest as attributes
+    assert sorted(p.name for p in (ROOT / "systemd").iterdir()) == sorted([*VM_FILES, "startup.sh"])
+    total = sum(len(str(v).encode()) for v in metadata.values())
+    assert total < METADATA_TOTAL_LIMIT // 2  # Compute Engine allows 512 KB in all
+
+
+def test_metadata_beyond_the_total_limit_is_refused() -> None:
+    from infra.metadata import StartupScriptError, check_total_size
+
+    values = {f"text2img-file-{i}": "x" * 200_000 for i in range(3)}  # each under 256 KB
+    with pytest.raises(StartupScriptError, match="524288 in total"):
+        check_total_size(values)
+    with pytest.raises(StartupScriptError, match="one value may hold 262144"):
+        check_total_size({"startup-script": "x" * 300_000})
+
+
+@pytest.mark.parametrize(("model", "disk"), [("glide", 100), ("sdxl-lightning", 140)])
+def test_model_reaches_the_vm_and_sizes_the_boot_disk(
+    plan_for: PlanFor, model: str, disk: int
+) -> None:
+    plan = plan_for(model=model)
+    instance = vm(plan)
+    assert instance["metadata"]["text2img-model"] == model
+    assert instance["bootDisk"]["initializeParams"]["size"] == disk
+    assert plan.warnings == []
+
+
+def test_an_explicit_disk_size_is_kept_and_warned_about_when_small(plan_for: PlanFor) -> None:
+    plan = plan_for(model="sdxl-lightning", diskSizeGb=80)
+    assert vm(plan)["bootDisk"]["initializeParams"]["size"] == 80
+    assert any(
+        "diskSizeGb: 80 GB may be too small for model sdxl-lightning" in w for w in plan.warnings
+    )
+    assert vm(plan_for(diskSizeGb=300))["bootDisk"]["initializeParams"]["size"] == 300
+
+
+def test_model_choices_are_registry_engines_without_the_random_twins() -> None:
+    from infra.config import MODEL_WEIGHTS_GB, ConfigError
+    from text2img.engines.registry import MODEL_NAMES
+
+    assert set(MODEL_WEIGHTS_GB) == {m for m in MODEL_NAMES if not m.startswith("tiny")}
+    with pytest.raises(
+        ConfigError, match="text2img:model: 'tiny' is not one of glide, sdxl-lightning"
+    ):
+        run_program("dev", {"model": "tiny"})

@@ -16,6 +16,8 @@ from typing import Any
 from infra_harness import Plan, run_program
 from pulumi.runtime import rpc
 
+from infra.metadata import VM_FILES
+
 SNAPSHOT = Path(__file__).with_name("snapshot.txt")
 UPDATE_ENV = "TEXT2IMG_UPDATE_SNAPSHOT"
 CONFIG = {"scheduleStart": "0 9 * * 1-5", "scheduleStop": "0 23 * * *"}
@@ -25,7 +27,10 @@ def _normalize(value: Any) -> Any:
     if isinstance(value, dict):
         if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
             return "<secret>"
-        return {k: _normalize(v) for k, v in value.items()}
+        files = {key: name for name, key in VM_FILES.items()}
+        return {
+            k: f"<systemd/{files[k]}>" if k in files else _normalize(v) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_normalize(v) for v in value]
     if isinstance(value, str):

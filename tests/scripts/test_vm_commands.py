@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
@@ -172,8 +175,43 @@ def test_logs_serial_and_journal(
     assert call[:8] == ["compute", "ssh", VM, "--zone", "asia-northeast1-a", "--project", "proj",
                         "--tunnel-through-iap"]  # fmt: skip
     assert call[8] == "--command"
-    assert call[9].startswith("sudo journalctl --no-pager -n 50 -t text2img-startup")
-    assert "-u text2img.service" in call[9]
+    assert call[9] == (
+        "sudo journalctl --no-pager -n 50 -u google-startup-scripts.service "
+        "-u text2img.service -u text2img-autostop.service -u text2img-redeploy.service "
+        "-u text2img-metadata-watch.service"
+    )
+
+
+def test_journal_command_ors_the_units_and_never_ands_a_tag(vm_module: ModuleType) -> None:
+    # journalctl (sd_journal_add_match): matches on the same field are ORed, on different
+    # fields ANDed; every -u is a unit match, so no -t/-p/_PID may sit beside them
+    command = vm_module.journal_command(20, follow=True)
+    units = [command[i + 1] for i, arg in enumerate(command) if arg == "-u"]
+    assert units == [
+        "google-startup-scripts.service",  # the startup script at boot
+        "text2img.service",
+        "text2img-autostop.service",
+        "text2img-redeploy.service",  # the startup script re-run by the watcher
+        "text2img-metadata-watch.service",
+    ]
+    assert not {"-t", "--identifier", "-p", "--priority", "-g", "--grep"} & set(command)
+    assert not [a for a in command if "=" in a]  # no FIELD=value match either
+    assert command[-1] == "-f"
+
+
+@pytest.mark.skipif(shutil.which("journalctl") is None, reason="needs journalctl")
+def test_real_journalctl_accepts_the_command_line(vm_module: ModuleType, tmp_path: Path) -> None:
+    # an empty journal directory: the real parser and matcher run, nothing is read
+    command = vm_module.journal_command(20, follow=False)
+    result = subprocess.run(
+        [str(shutil.which("journalctl")), *command[1:], f"--directory={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "No entries" in result.stdout + result.stderr
 
 
 def test_flags_override_the_stack(

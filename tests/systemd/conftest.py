@@ -19,13 +19,3 @@ def google() -> Iterator[FakeGoogle]:
 @pytest.fixture
 def sandbox(tmp_path: Path, google: FakeGoogle) -> Sandbox:
     return Sandbox(tmp_path, google)
-
-
-@pytest.fixture(scope="session")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The root of a sandbox after one successful run of startup.sh (what it writes)."""
-    with fake_google() as fake:
-        sandbox = Sandbox(tmp_path_factory.mktemp("installed"), fake)
-        result = sandbox.run()
-        assert result.returncode == 0, result.stderr
-        yield sandbox.root

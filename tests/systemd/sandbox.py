@@ -1,5 +1,9 @@
 """A sandbox for systemd/startup.sh: stub binaries, a fake metadata server and a fake
-Secret Manager on 127.0.0.1, and a temporary root for every path the script writes."""
+Secret Manager on 127.0.0.1, and a temporary root for every path the script writes.
+
+The fake metadata server holds the attributes exactly as the Pulumi program renders them
+(`infra.metadata.instance_metadata` with the stack's default settings), and the sandbox
+runs the `startup-script` attribute, not a copy of the file."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,17 +33,31 @@ ACCESS_TOKEN = "ya29.FAKE-access-token-51a2b3c4d5e6"
 INTERNAL_IP = "10.128.0.7"
 
 
+@cache
+def rendered_metadata(**config: str) -> dict[str, str]:
+    """The VM's metadata as `pulumi up` sets it: Pulumi.yaml defaults + `config`, through
+    the program's own `load_settings` and `instance_metadata`."""
+    import pulumi
+    import yaml
+
+    from infra.config import load_settings
+    from infra.metadata import instance_metadata, read_startup_script
+
+    spec = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["config"]
+    values = {k: d["default"] for k, d in spec.items() if "default" in d}
+    values.update({"project": "my-proj", "idleMinutes": 15, "bootGraceMinutes": 25, **config})
+    as_text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
+    pulumi.runtime.set_all_config({f"text2img:{k}": v for k, v in as_text.items()}, [])
+    settings = load_settings()
+    metadata = instance_metadata(
+        settings, startup_script=read_startup_script(), image=IMAGE, token_secret=SECRET
+    )
+    assert all(isinstance(v, str) for v in metadata.values())
+    return {k: str(v) for k, v in metadata.items()}
+
+
 def default_attributes() -> dict[str, str]:
-    return {
-        "text2img-image": IMAGE,
-        "text2img-idle-minutes": "15",
-        "text2img-boot-grace-minutes": "25",
-        "text2img-token-secret": SECRET,
-        "text2img-translate-project": "my-proj",
-        "text2img-translation": "on",
-        "startup-script": "#!/bin/bash\n# (the startup script)\n",
-        "enable-oslogin": "TRUE",
-    }
+    return dict(rendered_metadata())
 
 
 @dataclass
@@ -53,6 +72,7 @@ class FakeGoogle:
     etag_counter: int = 1
     changed: threading.Condition = field(default_factory=threading.Condition)
     url: str = ""
+    guest_attributes: dict[str, str] = field(default_factory=dict)
 
     def set_attribute(self, key: str, value: str) -> None:
         with self.changed:
@@ -95,6 +115,28 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
                 self._send(200, b"-----BEGIN PGP PUBLIC KEY BLOCK-----\nfake\n")
             else:
                 self._send(404, b"not found")
+
+        def do_PUT(self) -> None:
+            self._guest("PUT")
+
+        def do_DELETE(self) -> None:
+            self._guest("DELETE")
+
+        def _guest(self, method: str) -> None:
+            """instance/guest-attributes/NS/KEY: what the VM writes for the gateway."""
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode() if length else ""
+            fake.requests.append((method, self.path, dict(self.headers.items())))
+            prefix = "/computeMetadata/v1/instance/guest-attributes/"
+            if self.headers.get("Metadata-Flavor") != "Google" or not self.path.startswith(prefix):
+                self._send(403, b"forbidden")
+                return
+            key = self.path.removeprefix(prefix)
+            if method == "PUT":
+                fake.guest_attributes[key] = body
+            else:
+                fake.guest_attributes.pop(key, None)
+            self._send(200, b"")
 
         def _metadata(self, path: str, query: str) -> None:
             if self.headers.get("Metadata-Flavor") != "Google":
@@ -201,7 +243,7 @@ case "$1" in
 esac
 """,
     "systemctl": r"""
-args=(); for a in "$@"; do case "$a" in --*) ;; *) args+=("$a") ;; esac; done
+args=(); for a in "$@"; do case "$a" in -*) ;; *) args+=("$a") ;; esac; done
 mkdir -p "$STUB_DIR/enabled" "$STUB_DIR/active"
 case "${args[0]}" in
   is-enabled) [ -e "$STUB_DIR/enabled/${args[1]}" ] ;;
@@ -222,7 +264,13 @@ for a in "$@"; do case "$a" in --config=*) cfg="${a#--config=}" ;; esac; done
 mkdir -p "$(dirname "$cfg")"
 echo '{"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}' >"$cfg"
 """,
+    # apt 2.6: `apt-get update` exits 100 at once while the lists lock is held
     "apt-get": r"""
+lock="$TEXT2IMG_ROOT/var/lib/apt/lists/lock"
+probe='import fcntl, sys; fcntl.lockf(open(sys.argv[1], "a"), fcntl.LOCK_EX | fcntl.LOCK_NB)'
+if [ -e "$lock" ] && ! python3 -c "$probe" "$lock" 2>/dev/null; then
+  echo "E: Could not get lock $TEXT2IMG_ROOT/var/lib/apt/lists/lock" >&2; exit 100
+fi
 umask >>"$STUB_DIR/apt-get.umask"
 for a in "$@"; do
   case "$a" in
@@ -230,6 +278,25 @@ for a in "$@"; do
     nvidia-container-toolkit) cp "$STUB_DIR/available/nvidia-ctk" "$STUB_DIR/bin/nvidia-ctk" ;;
   esac
 done
+""",
+    "uname": "echo 6.8.0-1019-gcp\n",
+    # what the DLVM has installed: the kernel, its meta packages, the driver, and others
+    "dpkg-query": r"""
+printf 'ii %s\n' linux-image-6.8.0-1019-gcp linux-modules-6.8.0-1019-gcp linux-gcp \
+  linux-image-6.8.0-1015-gcp nvidia-driver-580-server libnvidia-compute-580-server \
+  cuda-drivers-580 openssl python3 docker-ce-cli |
+  sed 's/^ii linux-image-6.8.0-1015/rc linux-image-6.8.0-1015/'  # removed, config left
+""",
+    "apt-mark": r"""
+case "$1" in
+  showhold) cat "$STUB_DIR/held" 2>/dev/null || true ;;
+  hold) shift; printf '%s\n' "$@" >>"$STUB_DIR/held" ;;
+esac
+""",
+    # runs the command after `--` (the prefetch: xargs cat of the weights), output dropped
+    "systemd-run": r"""
+while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done; shift
+"$@" >/dev/null
 """,
     "gpg": r"""
 out=; prev=; for a in "$@"; do [ "$prev" = "-o" ] && out=$a; prev=$a; done
@@ -265,7 +332,7 @@ class Sandbox:
         self.stub = self.tmp / "stub"
         self.bin = self.stub / "bin"
         available = self.stub / "available"
-        for d in (self.root, self.bin, available):
+        for d in (self.root, self.root / "dev", self.bin, available):
             d.mkdir(parents=True, exist_ok=True)
         for name, body in STUBS.items():
             script = "#!/bin/bash" + _RECORD + body
@@ -292,8 +359,11 @@ class Sandbox:
         }
 
     def run(self) -> Result:
+        """Run the `startup-script` attribute, as the guest agent does."""
+        script = self.tmp / "startup-script"
+        script.write_text(self.google.attributes["startup-script"])
         proc = subprocess.run(
-            ["bash", str(STARTUP)],
+            ["bash", str(script)],
             env=self.env(),
             capture_output=True,
             text=True,

@@ -1,4 +1,4 @@
-"""Autostop, as written by startup.sh: the pure decision with a fake clock, and the real
+"""Autostop (systemd/autostop.py): the pure decision with a fake clock, and the real
 program run against a fake /v1/status endpoint with a stub poweroff command."""
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from typing import Any
 
 import pytest
 
+SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 MIN = 60.0
 T0 = 1_800_000_000.0  # the fake clock's boot time
 TOKEN = "autostop-test-token-5e1f"
 
 
 @pytest.fixture(scope="module")
-def autostop(installed: Path) -> ModuleType:
-    path = installed / "usr/local/lib/text2img/autostop.py"
+def autostop() -> ModuleType:
+    path = SYSTEMD / "autostop.py"  # the real file, imported as a module
     spec = importlib.util.spec_from_file_location("text2img_autostop", path)
     assert spec is not None
     assert spec.loader is not None
@@ -221,7 +222,7 @@ def service() -> Iterator[FakeService]:
 
 @dataclass
 class Program:
-    installed: Path
+    systemd_dir: Path
     tmp: Path
     url: str
 
@@ -254,7 +255,7 @@ class Program:
             "TEXT2IMG_AUTOSTOP_BOOT_GRACE_MINUTES": "15",
         }
         result = subprocess.run(
-            [sys.executable, str(self.installed / "usr/local/lib/text2img/autostop.py")],
+            [sys.executable, str(SYSTEMD / "autostop.py")],
             env=env,
             capture_output=True,
             text=True,
@@ -266,8 +267,8 @@ class Program:
 
 
 @pytest.fixture
-def program(installed: Path, tmp_path: Path, service: FakeService) -> Program:
-    return Program(installed, tmp_path, service.url)
+def program(tmp_path: Path, service: FakeService) -> Program:
+    return Program(SYSTEMD, tmp_path, service.url)
 
 
 def test_program_powers_off_once_when_idle(program: Program, service: FakeService) -> None:

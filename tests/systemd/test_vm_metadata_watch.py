@@ -1,4 +1,4 @@
-"""The metadata watcher, as written by startup.sh, against the fake metadata server:
+"""The metadata watcher (systemd/metadata_watch.py) against the fake metadata server:
 a new image in the metadata re-runs the startup script without a reboot."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.systemd.sandbox import IMAGE2, FakeGoogle
+from tests.systemd.sandbox import IMAGE2, REPO, FakeGoogle
 
 
 class Watcher:
-    def __init__(self, installed: Path, tmp: Path, google: FakeGoogle) -> None:
+    def __init__(self, tmp: Path, google: FakeGoogle) -> None:
         self.tmp = tmp
         self.calls = tmp / "redeploy.calls"
         self.log = tmp / "watch.log"
@@ -29,7 +29,7 @@ class Watcher:
             "TEXT2IMG_WATCH_TIMEOUT_SEC": "2",
             "TEXT2IMG_WATCH_MAX_BACKOFF": "0.2",
         }
-        program = installed / "usr/local/lib/text2img/metadata_watch.py"
+        program = REPO / "systemd" / "metadata_watch.py"
         self.log_handle = self.log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, str(program)],
@@ -60,8 +60,8 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def watcher(installed: Path, tmp_path: Path, google: FakeGoogle) -> Iterator[Watcher]:
-    w = Watcher(installed, tmp_path, google)
+def watcher(tmp_path: Path, google: FakeGoogle) -> Iterator[Watcher]:
+    w = Watcher(tmp_path, google)
     yield w
     w.stop()
 
@@ -106,3 +106,12 @@ def test_metadata_errors_back_off_and_changes_are_not_lost(
     assert wait_until(lambda: watcher.triggers() == ["startup"])
     assert "retrying in" in watcher.output()
     assert "changed: text2img-idle-minutes" in watcher.output()
+
+
+def test_a_changed_systemd_file_triggers_a_rerun(watcher: Watcher, google: FakeGoogle) -> None:
+    # infra delivers systemd/'s files as text2img-file-* attributes: editing one is a change
+    assert wait_until(lambda: "watching" in watcher.output())
+    assert wait_until(lambda: any("wait_for_change" in r[1] for r in google.requests))
+    google.set_attribute("text2img-file-autostop-py", "#!/usr/bin/env python3\n# v2\n")
+    assert wait_until(lambda: watcher.triggers() == ["startup"])
+    assert "changed: text2img-file-autostop-py" in watcher.output()

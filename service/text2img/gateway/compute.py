@@ -198,6 +198,30 @@ def get_operation(ops: compute_v1.ZoneOperationsClient, vm: VmRef, name: str) ->
     return operation_info(op)
 
 
+BOOT_FAILURE_NAMESPACE = "text2img"
+BOOT_FAILURE_KEY = "boot-failure"
+
+
+def boot_failure(client: compute_v1.InstancesClient, vm: VmRef) -> str | None:
+    """The guest attribute text2img/boot-failure that the VM's startup script sets when the
+    GPU driver did not load before it powered off (systemd/startup.sh), or None. Best
+    effort: any failure to read it (none set answers 404) is None."""
+    try:
+        request = compute_v1.GetGuestAttributesInstanceRequest(
+            project=vm.project,
+            zone=vm.zone,
+            instance=vm.instance,
+            query_path=f"{BOOT_FAILURE_NAMESPACE}/",
+        )
+        attrs = client.get_guest_attributes(request=request, timeout=CALL_TIMEOUT_S)
+    except Exception:
+        return None
+    for item in attrs.query_value.items:
+        if item.namespace == BOOT_FAILURE_NAMESPACE and item.key == BOOT_FAILURE_KEY:
+            return item.value or None
+    return None
+
+
 def serial_output(client: compute_v1.InstancesClient, vm: VmRef, start: int = 0) -> tuple[str, int]:
     """Serial port 1 output from byte offset `start`; returns (text, next offset)."""
     try:

@@ -29,7 +29,7 @@ OPERATION_POLL_S = 5.0
 TRANSIENT_HOLD_S = 5.0
 LASTING_CAUSES = frozenset(
     {"ZONE_RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "PERMISSION_DENIED", "NOT_FOUND",
-     "NO_CREDENTIALS"}
+     "NO_CREDENTIALS", "GPU_DRIVER"}
 )  # fmt: skip
 MIN_ETA_S = 5.0
 
@@ -91,6 +91,10 @@ class ComputeBackend:
 
     def start(self, *, resume: bool) -> str:
         return compute.start_instance(self._client(), self.vm, resume=resume)
+
+    def boot_failure(self) -> str | None:
+        """What the VM reported before powering itself off (guest attribute), or None."""
+        return compute.boot_failure(self._client(), self.vm)
 
     def operation(self, name: str) -> OperationInfo:
         if self._operations is None:
@@ -194,6 +198,12 @@ class Waker:
                     "the GPU VM is asleep; the next request that does work wakes it "
                     "(or run `scripts/vm start`)",
                 )
+            if self._start_at is not None:
+                # our wake ended asleep again before the service was ready: the VM may
+                # have powered itself off because the GPU driver did not load
+                failed = await self._boot_failure(now)
+                if failed is not None:
+                    return failed
             in_cooldown = (
                 self._start_at is not None and now - self._start_at < self.settings.start_cooldown_s
             )
@@ -311,6 +321,21 @@ class Waker:
             return None
         failure = compute.failure_from_code(op.error_code, op.error_message or "", self._vm())
         return self._fail(failure, now)
+
+    async def _boot_failure(self, now: float) -> StartFailed | None:
+        reader = getattr(self.backend, "boot_failure", None)  # optional in VmBackend
+        if reader is None:
+            return None
+        reason = await anyio.to_thread.run_sync(reader)
+        if not reason:
+            return None
+        message = (
+            f"the GPU VM powered itself off: GPU driver did not load ({reason}). Usually an "
+            "automatic kernel update left the NVIDIA driver behind; see the README's "
+            "troubleshooting (recreate the VM from a current image). A request after this "
+            "notice tries once more"
+        )
+        return self._fail(ComputeFailure("GPU_DRIVER", message), now)
 
     def _vm(self) -> VmRef:
         s = self.settings
