@@ -184,7 +184,7 @@ def create_app(
         if wait is not None:
             resp = _error(
                 429,
-                "too_many_failures",
+                "auth_throttled",
                 "too many requests with a wrong token; wait and try again with the right one",
                 type_="rate_limit_error",
             )
