@@ -58,6 +58,7 @@ function showBanner(text, kind = "error", detail = "") {
 function hideBanner() { $("banner").hidden = true; }
 
 function showError(err) {
+  requestAnimationFrame(() => $("banner").scrollIntoView({ block: "nearest", behavior: "smooth" }));
   if (err instanceof ApiError) {
     const { text, detail } = T2I.japaneseError(err);
     showBanner(text, "error", detail);
