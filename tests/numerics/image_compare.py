@@ -12,8 +12,8 @@ measured on an AVX-512/AMX Xeon. So the promise is not "max difference <= 2 leve
 - another seed (or a wrong seed): mean absolute difference >= OTHER_MEAN_ABS; on the
   tiny model unrelated images differ by ~60-120 levels on average (PSNR ~8-12 dB).
 
-The margin between the two is more than an order of magnitude both ways (measured per
-kernel choice in tests/numerics/test_kernel_matrix.py and benchmarks/RESULTS.md).
+The margin between the two is about 1000x on the mean both ways (measured per kernel
+choice by tests/numerics/kernel_matrix.py; figures in tests/numerics/MEASURED.md).
 """
 
 from __future__ import annotations
