@@ -412,8 +412,10 @@ function setBusy(busy) {
 
 $("gen-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  if (state.generating || !state.model) return;
+  if (state.generating) return;
   state.acted = true;
+  if (!state.model) await loadStatus(); // the first status call failed (network, token)
+  if (!state.model) return;
   hideBanner();
   const original = $("prompt").value.trim();
   const controller = new AbortController();
