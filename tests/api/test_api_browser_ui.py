@@ -118,7 +118,7 @@ def test_japanese_top_box_and_edited_english_with_translation_off_draws_the_engl
         page.wait_for_function(
             "() => { const r = document.getElementById('results').getBoundingClientRect();"
             " return r.top >= -1 && r.top < innerHeight / 2; }",
-            timeout=5000,
+            timeout=15_000,
         )
 
 
@@ -254,7 +254,7 @@ def test_layout_on_a_phone_and_a_desktop(live: Callable[..., str], browser: Any)
             page.wait_for_function(
                 "() => { const r = document.getElementById('results').getBoundingClientRect();"
                 " return r.top >= -1 && r.top < innerHeight / 2; }",
-                timeout=5000,
+                timeout=15_000,
             )
             assert page.evaluate("document.documentElement.scrollWidth") <= width
             tile = page.locator("#grid .tile").first.bounding_box()
