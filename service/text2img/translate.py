@@ -31,7 +31,7 @@ TRANSLATE_SCOPE = "https://www.googleapis.com/auth/cloud-translation"
 
 
 class TranslationError(Exception):
-    """Cloud Translation failed or is not set up; the message says what to do (HTTP 502)."""
+    """Cloud Translation failed or is not set up; the message says what to do (HTTP 424)."""
 
 
 class TranslationRefused(Exception):
@@ -79,7 +79,7 @@ class Translator(Protocol):
     enabled: bool
 
     def translate(self, text: str, mode: Mode = "auto") -> Translation:
-        """Raises TranslationRefused (400) or TranslationError (502)."""
+        """Raises TranslationRefused (400) or TranslationError (424)."""
         ...
 
 

@@ -86,13 +86,13 @@ def test_japanese_prompt_to_images(live: Callable[..., str], translate_ok: FakeT
             ]
             assert "watercolor" in page.inner_text("#result-prompt")  # the edited English
             assert page.inner_text("#grid .label") == "ランダムな重み"
-            assert "テディベア" in page.inner_text("#history")
+            assert "テディベア" in page.inner_text("#gallery")
             assert page.is_hidden("#banner")
             page.screenshot(path=str(ARTIFACTS / "web-ui-desktop.png"), full_page=True)
 
-            # reload: token and history are remembered
+            # reload: token and gallery are remembered
             page.reload()
-            page.wait_for_selector("#history-box:not([hidden])")
+            page.wait_for_selector("#gallery-box:not([hidden])")
             assert page.is_hidden("#token-form")
 
             # a phone-sized screen gets one column and no horizontal scrolling
@@ -153,7 +153,9 @@ def test_waking_and_error_banners(live: Callable[..., str], translate_ok: FakeTr
             page.fill("#prompt", "猫")
             page.click("#translate-btn")
             page.wait_for_selector("#banner:not([hidden])")
-            assert "翻訳に失敗しました" in page.inner_text("#banner-text")
+            assert "翻訳サービス（Cloud Translation）が使えません" in page.inner_text(
+                "#banner-text"
+            )
 
             # a long generation can be cancelled from the page; the GPU is freed
             translate_ok.fail = False

@@ -59,15 +59,19 @@ def test_sdk_maps_our_errors_to_its_exceptions(live: Callable[..., str]) -> None
     assert wrong.value.code == "model_not_found"
 
 
-def test_translation_failure_is_a_502_and_nothing_is_drawn(
+def test_translation_failure_is_a_424_the_sdk_does_not_retry(
     live: Callable[..., str], translate_ok: FakeTranslate
 ) -> None:
     url = live(translation="on", translate_project="demo", translate_endpoint=translate_ok.url)
     translate_ok.fail = True
+    # the SDK's own default: 2 retries for 408, 409, 429 and 5xx; none for 424
+    retrying = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, timeout=120)
     with pytest.raises(openai.APIStatusError) as err:
-        sdk(url).images.generate(prompt="猫", extra_body=FAST)
-    assert err.value.status_code == 502
+        retrying.images.generate(prompt="猫", extra_body=FAST)
+    assert err.value.status_code == 424
+    assert err.value.code == "translation_failed"  # type: ignore[attr-defined]
     assert "Cloud Translation failed" in err.value.message
+    assert len(translate_ok.requests) == 1  # asked once, not three times
     # English needs no translation and still works while the API is down
     ok = sdk(url).images.generate(prompt="a cat", size="64x64", extra_body={"steps": 2})  # type: ignore[arg-type]
     assert ok.data

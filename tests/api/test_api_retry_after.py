@@ -14,16 +14,17 @@ from api_support import FAST64, make_settings
 from test_api_scheduling import running
 
 from text2img.api.app import create_app
-from text2img.glide.pipeline import ImageRequest, Pipeline, SamplingSettings
+from text2img.engines.base import Engine, EngineSettings, ImageRequest
 
 
 class SlowGPU:
     """The real tiny pipeline, made slow: every batch takes at least `batch_s` seconds,
     and none starts while `gate` is closed (so the queue can be filled meanwhile)."""
 
-    def __init__(self, inner: Pipeline, batch_s: float) -> None:
+    def __init__(self, inner: Engine, batch_s: float) -> None:
         self.inner = inner
-        self.model_name = inner.model_name
+        self.spec = inner.spec
+        self.name = inner.name
         self.device = inner.device
         self.max_batch = inner.max_batch
         self.batch_s = batch_s
@@ -31,7 +32,7 @@ class SlowGPU:
         self.gate.set()
         self.entered = threading.Event()
 
-    def generate(self, requests: Sequence[ImageRequest], settings: SamplingSettings,
+    def generate(self, requests: Sequence[ImageRequest], settings: EngineSettings,
                  **kwargs: Any) -> list[Any]:  # fmt: skip
         self.entered.set()
         t0 = time.monotonic()
@@ -41,9 +42,9 @@ class SlowGPU:
         return images
 
 
-async def test_retry_after_grows_with_the_queue(tiny_pipeline: Pipeline) -> None:
+async def test_retry_after_grows_with_the_queue(tiny_pipeline: Engine) -> None:
     gpu = SlowGPU(tiny_pipeline, batch_s=1.0)
-    app = create_app(make_settings(queue_limit=5, batch_window_s=0), pipeline=gpu)  # type: ignore[arg-type]
+    app = create_app(make_settings(queue_limit=5, batch_window_s=0), engine=gpu)  # type: ignore[arg-type]
     async with running(app) as client:
         scheduler = app.state.service.scheduler
         full = {"prompt": "x", "n": scheduler.max_batch, **FAST64}  # one whole batch each

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -13,13 +12,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from api_support import AUTH, FAST, FAST64, make_settings
 from fastapi import FastAPI
-from PIL import Image
 
+from tests.numerics.image_compare import drift, record
 from text2img.api.app import create_app
 from text2img.engines.base import Engine as Pipeline
 from text2img.engines.base import EngineSettings as SamplingSettings
@@ -52,13 +50,6 @@ class FaultyGPU:
         if len(requests) > self.oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return self.inner.generate(requests, settings, **kwargs)
-
-
-def pixel_diff(a: str, b: str) -> np.ndarray:
-    def load(b64: str) -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))), dtype=np.int16)
-
-    return np.abs(load(a) - load(b))
 
 
 def worker_threads() -> list[threading.Thread]:
@@ -148,11 +139,17 @@ async def test_seed_i_draws_the_same_image_alone_or_in_a_batch(tiny_pipeline: Pi
         )
     data = three.json()["data"]
     assert [d["seed"] for d in data] == [40, 41, 42]
-    # equal up to float rounding of batched matmuls (at most 1/255 on a few pixels)
-    same = pixel_diff(alone.json()["data"][0]["b64_json"], data[1]["b64_json"])
-    assert same.max() <= 2
-    assert (same > 0).mean() < 0.01
-    assert pixel_diff(data[0]["b64_json"], data[1]["b64_json"]).mean() > 5
+    png = [base64.b64decode(d["b64_json"]) for d in data]
+    alone_png = base64.b64decode(alone.json()["data"][0]["b64_json"])
+    # the same picture up to float rounding of batched kernels (tests/numerics/image_compare)
+    same = drift(alone_png, png[1])
+    record("api_seed_alone_vs_batch", "seed 41 alone vs in a batch of 3", same)
+    assert same.same_picture(), same
+    # ... a bound that a wrong seed always breaks, by far
+    wrong = drift(alone_png, png[0])
+    record("api_seed_alone_vs_batch", "seed 41 alone vs seed 40", wrong)
+    assert wrong.other_picture(), wrong
+    assert not wrong.same_picture()
     seeds = [d["seed"] for d in unseeded.json()["data"]]
     assert seeds[1] == seeds[0] + 1
 

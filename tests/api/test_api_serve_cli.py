@@ -71,10 +71,11 @@ def test_serve_tiny_on_loopback_without_a_token(tmp_path: Path) -> None:
             if not line:
                 break
             lines.append(line)
-            match = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+            match = re.search(r"web UI and API at http://127\.0\.0\.1:(\d+)/", line)
             port = int(match.group(1)) if match else None
         assert port, "".join(lines)
         text = "".join(lines)
+        assert port != 0  # the line people copy names the port --port 0 picked
         assert "no API token set" in text
         assert "listening on 127.0.0.1 only" in text
         assert "RANDOM WEIGHTS" in text
@@ -88,6 +89,20 @@ def test_serve_tiny_on_loopback_without_a_token(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _start(["--model", "tiny", "--port", str(port)], _env(tmp_path), tmp_path)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
 
 
 def test_missing_glide_weights_exit_with_what_to_run(tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ def require_token(request: Request, state: State) -> None:
     message = (
         "missing API token: send `Authorization: Bearer <token>`"
         if presented is None
-        else "the API token is wrong: check TEXT2IMG_API_TOKEN / the token `pulumi up` printed"
+        else "the API token is wrong: use TEXT2IMG_API_TOKEN's value (locally) or, for the "
+        "cloud, the output of `pulumi stack output token --show-secrets`"
     )
     raise ApiError(
         401,

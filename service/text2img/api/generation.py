@@ -16,7 +16,14 @@ from text2img.translate import Mode, Translation, TranslationError, TranslationR
 
 
 async def translate(state: ServiceState, text: str, mode: Mode, param: str) -> Translation:
-    """Translate off the event loop; 400 when refused, 502 when the API fails."""
+    """Translate off the event loop; 400 when refused, 424 when the API fails.
+
+    424 (Failed Dependency), not 502: OpenAI's SDKs retry 408, 409, 429 and every 5xx
+    (openai-python `_should_retry`), and a missing Cloud Translation setup or a refused
+    request does not heal in the seconds between retries; the translator already retried
+    Google's transient 429/503 itself. `x-should-retry: false` says the same to SDKs that
+    read it.
+    """
     try:
         result = await asyncio.to_thread(state.translator.translate, text, mode)
     except TranslationRefused as exc:
@@ -25,7 +32,12 @@ async def translate(state: ServiceState, text: str, mode: Mode, param: str) -> T
     except TranslationError as exc:
         state.metrics.translations.labels("failed").inc()
         raise ApiError(
-            502, str(exc), type="upstream_error", code="translation_failed", param=param
+            424,
+            str(exc),
+            type="upstream_error",
+            code="translation_failed",
+            param=param,
+            headers={"x-should-retry": "false"},
         ) from exc
     state.metrics.translations.labels("translated" if result.translated else "passed").inc()
     return result
@@ -62,7 +74,7 @@ def engine_settings(spec: EngineSpec, body: ImageGenerationRequest) -> tuple[str
 async def create_job(
     state: ServiceState, scheduler: Scheduler, body: ImageGenerationRequest
 ) -> Job:
-    """Validate, translate and queue; raises ApiError (400, 429, 502, 503)."""
+    """Validate, translate and queue; raises ApiError (400, 424, 429, 503)."""
     if body.response_format == "url":
         raise ApiError(
             400,

@@ -164,5 +164,5 @@ class StatusOut(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 424, 429, 503, 504)
 }

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from text2img.engines import registry
+from text2img.commands.prompt_language import english_prompt
 from text2img.errors import UserError
 
 if TYPE_CHECKING:
@@ -36,7 +37,9 @@ def _default_help(option: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="what to draw (English)")
+    parser.add_argument(
+        "prompt", help="what to draw (English; other languages are translated as the service does)"
+    )
     parser.add_argument("-n", "--num-images", type=int, default=1, help="images (default 1)")
     parser.add_argument(
         "--seed", type=int, default=None, help="seed of the first image; image i uses seed+i "
@@ -127,6 +130,7 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UserError('the prompt is empty; say what to draw, e.g. "a corgi in a red hat"')
+    args.prompt = english_prompt(args.prompt.strip())  # Japanese: translated as the API does
     if not 1 <= args.num_images <= 64:
         raise UserError(f"-n must be from 1 to 64, got {args.num_images}")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -89,6 +90,24 @@ def resolve_host(host: str | None, has_token: bool) -> str:
     return host
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The bound listening socket, made before uvicorn starts so that the "web UI and API
+    at ..." line can name the port `--port 0` picked (uvicorn binds the same way)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port "
+            "(0 = any free one) or stop what is using it"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     from pydantic import ValidationError
 
@@ -167,15 +186,16 @@ def run(args: argparse.Namespace) -> int:
             "are noise, for smoke tests only",
             file=sys.stderr,
         )
+    sock = listening_socket(host, args.port)
+    port = sock.getsockname()[1]  # the free port the system picked for --port 0
     shown = f"[{host}]" if ":" in host else host
-    if args.port:
-        print(
-            f"text2img serve: web UI and API at http://{shown}:{args.port}/ "
-            f"(model {settings.model}, pid {os.getpid()})",
-            file=sys.stderr,
-        )
+    print(
+        f"text2img serve: web UI and API at http://{shown}:{port}/ "
+        f"(model {settings.model}, pid {os.getpid()})",
+        file=sys.stderr,
+    )
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a graceful shutdown
         print("text2img serve: stopped", file=sys.stderr)
     if failures:

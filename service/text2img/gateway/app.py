@@ -76,7 +76,7 @@ def refusal_response(refusal: Refusal, retry_after: int | None) -> Response:
     if refusal is Refusal.THROTTLED:
         resp = _error(
             429,
-            "too_many_failures",
+            "auth_throttled",
             "too many requests with a wrong token; wait and try again with the right one",
             type_="rate_limit_error",
         )

@@ -1,38 +1,60 @@
 // text2img web UI: token -> translate (editable English) -> job with live progress -> images.
-// No framework, no build step, no third-party requests.
+// No framework, no build step, no third-party requests. Helpers: messages.js (Japanese
+// error texts), gallery.js (IndexedDB, ZIP), results.js (result tiles and the gallery),
+// model.js (the loaded model's name, sizes and options).
 "use strict";
 
 const TOKEN_KEY = "text2img.token";
-const HISTORY_KEY = "text2img.history";
-const HISTORY_MAX = 12;
+const MAX_PROMPT = 1000; // the API's limit (schemas.MAX_PROMPT)
 const PHASES = {
   starting_vm: "GPU サーバーを起動しています",
   booting: "サーバーが起動中です",
   loading_model: "モデルを読み込んでいます",
 };
-const STAGES = { base: "ベース 64×64", upsample: "アップサンプル 256×256", queued: "順番待ち", done: "完了" };
-
+const STAGES = { base: "ベース", upsample: "アップサンプル", queued: "順番待ち", done: "完了" };
 const $ = (id) => document.getElementById(id);
-const state = { model: "", job: null, generating: false, translatedFor: "" };
+const state = {
+  model: null, job: null, generating: false, waking: false,
+  translatedFor: "", // the top-box text the English box was filled from
+  englishEdited: false, // the user wrote in the English box: that text is drawn
+  translationOff: false, // the service said it cannot translate
+  acted: false, // the user did something (no error banners before that)
+};
 
 class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter) {
     const err = (body && body.error) || {};
     super(err.message || `HTTP ${status}`);
     this.status = status;
     this.code = err.code || null;
     this.param = err.param || null;
+    this.retryAfter = retryAfter || err.retry_after || null;
   }
 }
 
-// ---- banners ---------------------------------------------------------------------------
+// ---- banners -----------------------------------------------------------------------------
 
-function showBanner(text, kind = "error") {
+function showBanner(text, kind = "error", detail = "") {
   $("banner-text").textContent = text;
+  $("banner-detail").textContent = detail;
+  $("banner-details").hidden = !detail;
+  $("banner-details").open = false;
   $("banner").className = "banner" + (kind === "error" ? "" : " " + kind);
   $("banner").hidden = false;
 }
 function hideBanner() { $("banner").hidden = true; }
+
+function showError(err) {
+  requestAnimationFrame(() => $("banner").scrollIntoView({ block: "nearest", behavior: "smooth" }));
+  if (err instanceof ApiError) {
+    const { text, detail } = T2I.japaneseError(err);
+    showBanner(text, "error", detail);
+  } else if (err instanceof TypeError) {
+    showBanner("サーバーに接続できません。ネットワークを確認してください。", "error", String(err.message || err));
+  } else {
+    showBanner(String(err.message || err));
+  }
+}
 
 // ---- API calls ---------------------------------------------------------------------------
 
@@ -51,11 +73,11 @@ async function api(path, { method = "GET", body, signal, headers = {} } = {}) {
     if (res.ok) { if (state.waking) { state.waking = false; hideBanner(); } return res; }
     let data = null;
     try { data = await res.json(); } catch (_) { /* not JSON */ }
-    const err = new ApiError(res.status, data);
-    if (res.status === 401) { askToken(err.message); throw err; }
+    const err = new ApiError(res.status, data, Number(res.headers.get("Retry-After")) || null);
+    if (res.status === 401) { askToken(err); throw err; }
     if (res.status === 503 && err.code === "waking") {
       const info = data.error;
-      const wait = Math.max(1, Number(res.headers.get("Retry-After")) || info.retry_after || 5);
+      const wait = Math.max(1, err.retryAfter || 5);
       await wakeCountdown(info.phase, info.eta_seconds, wait, signal);
       continue;
     }
@@ -77,10 +99,14 @@ async function wakeCountdown(phase, eta, wait, signal) {
 
 // ---- token --------------------------------------------------------------------------------
 
-function askToken(message) {
+// A page that needs a token asks for it calmly; only a token that was tried and refused
+// (or a user action that needed one) is an error.
+function askToken(err) {
   $("token-form").hidden = false;
+  $("change-token").hidden = true;
+  if (err && (token() || state.acted)) showError(err);
+  else hideBanner();
   $("token-input").focus();
-  if (message) showBanner(message);
 }
 
 $("token-form").addEventListener("submit", (ev) => {
@@ -94,33 +120,66 @@ $("token-form").addEventListener("submit", (ev) => {
 $("change-token").addEventListener("click", () => askToken());
 $("banner-close").addEventListener("click", hideBanner);
 
+// ---- the model: name, noise warning, sizes, options -------------------------------------
+
 async function loadStatus() {
   try {
     const status = await (await api("/v1/status")).json();
-    state.model = status.model;
-    const badge = $("model-badge");
-    badge.hidden = false;
-    badge.textContent = status.model === "tiny" ? "tiny（ランダムな重み）" : status.model;
-    badge.classList.toggle("tiny", status.model === "tiny");
-    $("tiny-warning").hidden = status.model !== "tiny";
+    let entry = null;
+    try {
+      const models = await (await api("/v1/models")).json();
+      entry = (models.data || []).find((m) => m.id === status.model) || (models.data || [])[0];
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) throw err;
+    }
+    applyModel({ id: status.model, ...(entry || {}) });
     $("change-token").hidden = !token();
     if (!status.ready) showBanner("モデルを読み込んでいます。少しお待ちください。", "info");
   } catch (err) {
-    if (!(err instanceof ApiError && err.status === 401)) showBanner(describe(err));
+    if (!(err instanceof ApiError && err.status === 401)) showError(err);
   }
 }
 
-// ---- translation -------------------------------------------------------------------------
+$("size").addEventListener("change", () => { state.sizeChosen = true; });
+
+// ---- which text gets drawn ------------------------------------------------------------------
 
 const isLatin = (text) => !/[^\p{Script=Latin}\P{L}]/u.test(text);
+
+// {text, how}: the English that will be drawn, or null text when it must be translated first.
+function plannedText() {
+  const prompt = $("prompt").value.trim();
+  const english = $("english").value.trim();
+  if (english && (state.englishEdited || state.translatedFor === prompt)) return { text: english, how: "english" };
+  if (!prompt) return { text: english || null, how: english ? "english" : "empty" };
+  if (isLatin(prompt)) return { text: prompt, how: "prompt" };
+  return { text: null, how: state.translationOff ? "cannot-translate" : "translate" };
+}
+
+function updateWillDraw() {
+  const plan = plannedText();
+  const line = $("will-draw");
+  line.classList.toggle("warn", plan.how === "cannot-translate");
+  line.replaceChildren();
+  if (plan.how === "empty") return;
+  if (plan.how === "translate") { line.textContent = "生成するときに上の文を英語に翻訳して、その英文を描きます。"; return; }
+  if (plan.how === "cannot-translate") {
+    line.textContent = "このサービスでは翻訳が使えません。英語のプロンプト欄に英語で書いてください（その文を描きます）。";
+    return;
+  }
+  const text = document.createElement("q");
+  text.lang = "en";
+  text.textContent = plan.text;
+  const note = plan.how === "english" && state.englishEdited && state.translatedFor !== $("prompt").value.trim()
+    ? "（英語欄の文。上の文を変えても翻訳し直しません）" : "";
+  line.append("描く文: ", text, note);
+}
 
 async function translatePrompt() {
   const text = $("prompt").value.trim();
   if (!text) return "";
   if (isLatin(text)) {
-    $("english").value = text;
-    $("detected").textContent = "";
-    state.translatedFor = text;
+    fillEnglish(text, text, "");
     return text;
   }
   $("translate-btn").disabled = true;
@@ -128,20 +187,62 @@ async function translatePrompt() {
   try {
     const res = await api("/v1/translations", { method: "POST", body: { text, mode: "auto" } });
     const out = await res.json();
-    $("english").value = out.text;
-    state.translatedFor = text;
-    $("detected").textContent = out.detected_language
-      ? `検出された言語: ${out.detected_language}（英語は下で編集できます）` : "";
+    fillEnglish(out.text, text, out.detected_language
+      ? `検出された言語: ${out.detected_language}（英語は下で編集できます）` : "");
     return out.text;
+  } catch (err) {
+    if (err instanceof ApiError && ["translation_failed", "untranslatable_prompt"].includes(err.code)) {
+      state.translationOff = true;
+      updateWillDraw();
+      $("english").focus();
+    }
+    throw err;
   } finally {
     $("translate-btn").disabled = false;
     if ($("detected").textContent === "翻訳中…") $("detected").textContent = "";
   }
 }
 
+function fillEnglish(english, from, note) {
+  $("english").value = english;
+  state.translatedFor = from;
+  state.englishEdited = false;
+  $("detected").textContent = note;
+  updateCounters();
+  updateWillDraw();
+}
+
 $("translate-btn").addEventListener("click", async () => {
+  state.acted = true;
   hideBanner();
-  try { await translatePrompt(); } catch (err) { showBanner(describe(err)); }
+  try { await translatePrompt(); } catch (err) { showError(err); }
+});
+
+// ---- counters -------------------------------------------------------------------------------
+
+function updateCounters() {
+  let over = false;
+  for (const [box, counter] of [["prompt", "prompt-count"], ["english", "english-count"]]) {
+    const length = $(box).value.length;
+    $(counter).textContent = `${length} / ${MAX_PROMPT} 文字` +
+      (length > MAX_PROMPT ? `（${length - MAX_PROMPT} 文字多すぎます。${MAX_PROMPT} 文字までです）` : "");
+    $(counter).classList.toggle("over", length > MAX_PROMPT);
+    over = over || length > MAX_PROMPT;
+  }
+  $("generate-btn").disabled = state.generating || over;
+}
+
+$("prompt").addEventListener("input", () => {
+  if (state.translatedFor && !state.englishEdited && $("prompt").value.trim() !== state.translatedFor) {
+    $("detected").textContent = "プロンプトが変わりました。生成時に翻訳し直します。";
+  }
+  updateCounters();
+  updateWillDraw();
+});
+$("english").addEventListener("input", () => {
+  state.englishEdited = $("english").value.trim() !== "";
+  updateCounters();
+  updateWillDraw();
 });
 
 // ---- generation ----------------------------------------------------------------------------
@@ -164,6 +265,8 @@ function describeJob(job) {
   return `${stage}${steps}（${Math.round(p.fraction * 100)}%）`;
 }
 
+const FINISHED = ["succeeded", "failed", "cancelled"];
+
 async function follow(jobId, signal) {
   // server-sent events over fetch (EventSource cannot send the token); polls as a fallback
   try {
@@ -184,7 +287,7 @@ async function follow(jobId, signal) {
         if (!data) continue;
         const job = JSON.parse(data);
         setProgress(job.progress.fraction, describeJob(job));
-        if (["succeeded", "failed", "cancelled"].includes(job.status)) return;
+        if (FINISHED.includes(job.status)) return;
       }
     }
   } catch (err) {
@@ -193,45 +296,38 @@ async function follow(jobId, signal) {
   for (;;) { // fallback: poll
     const job = await (await api(`/v1/jobs/${jobId}`, { signal })).json();
     setProgress(job.progress.fraction, describeJob(job));
-    if (["succeeded", "failed", "cancelled"].includes(job.status)) return;
+    if (FINISHED.includes(job.status)) return;
     await sleep(700);
   }
 }
 
-function readOptions() {
-  const body = {
-    n: Number($("n").value),
-    size: $("size").value,
-    guidance_scale: Number($("guidance").value),
-  };
-  if ($("steps").value) body.steps = Number($("steps").value);
-  if ($("seed").value) body.seed = Number($("seed").value);
-  return body;
-}
-
 function setBusy(busy) {
   state.generating = busy;
-  $("generate-btn").disabled = busy;
   $("cancel-btn").hidden = !busy;
   $("progress-box").hidden = false;
+  updateCounters();
 }
 
 $("gen-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   if (state.generating) return;
+  state.acted = true;
+  if (!state.model) await loadStatus(); // the first status call failed (network, token)
+  if (!state.model) return;
   hideBanner();
   const original = $("prompt").value.trim();
   const controller = new AbortController();
   state.abort = controller;
   setBusy(true);
   setProgress(0, "準備中…");
+  $("progress-box").scrollIntoView({ block: "nearest", behavior: "smooth" });
   try {
-    let english = $("english").value.trim();
-    if (!english || state.translatedFor !== original) english = await translatePrompt();
-    if (!english) throw new Error("プロンプトを入力してください");
+    const plan = plannedText();
+    if (plan.how === "empty") throw new Error("描きたいものを入力してください。");
+    const english = plan.text || (await translatePrompt());
+    const options = readOptions();
     const res = await api("/v1/jobs", {
-      method: "POST", signal: controller.signal,
-      body: { prompt: english, translate: "never", ...readOptions() },
+      method: "POST", signal: controller.signal, body: { prompt: english, translate: "never", ...options },
     });
     const job = await res.json();
     state.job = job.id;
@@ -239,17 +335,19 @@ $("gen-form").addEventListener("submit", async (ev) => {
     await follow(job.id, controller.signal);
     const done = await (await api(`/v1/jobs/${job.id}`)).json();
     if (done.status === "succeeded") {
-      showImages(done);
-      remember(original || english, english);
+      const entry = await T2I.resultEntry(done, original || english, english, state.model, options);
+      T2I.showResults(entry);
       setProgress(1, "完了");
+      try { await T2I.saveJob(entry); } catch (_) { /* private mode: no gallery */ }
+      await T2I.renderGallery();
     } else if (done.status === "cancelled") {
       setProgress(0, "キャンセルしました");
     } else {
-      throw new Error(`生成に失敗しました: ${(done.error && done.error.message) || done.status}`);
+      throw new ApiError(0, { error: done.error || { message: done.status } });
     }
   } catch (err) {
     if (err.name === "AbortError") setProgress(0, "キャンセルしました");
-    else { showBanner(describe(err)); setProgress(0, "失敗しました"); }
+    else { showError(err); setProgress(0, "失敗しました"); }
   } finally {
     state.job = null;
     state.abort = null;
@@ -271,96 +369,29 @@ window.addEventListener("pagehide", () => {
   });
 });
 
-function showImages(job) {
-  const grid = $("grid");
-  grid.replaceChildren();
-  $("results").hidden = false;
-  $("result-prompt").textContent = `描いた英文: ${job.revised_prompt}`;
-  for (const [i, item] of job.data.entries()) {
-    const bytes = Uint8Array.from(atob(item.b64_json), (c) => c.charCodeAt(0));
-    const url = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
-    const tile = document.createElement("figure");
-    tile.className = "tile";
-    const img = document.createElement("img");
-    img.src = url;
-    img.alt = `${job.revised_prompt} (${i + 1})`;
-    tile.append(img);
-    if (job.model === "tiny") {
-      const label = document.createElement("span");
-      label.className = "label";
-      label.textContent = "ランダムな重み";
-      tile.append(label);
-    }
-    const bar = document.createElement("figcaption");
-    bar.className = "bar";
-    const seed = document.createElement("span");
-    seed.className = "muted";
-    seed.textContent = `seed ${item.seed}`;
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = `text2img-${item.seed}.png`;
-    link.textContent = "ダウンロード";
-    bar.append(seed, link);
-    tile.append(bar);
-    grid.append(tile);
+// "use these settings again" from the gallery
+function reuse(entry) {
+  $("prompt").value = entry.prompt;
+  $("english").value = entry.english;
+  state.translatedFor = entry.prompt;
+  state.englishEdited = entry.english !== entry.prompt;
+  const s = entry.settings || {};
+  if (s.n) $("n").value = String(s.n);
+  if (s.size && state.model && state.model.sizes.includes(s.size)) { $("size").value = s.size; state.sizeChosen = true; }
+  for (const control of document.querySelectorAll("[data-option]")) {
+    const value = s[control.dataset.option];
+    control.value = value == null ? "" : String(value);
+    control.dispatchEvent(new Event("input"));
   }
+  $("seed").value = s.seed != null ? String(s.seed) : "";
+  $("options").open = true;
+  updateCounters();
+  updateWillDraw();
+  window.scrollTo({ top: 0, behavior: "smooth" });
 }
 
-// ---- history -------------------------------------------------------------------------------
-
-function loadHistory() {
-  try { return JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]"); } catch (_) { return []; }
-}
-
-function remember(prompt, english) {
-  const items = loadHistory().filter((h) => h.prompt !== prompt);
-  items.unshift({ prompt, english, at: Date.now() });
-  localStorage.setItem(HISTORY_KEY, JSON.stringify(items.slice(0, HISTORY_MAX)));
-  renderHistory();
-}
-
-function renderHistory() {
-  const items = loadHistory();
-  $("history-box").hidden = items.length === 0;
-  const list = $("history");
-  list.replaceChildren();
-  for (const h of items) {
-    const li = document.createElement("li");
-    const b = document.createElement("button");
-    b.type = "button";
-    b.textContent = h.prompt === h.english ? h.prompt : `${h.prompt} — ${h.english}`;
-    b.addEventListener("click", () => {
-      $("prompt").value = h.prompt;
-      $("english").value = h.english;
-      state.translatedFor = h.prompt;
-      window.scrollTo({ top: 0, behavior: "smooth" });
-    });
-    li.append(b);
-    list.append(li);
-  }
-}
-
-// ---- misc --------------------------------------------------------------------------------
-
-function describe(err) {
-  if (err instanceof ApiError) {
-    if (err.status === 429) return `混み合っています: ${err.message}`;
-    if (err.status === 502) return `翻訳に失敗しました: ${err.message}`;
-    return `エラー（${err.status}）: ${err.message}`;
-  }
-  if (err instanceof TypeError) return "サーバーに接続できません。ネットワークを確認してください。";
-  return String(err.message || err);
-}
-
-$("guidance").addEventListener("input", () => {
-  $("guidance-out").textContent = Number($("guidance").value).toFixed(1);
-});
-$("prompt").addEventListener("input", () => {
-  // the English no longer matches what was typed; it is re-translated on generate
-  if (state.translatedFor && $("prompt").value.trim() !== state.translatedFor) {
-    $("detected").textContent = "プロンプトが変わりました。生成時に翻訳し直します。";
-  }
-});
-
-renderHistory();
+window.T2I = Object.assign(window.T2I || {}, { reuse });
+updateCounters();
+updateWillDraw();
+T2I.renderGallery();
 loadStatus();
