@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from text2img.engines import registry
 from text2img.commands.prompt_language import english_prompt
+from text2img.engines import registry
 from text2img.errors import UserError
 
 if TYPE_CHECKING:
