@@ -104,6 +104,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port "
             "(0 = any free one) or stop what is using it"
         ) from None
+    sock.listen(2048)  # connections queue from now on, before uvicorn's loop accepts them
     sock.set_inheritable(True)
     return sock
 
