@@ -169,7 +169,9 @@ EOF
 
 # prefetch_weights: read the model's weights into the page cache in the background while
 # the driver and Docker come up, so the service's load reads memory, not a cold disk.
-# GLIDE loads its fp16 copies (top level); other engines keep safetensors in subfolders.
+# GLIDE loads its fp16 copies (top level); SDXL-Lightning's files sit in huggingface_hub's
+# layout under huggingface/ (snapshot symlinks to blobs), and only the 4-step UNet is read
+# at start (2 and 8 steps are loaded when first asked for).
 # Four files at a time: a persistent disk reaches its throughput only with reads in flight.
 prefetch_weights() {
   step prefetch "read the $MODEL weights into the page cache (background)"
@@ -177,9 +179,10 @@ prefetch_weights() {
     log "the service is running: nothing to prefetch"
     return 0
   fi
-  local list="$RUN/prefetch.list" depth=(-mindepth 2)
-  if [[ $MODEL == glide ]]; then depth=(-maxdepth 1); fi
-  find -L "$ROOT$CACHE_DIR" "${depth[@]}" -type f -name '*.safetensors' -print0 2>/dev/null >"$list" || true
+  local list="$RUN/prefetch.list" root="$ROOT$CACHE_DIR/huggingface"
+  local select=(-path '*/snapshots/*' -not -name '*_2step_*' -not -name '*_8step_*')
+  if [[ $MODEL == glide ]]; then root="$ROOT$CACHE_DIR" select=(-maxdepth 1); fi
+  find -L "$root" "${select[@]}" -type f -name '*.safetensors' -print0 2>/dev/null >"$list" || true
   if [[ ! -s $list ]]; then
     log "no cached weights yet (first boot): nothing to prefetch"
     return 0

@@ -354,13 +354,24 @@ def test_sdxl_model_reaches_serve_download_and_the_prefetch(sandbox: Sandbox) ->
     assert "nothing to prefetch" in result.stderr  # first boot: no weights yet
 
     # a later boot with the weights cached: they are read while the driver comes up
-    cache = sandbox.path("/var/lib/text2img/models")
-    blob = cache / "models--x--unet" / "blobs" / "abc"
-    blob.parent.mkdir(parents=True)
-    blob.write_bytes(b"w" * 1024)
-    snap = cache / "models--x--unet" / "snapshots" / "rev" / "unet"
-    snap.mkdir(parents=True)
-    (snap / "diffusion_pytorch_model.fp16.safetensors").symlink_to(blob)
+    # huggingface_hub's layout under <cache>/huggingface: snapshot symlinks to blobs
+    hub = sandbox.path("/var/lib/text2img/models/huggingface")
+    cache = hub.parent
+    wanted = []
+    for repo, name in [
+        ("models--ByteDance--SDXL-Lightning", "sdxl_lightning_4step_unet.safetensors"),
+        ("models--ByteDance--SDXL-Lightning", "sdxl_lightning_2step_unet.safetensors"),
+        ("models--ByteDance--SDXL-Lightning", "sdxl_lightning_8step_unet.safetensors"),
+        ("models--x--base", "text_encoder/model.fp16.safetensors"),
+    ]:
+        blob = hub / repo / "blobs" / name.replace("/", "-")
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(b"w" * 1024)
+        link = hub / repo / "snapshots" / "rev" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+        if "_2step_" not in name and "_8step_" not in name:
+            wanted.append(str(link))
     (cache / "base.pt").write_bytes(b"not read")
     (sandbox.stub / "active" / "text2img.service").unlink()  # a fresh boot
     sandbox.clear_calls()
@@ -371,7 +382,7 @@ def test_sdxl_model_reaches_serve_download_and_the_prefetch(sandbox: Sandbox) ->
     assert "--unit=text2img-prefetch" in run[0]
     assert "--property=StandardOutput=null" in run[0]
     listed = sandbox.path("/run/text2img/prefetch.list").read_text().split("\0")
-    assert [p for p in listed if p] == [str(snap / "diffusion_pytorch_model.fp16.safetensors")]
+    assert sorted(p for p in listed if p) == sorted(wanted)  # the 4-step UNet, not 2/8
     calls = sandbox.calls()
     assert calls.index(run[0]) < next(i for i, c in enumerate(calls) if c[0] == "nvidia-smi")
 
