@@ -32,7 +32,6 @@ LIGHTNING_REVISION = "c9a24f48e1c025556787b0c58dd67a091ece2e44"
 VAE_REPO = "madebyollin/sdxl-vae-fp16-fix"
 VAE_REVISION = "207b116dae70ace3637169f1ddd2434b91b3a8cd"
 
-CACHE_ENV = "TEXT2IMG_MODEL_CACHE"  # the same variable and default as GLIDE's cache
 HUB_SUBDIR = "huggingface"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -81,13 +80,10 @@ FILES: tuple[HubFile, ...] = (
 
 
 def default_cache_dir() -> Path:
-    """$TEXT2IMG_MODEL_CACHE, else $XDG_CACHE_HOME/text2img, else ~/.cache/text2img.
+    """The one weights cache every engine shares (`registry.default_cache_dir`)."""
+    from text2img.engines.registry import default_cache_dir as shared
 
-    The same rule as GLIDE's weights (one cache directory for every engine)."""
-    if env := os.environ.get(CACHE_ENV):
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "text2img"
+    return shared()
 
 
 def hub_cache(cache_dir: Path | None) -> Path:
