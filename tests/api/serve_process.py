@@ -55,7 +55,7 @@ def start(tmp_path: Path, **env_extra: str) -> ServeProcess:
         if not line:
             break
         lines.append(line)
-        match = re.search(r"(?:Uvicorn running on|web UI and API at) http://127\.0\.0\.1:(\d+)", line)
+        match = re.search(r"web UI and API at http://127\.0\.0\.1:(\d+)", line)
         if match:
             threading.Thread(target=lambda: lines.extend(stderr), daemon=True).start()
             port = int(match.group(1))

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from text2img.cli import main
+from text2img.engines import devices
 from text2img.engines.glide import pipeline as pipeline_module
 from text2img.engines.glide.pipeline import ImageRequest, SamplingSettings, load_pipeline
 from text2img.errors import UserError
@@ -116,7 +117,7 @@ def test_invalid_dtypes_are_user_errors():
     with pytest.raises(UserError, match="bfloat16 on the CPU"):
         load_pipeline("tiny", device="cpu", dtype="float16")
     with pytest.raises(UserError, match="bfloat16 is a CPU option"):
-        pipeline_module._resolve_dtype("bf16", torch.device("cuda"))
+        devices.resolve_dtype("bf16", torch.device("cuda"))
 
 
 def test_generate_cli_accepts_bfloat16(tmp_path, capsys):

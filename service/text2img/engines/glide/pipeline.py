@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from text2img.engines.base import MAX_SEED, Cancelled, ImageRequest, InvalidSetting, Progress
+from text2img.engines.devices import resolve_device, resolve_dtype
 from text2img.engines.glide.samplers import SAMPLERS, StepInfo, classifier_free_guidance
 from text2img.engines.glide.schedules import make_schedule
 from text2img.engines.glide.spec import SamplingSettings
@@ -209,40 +210,6 @@ def to_images(batch: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(row, mode="RGB") for row in rows]
 
 
-def _resolve_device(device: str | None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}; use cuda, cpu or leave it unset") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if resolved.type not in ("cuda", "cpu"):
-        raise UserError(f"unsupported device {device!r}; use cuda or cpu")
-    return resolved
-
-
-DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-               "float32": torch.float32, "fp32": torch.float32,
-               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
-
-
-def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    if dtype in (None, "", "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPE_NAMES:
-        raise UserError(f"unknown dtype {dtype!r}; use float16 (CUDA), float32 or bfloat16 (CPU)")
-    resolved = DTYPE_NAMES[dtype]
-    if resolved == torch.float16 and device.type != "cuda":
-        raise UserError("float16 runs on CUDA only; use float32 or bfloat16 on the CPU")
-    if resolved == torch.bfloat16 and device.type != "cpu":
-        # The T4 (our GPU) has no fast bfloat16; float16 is upstream's tested half layout.
-        raise UserError("bfloat16 is a CPU option (the T4 has no fast bfloat16); "
-                        "use float16 or float32 on CUDA")  # fmt: skip
-    return resolved
-
-
 def _weight_dtype(dtype: torch.dtype) -> torch.dtype:
     """float16 keeps upstream's half layout; bfloat16 (autocast) keeps float32 weights."""
     return torch.float16 if dtype == torch.float16 else torch.float32
@@ -262,8 +229,8 @@ def load_pipeline(
     """Load "glide" (released weights from the cache) or "tiny" (random weights, no download)."""
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}; use one of {', '.join(MODELS)}")
-    dev = _resolve_device(device)
-    dt = _resolve_dtype(dtype, dev)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
     max_batch = 8 if dev.type == "cuda" else 4
     if model == "tiny":
         from text2img.engines.glide.tiny import tiny_models

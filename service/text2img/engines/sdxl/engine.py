@@ -36,6 +36,7 @@ from text2img.engines.base import (
     Progress,
     ProgressFn,
 )
+from text2img.engines.devices import resolve_device, resolve_dtype
 from text2img.engines.guard import check_batch
 from text2img.engines.sdxl.spec import DEFAULT_STEPS, STEP_CHOICES, SdxlSettings
 from text2img.errors import UserError
@@ -168,39 +169,6 @@ def to_pil(batch: torch.Tensor) -> list[Image.Image]:
     """NCHW in [0, 1] -> RGB images: round(x * 255)."""
     data = (batch.float() * 255).round().clamp(0, 255).to(torch.uint8)
     return [Image.fromarray(row, mode="RGB") for row in data.permute(0, 2, 3, 1).cpu().numpy()]
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}; use cuda, cpu or leave it unset") from None
-    if resolved.type not in ("cuda", "cpu"):
-        raise UserError(f"unsupported device {device!r}; use cuda or cpu")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return resolved
-
-
-DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """CUDA: float16 (default) or float32. CPU: float32 (default) or bfloat16."""
-    if dtype in (None, "", "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use float16 (CUDA), float32 or bfloat16 (CPU)")
-    resolved = DTYPES[dtype]
-    if resolved == torch.float16 and device.type != "cuda":
-        raise UserError("float16 runs on CUDA only; use float32 or bfloat16 on the CPU")
-    if resolved == torch.bfloat16 and device.type != "cpu":
-        raise UserError(
-            "bfloat16 is a CPU option (the T4 has no fast bfloat16); use float16 on CUDA"
-        )
-    return resolved
 
 
 def _pipeline(components: dict[str, Any]) -> Any:

@@ -1,0 +1,43 @@
+"""Device and dtype choice shared by every engine: CUDA float16 (a T4 has no fast bfloat16),
+CPU float32, CPU bfloat16 on request; one message for each wrong choice."""
+
+from __future__ import annotations
+
+import torch
+
+from text2img.errors import UserError
+
+DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+               "float32": torch.float32, "fp32": torch.float32,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """None/""/"auto": CUDA when present, else the CPU; UserError for anything unusable."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use cuda, cpu or leave it unset") from None
+    if resolved.type not in ("cuda", "cpu"):
+        raise UserError(f"unsupported device {device!r}; use cuda or cpu")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """None: CUDA float16, CPU float32. float16 is CUDA-only, bfloat16 CPU-only."""
+    if dtype in (None, "", "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype {dtype!r}; use float16 (CUDA), float32 or bfloat16 (CPU)")
+    resolved = DTYPE_NAMES[dtype]
+    if resolved == torch.float16 and device.type != "cuda":
+        raise UserError("float16 runs on CUDA only; use float32 or bfloat16 on the CPU")
+    if resolved == torch.bfloat16 and device.type != "cpu":
+        raise UserError(
+            "bfloat16 is a CPU option (the T4 has no fast bfloat16); use float16 or float32 on CUDA"
+        )
+    return resolved
