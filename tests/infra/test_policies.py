@@ -482,17 +482,17 @@ def test_model_reaches_the_vm_and_sizes_the_boot_disk(
     plan = plan_for(model=model)
     instance = vm(plan)
     assert instance["metadata"]["text2img-model"] == model
-    assert instance["bootDisk"]["initializeParams"]["size"] == disk
+    assert plan.one("gcp:compute/disk:Disk").inputs["size"] == disk  # the boot disk
     assert plan.warnings == []
 
 
 def test_an_explicit_disk_size_is_kept_and_warned_about_when_small(plan_for: PlanFor) -> None:
     plan = plan_for(model="sdxl-lightning", diskSizeGb=80)
-    assert vm(plan)["bootDisk"]["initializeParams"]["size"] == 80
+    assert plan.one("gcp:compute/disk:Disk").inputs["size"] == 80
     assert any(
         "diskSizeGb: 80 GB may be too small for model sdxl-lightning" in w for w in plan.warnings
     )
-    assert vm(plan_for(diskSizeGb=300))["bootDisk"]["initializeParams"]["size"] == 300
+    assert plan_for(diskSizeGb=300).one("gcp:compute/disk:Disk").inputs["size"] == 300
 
 
 def test_model_choices_are_registry_engines_without_the_random_twins() -> None:
