@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_glide_load import evict  # drop a file's pages from the page cache
+
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 NEEDED_DISK = 6 * 1000**3
@@ -49,15 +51,6 @@ else:
 touch(unet)
 print(time.perf_counter() - t0)
 """
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def available_memory() -> int:
