@@ -56,6 +56,17 @@ class ImageRequest:
     seed: int
 
 
+def check_requests(requests: Sequence[ImageRequest]) -> None:
+    """InvalidSetting naming the first request whose seed or prompt no engine can draw."""
+    for i, r in enumerate(requests):
+        if isinstance(r.seed, bool) or not isinstance(r.seed, int) or not 0 <= r.seed <= MAX_SEED:
+            raise InvalidSetting(
+                "seed", f"seed must be an integer from 0 to {MAX_SEED} (image {i})"
+            )
+        if not isinstance(r.prompt, str):
+            raise InvalidSetting("prompt", f"prompt must be a string (image {i})")
+
+
 @dataclass(frozen=True)
 class GeneratedImage:
     """One result of `Engine.generate`, in request order."""

@@ -15,7 +15,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from text2img.engines.base import MAX_SEED, Cancelled, ImageRequest, InvalidSetting, Progress
+from text2img.engines.base import (
+    Cancelled,
+    ImageRequest,
+    Progress,
+    check_requests,
+)
 from text2img.engines.devices import resolve_device, resolve_dtype
 from text2img.engines.glide.samplers import SAMPLERS, StepInfo, classifier_free_guidance
 from text2img.engines.glide.schedules import make_schedule
@@ -79,13 +84,7 @@ class Pipeline:
         constant images raise BadOutput instead of being returned.
         """
         settings.validate()
-        for i, request in enumerate(requests):
-            if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
-                raise InvalidSetting(
-                    "seed", f"seed must be an integer from 0 to {MAX_SEED} (request {i})"
-                )
-            if not isinstance(request.prompt, str):
-                raise InvalidSetting("prompt", f"prompt must be a string (request {i})")
+        check_requests(requests)
         chunks = [requests[i : i + self.max_batch] for i in range(0, len(requests), self.max_batch)]
         images: list[Image.Image] = []
         for index, chunk in enumerate(chunks):

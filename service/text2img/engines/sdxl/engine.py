@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from text2img.engines.base import (
-    MAX_SEED,
     CancelFn,
     Cancelled,
     Engine,
@@ -35,6 +34,7 @@ from text2img.engines.base import (
     InvalidSetting,
     Progress,
     ProgressFn,
+    check_requests,
 )
 from text2img.engines.devices import resolve_device, resolve_dtype
 from text2img.engines.guard import check_batch
@@ -98,17 +98,7 @@ class SdxlEngine(Engine):
         if settings.steps not in STEP_CHOICES:
             choices = ", ".join(str(s) for s in STEP_CHOICES)
             raise InvalidSetting("steps", f"steps must be one of {choices}, got {settings.steps}")
-        for i, r in enumerate(requests):
-            if (
-                isinstance(r.seed, bool)
-                or not isinstance(r.seed, int)
-                or not 0 <= r.seed <= MAX_SEED
-            ):
-                raise InvalidSetting(
-                    "seed", f"seed must be an integer from 0 to {MAX_SEED} (image {i})"
-                )
-            if not isinstance(r.prompt, str):
-                raise InvalidSetting("prompt", f"prompt must be a string (image {i})")
+        check_requests(requests)
         return settings
 
     def _use_steps(self, steps: int) -> None:
