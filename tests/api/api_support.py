@@ -3,6 +3,7 @@ uvicorn server on 127.0.0.1:<free port>."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,3 +66,17 @@ def serve(app: FastAPI) -> Iterator[str]:
     """Run the app with uvicorn on 127.0.0.1:<free port>; yields the base URL."""
     with serve_in_thread(app, timeout_s=30.0, graceful_shutdown_s=5.0, must_stop=True) as url:
         yield url
+
+
+def job_events(client: TestClient, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a job's server-sent events, read until the stream ends."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=AUTH) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = ""
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    return events

@@ -3,12 +3,11 @@ the static UI, and the job API."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
 import pytest
-from api_support import AUTH, FAST64, TOKEN
+from api_support import AUTH, FAST64, TOKEN, job_events
 from fastapi.testclient import TestClient
 
 from text2img.api.app import create_app
@@ -237,15 +236,7 @@ def test_job_api_with_server_sent_events(make_client: Callable[..., TestClient])
     job = client.post("/v1/jobs", json=body, headers=AUTH)
     assert job.status_code == 202
     job_id = job.json()["id"]
-    events: list[tuple[str, dict[str, object]]] = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=AUTH) as stream:
-        assert stream.headers["content-type"].startswith("text/event-stream")
-        kind = ""
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[6:])))
+    events = job_events(client, job_id)
     assert events[-1][0] == "done"
     assert events[-1][1]["status"] == "succeeded"
     progress = [e for k, e in events if k == "progress"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from api_support import AUTH, TOKEN
+from api_support import AUTH, TOKEN, job_events
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -136,14 +135,7 @@ def test_progress_events_per_step_then_done(
     job = client.post("/v1/jobs", json={"prompt": "a boat", "steps": 8, "size": "768x1344"},
                       headers=AUTH)  # fmt: skip
     assert job.status_code == 202, job.text
-    events: list[tuple[str, dict[str, Any]]] = []
-    with client.stream("GET", f"/v1/jobs/{job.json()['id']}/events", headers=AUTH) as stream:
-        kind = ""
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[6:])))
+    events = job_events(client, job.json()["id"])
     assert events[-1][0] == "done"
     assert events[-1][1]["status"] == "succeeded"
     fractions = [e["progress"]["fraction"] for k, e in events if k == "progress"]
