@@ -165,6 +165,7 @@ def test_egress_that_comes_up_within_the_retry_budget_is_not_seen(
     """Connections refused for the first second, within the warm-up budget: the first
     request already goes through."""
     fake.set_status(VM, "RUNNING")
+    fake.instances[VM].last_start = "2020-01-01T00:00:00.000-00:00"  # up for long: ready
     port = _free_port()
     url = make_gateway(upstream_url=f"http://127.0.0.1:{port}", egress_warmup_s=8.0)
     vm_service = Upstream()

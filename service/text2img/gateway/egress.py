@@ -36,10 +36,13 @@ class EgressState:
         *,
         headers: Mapping[str, str],
         timeout: float,
+        warmup: bool = True,
     ) -> httpx.Response:
-        """GET `url`; before the first success, connect failures are retried with back-off
-        for up to `warmup_budget_s` seconds. Raises httpx.HTTPError like `http.get`."""
-        deadline = time.monotonic() + (0.0 if self.reached else self.warmup_budget_s)
+        """GET `url`; before the first success and when `warmup` (the VM should already be
+        serving), connect failures are retried with back-off for up to `warmup_budget_s`
+        seconds. Raises httpx.HTTPError like `http.get`."""
+        budget = self.warmup_budget_s if warmup and not self.reached else 0.0
+        deadline = time.monotonic() + budget
         pause = FIRST_PAUSE_S
         while True:
             try:

@@ -226,7 +226,10 @@ class Waker:
         url = self._upstream(info)
         if url is None:
             return Waking("booting", self._eta(info), 5, "the GPU VM has no address yet")
-        phase = await self._probe(url)
+        # A VM that may still be booting refuses connections because it is booting: say so
+        # at once. Only a VM that should be serving gets the egress warm-up retries.
+        maybe_booting = self._maybe_booting(info)
+        phase = await self._probe(url, warmup=not maybe_booting)
         if phase == "ready":
             began = self._wake_began or _ts(info)
             if self._start_at is not None and began is not None:
@@ -247,7 +250,7 @@ class Waker:
                 "stop`; the next request starts it, and it reads the new token when it boots)",
                 30,
             )
-        if phase == "booting" and not self.egress.reached and not self._maybe_booting(info):
+        if phase == "booting" and not self.egress.reached and not maybe_booting:
             # a fresh gateway instance whose egress is not up yet: the VM may well be ready
             return Waking(
                 "connecting",
@@ -270,13 +273,14 @@ class Waker:
         began = _ts(info)
         return began is None or self.wall() - began < self.expected_wake_s()
 
-    async def _probe(self, url: str) -> str:
+    async def _probe(self, url: str, *, warmup: bool = True) -> str:
         try:
             resp = await self.egress.get(
                 self.http,
                 f"{url}/readyz",
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=self.settings.probe_timeout_s,
+                warmup=warmup,
             )
         except httpx.HTTPError:
             return "booting"
