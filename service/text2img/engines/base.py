@@ -158,6 +158,10 @@ class EngineSpec(ABC):
     # other accepted sizes (OpenAI's, "auto") -> the native size actually drawn
     size_aliases: Mapping[str, str] = field(default_factory=dict)
     download_bytes: int = 0  # disk the weights take in the cache (0: nothing to fetch)
+    # the files a start reads, as `find -path` patterns relative to the cache root; the VM
+    # reads them into the page cache before the service starts (instance metadata
+    # `text2img-prefetch`, one pattern a line)
+    prefetch: tuple[str, ...] = ()
 
     @property
     def option_names(self) -> tuple[str, ...]:

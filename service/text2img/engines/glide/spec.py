@@ -150,6 +150,7 @@ GLIDE = GlideSpec(
     options=_options(steps=25, upsample_steps=15),
     size_aliases={"auto": "256x256"},
     download_bytes=6 * _GLIDE_PARAMS + 561_890,
+    prefetch=("base.fp16.safetensors", "upsample.fp16.safetensors"),
 )
 
 # Smoke-sized defaults: the tiny model's images are noise, so a default request only has to

@@ -119,6 +119,14 @@ SDXL_LIGHTNING = SdxlSpec(
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
     download_bytes=DOWNLOAD_BYTES,
+    # what a start loads: both text encoders, the 4-step UNet and the VAE (2 and 8 steps
+    # are loaded when first asked for); snapshot entries are links into blobs/
+    prefetch=(
+        "huggingface/models--*/snapshots/*/text_encoder/model.fp16.safetensors",
+        "huggingface/models--*/snapshots/*/text_encoder_2/model.fp16.safetensors",
+        "huggingface/models--*/snapshots/*/sdxl_lightning_4step_unet.safetensors",
+        "huggingface/models--*/snapshots/*/diffusion_pytorch_model.safetensors",
+    ),
 )
 
 TINY_SDXL = SdxlSpec(
