@@ -119,6 +119,11 @@ class TranslationResponse(BaseModel):
     text: str = Field(description="English.")
     detected_language: str | None = Field(description="Source language the API detected.")
     translated: bool = Field(description="False when the text was passed through unchanged.")
+    needs_translation: bool = Field(
+        description="False when every letter is Latin script (English, accents, full-width; "
+        "digits, symbols and emoji do not count): such text is drawn as written, and comes "
+        "back unchanged even where this service cannot translate."
+    )
 
 
 class ErrorDetail(BaseModel):
