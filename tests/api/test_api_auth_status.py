@@ -257,8 +257,9 @@ def test_the_precision_setting_reaches_the_engine() -> None:
     with TestClient(app) as client:
         wait_ready(client)
         assert app.state.service.engine.dtype == "bfloat16"
-        r = client.post("/v1/images/generations", json={"prompt": "a", **FAST64}, headers=AUTH)
-        assert r.status_code == 200
+        # plumbing only: no image (this CPU may emulate bfloat16, ~1 min per image);
+        # bfloat16 images are checked in tests/engines/glide/test_bf16.py
+        assert client.get("/readyz", headers=AUTH).json()["ready"] is True
 
     app = create_app(make_settings(dtype="float16", device="cpu"), on_load_failure=lambda _: None)
     with TestClient(app) as client:

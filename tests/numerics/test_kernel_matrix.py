@@ -8,7 +8,7 @@ import pytest
 from tests.numerics.image_compare import drift
 from tests.numerics.kernel_matrix import CHOICES, run_choice, table
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exhaustive]  # make test-slow
 
 
 def test_numeric_tests_pass_under_every_kernel_choice() -> None:
