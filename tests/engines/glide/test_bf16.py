@@ -91,7 +91,7 @@ def assert_valid_png(image: Image.Image, size: int) -> None:
 @pytest.mark.parametrize(
     "settings",
     [
-        pytest.param(SamplingSettings(size=64, base_steps=1), id="64", marks=exhaustive_if_emulated),
+        pytest.param(FAST64, id="64", marks=exhaustive_if_emulated),
         pytest.param(FAST256, id="256", marks=needs_native_bf16),
     ],
 )
