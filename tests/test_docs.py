@@ -57,9 +57,8 @@ def test_every_local_link_resolves(page: Path) -> None:
     for target in local_links(page):
         path, _, anchor = target.partition("#")
         dest = (page.parent / path).resolve() if path else page
-        if not dest.exists():
-            broken.append(target)
-        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+        missing_anchor = bool(anchor) and dest.suffix == ".md" and anchor not in anchors(dest)
+        if not dest.exists() or missing_anchor:
             broken.append(target)
     assert not broken, f"{page.name}: links that lead nowhere: {broken}"
 
