@@ -57,8 +57,7 @@ def test_every_local_link_resolves(page: Path) -> None:
     for target in local_links(page):
         path, _, anchor = target.partition("#")
         dest = (page.parent / path).resolve() if path else page
-        missing_anchor = bool(anchor) and dest.suffix == ".md" and anchor not in anchors(dest)
-        if not dest.exists() or missing_anchor:
+        if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in anchors(dest)):
             broken.append(target)
     assert not broken, f"{page.name}: links that lead nowhere: {broken}"
 
