@@ -230,6 +230,7 @@ def test_metrics_are_exposed(make_client: Callable[..., TestClient]) -> None:
         assert name in text, name
 
 
+@pytest.mark.slow
 def test_job_api_with_server_sent_events(make_client: Callable[..., TestClient]) -> None:
     client = make_client()
     body = {"prompt": "a boat", "n": 2, "size": "256x256", "steps": 10, "upsample_steps": 3}

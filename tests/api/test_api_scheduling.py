@@ -109,6 +109,7 @@ async def test_16_clients_against_a_queue_of_4(tiny_pipeline: Pipeline) -> None:
     assert leaked == []
 
 
+@pytest.mark.slow
 async def test_compatible_requests_share_a_sampling_batch(tiny_pipeline: Pipeline) -> None:
     gpu = FaultyGPU(tiny_pipeline)
     app = create_app(make_settings(), pipeline=gpu)  # type: ignore[arg-type]
@@ -125,6 +126,7 @@ async def test_compatible_requests_share_a_sampling_batch(tiny_pipeline: Pipelin
     assert max(gpu.calls) >= 4, gpu.calls
 
 
+@pytest.mark.slow
 async def test_seed_i_draws_the_same_image_alone_or_in_a_batch(tiny_pipeline: Pipeline) -> None:
     app = create_app(make_settings(), pipeline=tiny_pipeline)
     async with running(app) as client:
@@ -154,6 +156,7 @@ async def test_seed_i_draws_the_same_image_alone_or_in_a_batch(tiny_pipeline: Pi
     assert seeds[1] == seeds[0] + 1
 
 
+@pytest.mark.slow
 async def test_out_of_memory_retries_smaller_batches_then_503(tiny_pipeline: Pipeline) -> None:
     gpu = FaultyGPU(tiny_pipeline, oom_above=1)
     app = create_app(make_settings(), pipeline=gpu)  # type: ignore[arg-type]

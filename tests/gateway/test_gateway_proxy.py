@@ -115,6 +115,7 @@ def test_client_leaving_drops_the_upstream_request(gateway: str, upstream: Upstr
     assert upstream.slow_disconnected.wait(5.0)
 
 
+@pytest.mark.slow
 def test_a_service_that_does_not_answer_gets_a_clear_504(
     make_gateway: Callable[..., str], fake: FakeCompute
 ) -> None:
