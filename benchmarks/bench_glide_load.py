@@ -1,7 +1,8 @@
 """Cold load of the fp16 safetensors cache against `torch.load` of the original fp32 `.pt`.
 
-A full-size random state dict shaped like GLIDE base (from tests/data/glide-reference/base_params.json,
-or GLIDE_REFERENCE_DIR) is saved as upstream ships it (fp32, `torch.save`), converted once
+A full-size random state dict shaped like GLIDE base (from base_params.json in
+tests/data/glide-reference, or GLIDE_REFERENCE_DIR) is saved as upstream ships it (fp32,
+`torch.save`), converted once
 through `text2img.engines.glide.convert` (the real conversion path), then each file is loaded in a
 FRESH PROCESS after its pages were evicted from the page cache (fsync, then
 posix_fadvise(DONTNEED)); every tensor is touched page by page so that lazy (mmap) loads
