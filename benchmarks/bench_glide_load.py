@@ -2,12 +2,12 @@
 
 A full-size random state dict shaped like GLIDE base (from base_params.json in
 tests/data/glide-reference, or GLIDE_REFERENCE_DIR) is saved as upstream ships it (fp32,
-`torch.save`), converted once
-through `text2img.engines.glide.convert` (the real conversion path), then each file is loaded in a
-FRESH PROCESS after its pages were evicted from the page cache (fsync, then
-posix_fadvise(DONTNEED)); every tensor is touched page by page so that lazy (mmap) loads
-pay for their reads too. Time is measured inside the child, after `import torch`.
-Reports medians of REPEAT runs and the ratio. Temporary files are removed at the end.
+`torch.save`), converted once through `text2img.engines.glide.convert` (the real conversion
+path), then each file is loaded in a FRESH PROCESS after its pages were evicted from the
+page cache (fsync, then posix_fadvise(DONTNEED)); every tensor is touched page by page so
+that lazy (mmap) loads pay for their reads too. Time is measured inside the child, after
+`import torch`. Reports medians of REPEAT runs and the ratio. Temporary files are removed at
+the end.
 
 Then, IN ONE PROCESS, the cost of verifying the cache on load (issue 13 item 4): our
 `load_state_dict` (sha256 per 16 MiB segment of a copy-on-write mapping of the file,
