@@ -16,6 +16,8 @@ from serve_process import ServeProcess, serving
 
 from tests.fakes.raw_http import answer_or_close, chunked_flood, slow_sender
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: make test, not test-fast
+
 FLOOD = 300 * 1024 * 1024  # what the attacker would send if allowed
 READ_AT_MOST = 16 * 1024 * 1024  # socket buffers, not the body: far below FLOOD
 MiB = 1024 * 1024
@@ -31,7 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         yield proc
 
 
-@pytest.mark.slow
 def test_chunked_floods_without_a_token_are_refused_before_the_body(tmp_path: Path) -> None:
     with serving(tmp_path, TEXT2IMG_AUTH_MAX_FAILURES="3") as server:
         _floods(server)
@@ -102,7 +103,6 @@ def _wrong(address: str) -> dict[str, str]:
     return {"Authorization": "Bearer wrong-token-0000000000", "X-Forwarded-For": address}
 
 
-@pytest.mark.slow
 def test_forwarded_addresses_are_ignored_unless_trusted(tmp_path: Path) -> None:
     """Default: the socket peer is the key, so forged X-Forwarded-For entries neither
     spread an attacker over many keys nor lock out the address they name."""
@@ -126,7 +126,6 @@ def _throttle_cases(get: Callable[[dict[str, str]], int]) -> None:
     assert get({**AUTH, "X-Forwarded-For": "192.0.2.44"}) == 200
 
 
-@pytest.mark.slow
 def test_behind_a_proxy_the_last_forwarded_entry_is_the_key(tmp_path: Path) -> None:
     with (
         serving(
