@@ -233,7 +233,7 @@ def test_metrics_are_exposed(make_client: Callable[..., TestClient]) -> None:
 @pytest.mark.slow
 def test_job_api_with_server_sent_events(make_client: Callable[..., TestClient]) -> None:
     client = make_client()
-    body = {"prompt": "a boat", "n": 2, "size": "256x256", "steps": 10, "upsample_steps": 3}
+    body = {"prompt": "a boat", "n": 2, "size": "256x256", "steps": 3, "upsample_steps": 2}
     job = client.post("/v1/jobs", json=body, headers=AUTH)
     assert job.status_code == 202
     job_id = job.json()["id"]
