@@ -73,6 +73,9 @@ class GeneratedImage:
 
     image: Image.Image
     seed: int
+    # the text actually drawn when the engine cut the prompt (e.g. CLIP's 77 tokens);
+    # None when the whole prompt was drawn
+    prompt_used: str | None = None
 
 
 @dataclass(frozen=True)
