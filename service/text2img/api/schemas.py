@@ -22,7 +22,8 @@ from pydantic import (
 from text2img.engines.base import EngineSpec, Option
 
 MAX_PROMPT = 1000
-MAX_SEED = 2**32 - 1  # what the API accepts (engines draw any seed up to base.MAX_SEED)
+# the first seed a request may name (image i draws seed+i, up to the engines' MAX_SEED)
+MAX_REQUEST_SEED = 2**32 - 1
 MAX_TEXT_OPTION = 64
 # Strict numbers: JSON true, "2" or 2.0 are not integers, "3" is not a number; NaN and
 # infinity are refused by name. Ranges of engine options are the engine's (its spec).
@@ -78,7 +79,10 @@ class ImageGenerationRequest(BaseModel):
     style: str | None = Field(default=None, max_length=32, description="Accepted, ignored.")
     # extensions (and the engine's options, from its spec)
     seed: StrictInt | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i; random when omitted."
+        default=None,
+        ge=0,
+        le=MAX_REQUEST_SEED,
+        description="Image i uses seed+i; random when omitted.",
     )
     translate: Literal["auto", "always", "never"] = Field(
         default="auto",
