@@ -161,4 +161,4 @@ def test_cli_takes_the_model_from_the_environment(
     assert names == ["a_grid.png", "a_seed1.png", "a_seed2.png"]
     monkeypatch.setenv("TEXT2IMG_MODEL", "dall-e")
     assert main(["generate", "a", "-o", str(tmp_path)]) == 2
-    assert "TEXT2IMG_MODEL='dall-e' is not a model" in capsys.readouterr().err
+    assert "TEXT2IMG_MODEL='dall-e': use one of glide, tiny" in capsys.readouterr().err

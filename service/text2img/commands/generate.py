@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import secrets
 import sys
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from text2img.commands.download import chosen_model
 from text2img.commands.prompt_language import english_prompt
 from text2img.engines import registry
 from text2img.engines.base import MAX_SEED, ImageRequest, InvalidSetting, Option, Progress
@@ -30,16 +30,6 @@ def random_weights_banner(model: str) -> str:
         "of the prompt (a smoke test of the pipeline). Run `text2img download` and use a "
         "model with real weights (glide, sdxl-lightning) for real images. ***"
     )
-
-
-def model_from_env() -> str:
-    """$TEXT2IMG_MODEL (as `serve` and `download` read it), else the default model."""
-    name = os.environ.get("TEXT2IMG_MODEL") or registry.DEFAULT_MODEL
-    if name not in registry.names():
-        raise UserError(
-            f"TEXT2IMG_MODEL={name!r} is not a model; use one of {', '.join(registry.names())}"
-        )
-    return name
 
 
 def _option_help(owners: list[tuple[str, Option]]) -> str:
@@ -142,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"cannot create output folder {args.output_dir}: {exc.strerror}") from None
 
-    model = args.model or model_from_env()
+    model = chosen_model(args.model)
     spec = registry.get_spec(model)
     size = f"{args.size}x{args.size}" if args.size and args.size.isdigit() else args.size
     options = {k: v for k in args._engine_options if (v := getattr(args, k)) is not None}
