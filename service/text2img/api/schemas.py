@@ -107,11 +107,7 @@ class ImageGenerationRequest(BaseModel):
 
 def _option_field(option: Option) -> tuple[Any, Any]:
     """(type, Field) of one engine option: its strict type, its limits shown in the schema."""
-    shown: dict[str, Any] = {"default": option.default}
-    if option.minimum is not None:
-        shown["minimum"] = option.minimum
-    if option.maximum is not None:
-        shown["maximum"] = option.maximum
+    shown = {k: v for k, v in option.public().items() if k in ("default", "minimum", "maximum")}
     if option.choices is not None:
         shown["enum"] = list(option.choices)
     return _OPTION_TYPES[option.kind] | None, Field(
