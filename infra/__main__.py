@@ -45,12 +45,6 @@ vm_grants = grant_vm_access(settings, vm_account, repo, token, apis)
 vm_grants_active = wait_for_grants("vm-grants-propagation", vm_grants, VM_GRANT_WAIT)
 
 after_apis = pulumi.InvokeOutputOptions(depends_on=apis)
-boot_image = gcp.compute.get_image_output(
-    project=settings.image_project,
-    family=None if settings.image_name else settings.image_family,
-    name=settings.image_name or None,
-    opts=after_apis,
-)
 project_number = gcp.organizations.get_project_output(
     project_id=settings.project, opts=after_apis
 ).number
@@ -63,7 +57,6 @@ server = GpuServer(
         subnet=network.vm_subnet,
         network_tag=network.vm_tag,
         service_account_email=vm_account.email,
-        boot_image=boot_image.self_link,
         metadata=instance_metadata(
             settings,
             startup_script=startup_script,

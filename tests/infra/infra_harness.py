@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import runpy
 import sys
 from collections.abc import Iterator, Mapping
@@ -86,6 +87,9 @@ class StackState:
     randoms: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     references: list[str] = field(default_factory=list)  # stacks read by StackReference
+    invokes: list[str] = field(default_factory=list)  # provider functions the program called
+    # what the image lookup answers from now on, e.g. for a deprecated family
+    image_lookup_error: str | None = None
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -137,6 +141,16 @@ class Mocks(pulumi.runtime.Mocks):
             image = state["environment"]["T2I_IMAGE"]
             state["stdout"] = f"{image}@sha256:{_fake_digest(image)}\n"
         elif typ == "gcp:compute/disk:Disk":
+            # like the provider: a family is resolved to its newest image at creation and
+            # the disk records the image it was made from (Compute's sourceImage)
+            family = re.fullmatch(
+                r"projects/([^/]+)/global/images/family/[^/]+", state.get("image") or ""
+            )
+            if family:
+                state["image"] = (
+                    "https://www.googleapis.com/compute/v1/projects/"
+                    f"{family.group(1)}/global/images/{IMAGE_NAME}"
+                )
             state["selfLink"] = (
                 "https://www.googleapis.com/compute/v1/projects/"
                 f"{state['project']}/zones/{state['zone']}/disks/{name}"
@@ -146,7 +160,10 @@ class Mocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        self.state.invokes.append(args.token)
         if args.token == "gcp:compute/getImage:getImage":
+            if self.state.image_lookup_error:
+                raise RuntimeError(self.state.image_lookup_error)
             name = args.args.get("name") or IMAGE_NAME
             link = (
                 "https://www.googleapis.com/compute/v1/projects/"
