@@ -56,7 +56,7 @@ def boot_disk_source(settings: Settings) -> dict[str, str | None]:
     `projects/P/global/images/family/F`, which the provider resolves to the newest image
     when it creates the disk and at no other time: the program makes no image lookup, so a
     family deprecated after the disk exists cannot fail a later `pulumi up`
-    (images.getFromFamily returns only non-deprecated images; issue 19.4)."""
+    (images.getFromFamily returns only non-deprecated images)."""
     if settings.boot_disk_snapshot:
         return {
             "image": None,

@@ -1,6 +1,11 @@
 """Runs the real Pulumi program (infra/__main__.py) under pulumi.runtime.set_mocks and
 records every resource registration: type, name, parent, inputs, dependencies.
 
+Only Pulumi's public testing API is used: `set_mocks` (with its `monitor` argument, a
+MockMonitor subclass that also keeps what `Mocks.new_resource` is not given: parent,
+dependencies, resource options) and the `pulumi.runtime.test` decorator, which runs the
+program and waits for every registration and output.
+
 Config defaults are loaded from Pulumi.yaml, because the SDK applies them only under the
 CLI, not under mocks.
 """
@@ -24,9 +29,6 @@ from typing import Any
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime.settings import SETTINGS
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "infra" / "__main__.py"
@@ -289,21 +291,26 @@ def run_program(
     pulumi.runtime.set_all_config(
         {f"text2img:{key}": config_value(value) for key, value in values.items()}, []
     )
-    SETTINGS.rpc_manager.clear()
-    SETTINGS.outputs.clear()
     # the file as the program sees it now (it may be edited while the tests run)
     script_path = Path(os.environ.get(STARTUP_ENV) or ROOT / "systemd" / "startup.sh")
     script = script_path.read_text() if script_path.is_file() else None
     exported: dict[str, Any] = {}
-    with _patched_export(exported):
-        _sync_await(run_pulumi_func(_run_main))
-
     outputs: dict[str, Any] = {}
     secret: set[str] = set()
-    for key, value in exported.items():
-        out = pulumi.Output.from_input(value)
-        outputs[key] = _sync_await(out.future())
-        if _sync_await(out.is_secret()):
-            secret.add(key)
+
+    async def collect() -> None:
+        for key, value in exported.items():
+            out = pulumi.Output.from_input(value)
+            outputs[key] = await out.future()
+            if await out.is_secret():
+                secret.add(key)
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        _run_main()
+        return collect()
+
+    with _patched_export(exported):
+        program()
     state.outputs = dict(outputs)
     return Plan(stack, monitor.registrations, outputs, secret, capture.warnings, script)

@@ -80,5 +80,5 @@ def test_removing_the_snapshot_later_warns_that_the_disk_is_replaced() -> None:
 
 @pytest.mark.parametrize("name", ["Snap_1", "-x", "a" * 64])
 def test_snapshot_name_is_validated(name: str) -> None:
-    with pytest.raises(ConfigError, match="text2img:bootDiskSnapshot: .* is not a snapshot name"):
+    with pytest.raises(ConfigError, match=r"text2img:bootDiskSnapshot: .* is not a snapshot name"):
         run_program("dev", {"bootDiskSnapshot": name})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +43,7 @@ def _spec(name: str, *, gb: float, random_weights: bool = False) -> _ThirdSpec:
 
 
 @pytest.fixture
-def third_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def third_engine(monkeypatch: pytest.MonkeyPatch) -> str:
     """A 41 GB engine and its random-weight twin, registered the way a real one is: a
     torch-free spec module named by a registry line."""
     module = types.ModuleType("t2i_third_engine_spec")
@@ -61,7 +60,7 @@ def third_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         "tiny-third",
         registry.Registration(f"{module.__name__}:TINY_THIRD", "t2i_third_engine:load"),
     )
-    yield THIRD
+    return THIRD
 
 
 def test_a_third_engine_is_accepted_and_sizes_the_disk_without_infra_changes(
@@ -96,9 +95,11 @@ def test_disk_size_and_prefetch_come_from_the_spec(model: str) -> None:
     gb = DISK_BASE_GB + 3 * spec.download_bytes / 1e9
     size = plan.one(DISK).inputs["size"]
     assert size == max(DISK_MIN_AUTO_GB, auto_disk_size_gb(model))
-    assert size >= gb and size - gb < 10 and size % 10 == 0
+    assert gb <= size < gb + 10
+    assert size % 10 == 0
     prefetch = plan.one(INSTANCE).inputs["metadata"]["text2img-prefetch"].split("\n")
-    assert prefetch == list(spec.prefetch) and prefetch
+    assert prefetch == list(spec.prefetch)
+    assert prefetch != [""]
 
 
 def test_small_models_get_the_minimum_disk() -> None:

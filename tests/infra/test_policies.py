@@ -279,7 +279,7 @@ def test_token_only_in_its_secret_version(plan: Plan) -> None:
     holders = [r for r in plan.resources if TOKEN in r.text()]
     assert [r.type for r in holders] == ["gcp:secretmanager/secretVersion:SecretVersion"]
     secret_data = holders[0].inputs["secretData"]  # sent to the engine marked secret
-    assert secret_data[rpc._special_sig_key] == rpc._special_secret_sig
+    assert rpc.is_rpc_secret(secret_data)
     assert secret_data["value"] == TOKEN
     # Cloud Run gets a reference to the secret, never the value
     envs = plan.one(CLOUD_RUN).inputs["template"]["containers"][0]["envs"]
