@@ -15,19 +15,26 @@ import pulumi_gcp as gcp  # noqa: E402
 from infra import pricing  # noqa: E402
 from infra.api_token import create_token  # noqa: E402
 from infra.apis import enable_apis  # noqa: E402
-from infra.config import load_settings  # noqa: E402
+from infra.config import ConfigError, load_settings  # noqa: E402
 from infra.gateway import create_gateway  # noqa: E402
 from infra.iam import grant_vm_access, service_account  # noqa: E402
 from infra.images import build_images  # noqa: E402
 from infra.metadata import instance_metadata, read_startup_script  # noqa: E402
 from infra.naming import Names  # noqa: E402
 from infra.network import create_network  # noqa: E402
+from infra.preflight import PreflightError, in_program  # noqa: E402
 from infra.propagation import VM_GRANT_WAIT, wait_for_grants  # noqa: E402
 from infra.registry import create_repository, image_base  # noqa: E402
 from infra.replacements import deployed_settings, warn_before_replacing  # noqa: E402
 from infra.server import GpuServer, ServerArgs  # noqa: E402
 
 settings = load_settings()
+if settings.preflight:  # seconds, before anything is created (infra/preflight.py)
+    try:
+        for note in in_program(settings, dry_run=pulumi.runtime.is_dry_run()):
+            pulumi.log.warn(note.text)
+    except PreflightError as exc:
+        raise ConfigError(str(exc)) from None
 names = Names(stack=pulumi.get_stack(), project=settings.project)
 warn_before_replacing(settings)  # compares with the last `pulumi up` of this stack
 startup_script = read_startup_script()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pulumi
@@ -119,6 +120,7 @@ class Settings:
     build_region: str
     flow_logs: bool
     boot_disk_snapshot: str = ""  # the boot disk is created from this snapshot (vm move)
+    preflight: bool = True  # check quota, billing, zone, policies before creating anything
 
     @property
     def has_schedule(self) -> bool:
@@ -267,8 +269,8 @@ def advisories(s: Settings) -> list[str]:
     return notes
 
 
-def _get(cfg: pulumi.Config, key: str, missing: list[str]) -> str:
-    value = cfg.get(key)
+def _get(get: Callable[[str], str | None], key: str, missing: list[str]) -> str:
+    value = get(key)
     if value is None:
         missing.append(key)
         return ""
@@ -292,13 +294,22 @@ def _as_bool(key: str, raw: str, errors: list[str]) -> bool:
 
 
 def load_settings() -> Settings:
-    """Read every key once, convert, validate; raise ConfigError listing all problems."""
-    cfg = pulumi.Config(NAMESPACE)
+    """Read every key once from the stack config, convert, validate; raise ConfigError
+    listing all problems; log the advisories as warnings."""
+    settings = read_settings(pulumi.Config(NAMESPACE).get)
+    for note in advisories(settings):
+        pulumi.log.warn(note)
+    return settings
+
+
+def read_settings(get: Callable[[str], str | None]) -> Settings:
+    """The settings from `get(key)` (a key's value, None when unset): the stack config
+    under Pulumi, Pulumi.yaml's defaults plus `pulumi config` for scripts/vm."""
     missing: list[str] = []
     errors: list[str] = []
 
     def text(key: str) -> str:
-        return _get(cfg, key, missing).strip()
+        return _get(get, key, missing).strip()
 
     def integer(key: str) -> int:
         raw = text(key)
@@ -338,6 +349,7 @@ def load_settings() -> Settings:
         build_region=text("buildRegion"),
         flow_logs=boolean("flowLogs"),
         boot_disk_snapshot=text("bootDiskSnapshot"),
+        preflight=boolean("preflight") if get("preflight") is not None else True,
     )
     # keys with a default in Pulumi.yaml are always present under the CLI; only `project`
     # (no default) can be missing there.
@@ -362,6 +374,4 @@ def load_settings() -> Settings:
         errors.extend(validate(settings))
     if errors:
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
-    for note in advisories(settings):
-        pulumi.log.warn(note)
     return settings

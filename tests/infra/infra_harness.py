@@ -272,6 +272,9 @@ def run_program(
     values = project_defaults()
     if project is not None:
         values["project"] = project
+    # the preflight calls Google's APIs; tests turn it on with a fake endpoint
+    # (tests/infra/test_preflight.py)
+    values["preflight"] = False
     values.update(overrides or {})
     state = state if state is not None else StackState()
     monitor = RecordingMonitor(Mocks(stack, state))
