@@ -22,6 +22,7 @@ from infra.images import build_images  # noqa: E402
 from infra.metadata import instance_metadata, read_startup_script  # noqa: E402
 from infra.naming import Names  # noqa: E402
 from infra.network import create_network  # noqa: E402
+from infra.propagation import VM_GRANT_WAIT, wait_for_grants  # noqa: E402
 from infra.registry import create_repository, image_base  # noqa: E402
 from infra.replacements import deployed_settings, warn_before_replacing  # noqa: E402
 from infra.server import GpuServer, ServerArgs  # noqa: E402
@@ -39,6 +40,9 @@ images = build_images(settings, names, image_base(settings, repo), repo, apis)
 
 vm_account = service_account("vm", "text2img GPU VM", settings, names, apis)
 vm_grants = grant_vm_access(settings, vm_account, repo, token, apis)
+# the VM's first boot reads the secret, pulls the image and translates: its grants must
+# have propagated, not only exist, when it is created (infra/propagation.py)
+vm_grants_active = wait_for_grants("vm-grants-propagation", vm_grants, VM_GRANT_WAIT)
 
 after_apis = pulumi.InvokeOutputOptions(depends_on=apis)
 boot_image = gcp.compute.get_image_output(
@@ -67,7 +71,7 @@ server = GpuServer(
             token_secret=token.secret.id,
         ),
         project_number=project_number,
-        deps=[*apis, *vm_grants, network.nat, *network.firewalls],
+        deps=[*apis, *vm_grants, vm_grants_active, network.nat, *network.firewalls],
     ),
 )
 

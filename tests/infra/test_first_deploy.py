@@ -103,6 +103,33 @@ def test_gateway_deploys_after_its_secret_grant_propagated(plan: Plan) -> None:
     assert delay.urn in service.dependencies
 
 
+@pytest.mark.parametrize("translation", [True, False])
+def test_vm_is_created_after_its_grants_propagated(plan_for: PlanFor, translation: bool) -> None:
+    """The first boot reads the token secret, pulls from the repository and (translation
+    on) calls Cloud Translation: the VM waits for a delay that starts when those grants
+    exist (a fresh grant typically takes 2 minutes to apply)."""
+    plan = plan_for(translation=translation)
+    delay = named(plan, "vm-grants-propagation")
+    wanted = {
+        "vm-token-accessor",
+        "vm-repo-reader",
+        "vm-logging-logWriter",
+        "vm-monitoring-metricWriter",
+    }
+    if translation:
+        wanted.add("vm-cloudtranslate-user")
+    grants = {r.urn: r.name for r in plan.resources if r.name in wanted}
+    assert set(grants.values()) == wanted
+    assert set(delay.dependencies) == set(grants)
+    assert seconds(delay.inputs["createDuration"]) >= 120
+    triggers = " ".join(delay.inputs["triggers"].values())
+    assert "roles/secretmanager.secretAccessor serviceAccount:t2i-dev-vm@" in triggers
+    assert "roles/artifactregistry.reader serviceAccount:t2i-dev-vm@" in triggers
+    assert ("roles/cloudtranslate.user" in triggers) is translation
+    vm = plan.one("gcp:compute/instance:Instance")
+    assert delay.urn in vm.dependencies
+
+
 def test_schedule_delay_is_long_enough_and_only_with_a_schedule(plan_for: PlanFor) -> None:
     plan = plan_for(scheduleStop="0 23 * * *")
     delay = named(plan, "server-schedule-agent-propagation")
