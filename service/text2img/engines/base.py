@@ -162,6 +162,9 @@ class EngineSpec(ABC):
     # reads them into the page cache before the service starts (instance metadata
     # `text2img-prefetch`, one pattern a line)
     prefetch: tuple[str, ...] = ()
+    # images one sampling batch takes on one GPU (T4 16 GB / L4 24 GB, fp16): the engine's
+    # CUDA batch limit, and the requests one Cloud Run GPU instance is given at once
+    gpu_max_batch: int = 1
 
     @property
     def option_names(self) -> tuple[str, ...]:

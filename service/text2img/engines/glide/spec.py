@@ -151,6 +151,7 @@ GLIDE = GlideSpec(
     size_aliases={"auto": "256x256"},
     download_bytes=6 * _GLIDE_PARAMS + 561_890,
     prefetch=("base.fp16.safetensors", "upsample.fp16.safetensors"),
+    gpu_max_batch=8,
 )
 
 # Smoke-sized defaults: the tiny model's images are noise, so a default request only has to
@@ -165,4 +166,5 @@ TINY = GlideSpec(
     default_size="64x64",
     options=_options(steps=4, upsample_steps=4),
     size_aliases={"auto": "64x64"},
+    gpu_max_batch=8,
 )

@@ -119,6 +119,7 @@ SDXL_LIGHTNING = SdxlSpec(
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
     download_bytes=DOWNLOAD_BYTES,
+    gpu_max_batch=4,
     # what a start loads: both text encoders, the 4-step UNet and the VAE (2 and 8 steps
     # are loaded when first asked for); snapshot entries are links into blobs/
     prefetch=(
@@ -139,4 +140,5 @@ TINY_SDXL = SdxlSpec(
     default_size=DEFAULT_SIZE,
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
+    gpu_max_batch=8,
 )
