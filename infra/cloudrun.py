@@ -82,7 +82,7 @@ def create_gpu_service(
 ) -> GpuService:
     account = service_account("gpu", "text2img Cloud Run GPU service", settings, names, deps)
     principal = member(account)
-    grants: list[pulumi.Resource] = [
+    grants: list[pulumi.CustomResource] = [
         grant_accessor("gpu-token-accessor", token, principal),
         *grant_project_roles("gpu", settings, principal, gpu_project_roles(settings), deps),
     ]
@@ -96,6 +96,8 @@ def create_gpu_service(
         "TEXT2IMG_MODEL_CACHE": "/models",
         # Cloud Run's front end sets X-Forwarded-For; the gateway's entry is the last one
         "TEXT2IMG_TRUST_FORWARDED": "true",
+        # no instance affinity: a job's follow-ups could reach another instance
+        "TEXT2IMG_JOB_API": "false",
     }
     service = gcp.cloudrunv2.Service(
         "gpu-service",

@@ -75,7 +75,7 @@ def create_gateway(
     account = service_account("gw", "text2img gateway", settings, names, deps)
     principal = member(account)
     if isinstance(upstream, GpuService):
-        grants: list[pulumi.Resource] = [
+        grants: list[pulumi.CustomResource] = [
             grant_invoker(upstream, principal),
             grant_accessor("gateway-token-accessor", token, principal),
         ]
@@ -148,7 +148,7 @@ def _service(
     image: pulumi.Input[str],
     token: Token,
     account: gcp.serviceaccount.Account,
-    grants: Sequence[pulumi.Resource],
+    grants: Sequence[pulumi.CustomResource],
     env: dict[str, pulumi.Input[str]],
     vpc: gcp.cloudrunv2.ServiceTemplateVpcAccessArgs | None,
     deps: Sequence[pulumi.Resource],

@@ -112,6 +112,7 @@ def test_concurrency_is_what_one_gpu_batches(plan_for: PlanFor, model: str, batc
     assert registry.get_spec(model).gpu_max_batch == batch
     assert service(plan, "gpu-service")["template"]["maxInstanceRequestConcurrency"] == batch
     assert env(plan, "gpu-service")["TEXT2IMG_MODEL"] == model
+    assert env(plan, "gpu-service")["TEXT2IMG_JOB_API"] == "false"  # no instance affinity
 
 
 @pytest.mark.parametrize(("redundant", "disabled"), [(False, True), (True, False)])

@@ -93,6 +93,9 @@ class Progress:
     num_stages: int = 1
     batch_index: int = 0
     num_batches: int = 1
+    # a cheap look at the images so far, one per request of this call in order (a preview
+    # decode: noisy, possibly smaller); called only when someone streams partial images
+    preview: Callable[[], list[Image.Image]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def stage_fraction(self) -> float:
