@@ -7,15 +7,13 @@ import time
 
 from fastapi import APIRouter, Request
 
-from text2img.api.deps import Authorized, ReadyScheduler, State
+from text2img.api.deps import ReadyScheduler, State
 from text2img.api.errors import ApiError
 from text2img.api.generation import create_job, image_data
 from text2img.api.jobs import JobState
 from text2img.api.schemas import ERROR_RESPONSES, ImageGenerationRequest, ImagesResponse
 
-router = APIRouter(
-    prefix="/v1/images", tags=["images"], dependencies=[Authorized], responses=ERROR_RESPONSES
-)
+router = APIRouter(prefix="/v1/images", tags=["images"], responses=ERROR_RESPONSES)
 
 DISCONNECT_POLL_S = 0.25
 

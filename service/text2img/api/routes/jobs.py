@@ -15,16 +15,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import StreamingResponse
 
-from text2img.api.deps import Authorized, ReadyScheduler, State
+from text2img.api.deps import ReadyScheduler, State
 from text2img.api.errors import ApiError
 from text2img.api.generation import create_job, image_data
 from text2img.api.jobs import Job, JobState
 from text2img.api.scheduler import Scheduler
 from text2img.api.schemas import ERROR_RESPONSES, ImageGenerationRequest, JobOut
 
-router = APIRouter(
-    prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized], responses=ERROR_RESPONSES
-)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 KEEPALIVE_S = 15.0
