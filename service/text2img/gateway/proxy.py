@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
@@ -37,6 +39,27 @@ DROP_REQUEST = HOP_BY_HOP | {
 }
 # uvicorn adds its own
 DROP_RESPONSE = HOP_BY_HOP | {"server", "date"}
+
+
+log = logging.getLogger("text2img.gateway")
+
+# the final event of an event stream the service broke off (OpenAI's error event shape)
+STREAM_BROKEN = (
+    "event: error\ndata: "
+    + json.dumps(
+        {
+            "type": "error",
+            "error": {
+                "message": "the service on the GPU VM stopped answering in the middle of "
+                "this stream (it may have stopped or restarted); try again",
+                "type": "server_error",
+                "param": None,
+                "code": "upstream_failed",
+            },
+        }
+    )
+    + "\n\n"
+).encode()
 
 
 class UpstreamDown(Exception):
@@ -165,10 +188,18 @@ async def forward(
     )
     resp = await _send_unless_client_leaves(client, upstream_req, request, body_sent)
 
+    events = resp.headers.get("content-type", "").startswith("text/event-stream")
+
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in resp.aiter_raw():
                 yield chunk
+        except httpx.HTTPError as exc:
+            # the service died mid-answer: the status is sent already, so say it in the
+            # stream (a final error event) and log one line, not a traceback
+            log.warning("the service broke off %s %s: %r", request.method, url.path, exc)
+            if events:
+                yield STREAM_BROKEN
         finally:
             await resp.aclose()
 
