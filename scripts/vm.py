@@ -29,8 +29,8 @@ import httpx
 # a sibling module: scripts/ is on sys.path when this file runs as a script
 from vm_target import Target, VmError, instances_client, operations_client, resolve_target
 
-from text2img.gateway import compute
-from text2img.gateway.compute import ComputeFailure, InstanceInfo, VmRef
+from text2img import gce as compute
+from text2img.gce import ComputeFailure, InstanceInfo, VmRef
 
 # The startup script logs from google-startup-scripts.service at boot and from
 # text2img-redeploy.service on a re-run. journalctl ORs several -u (same field) but ANDs

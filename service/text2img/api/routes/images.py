@@ -10,7 +10,7 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
-from text2img.api.deps import Authorized, ReadyScheduler, State
+from text2img.api.deps import ReadyScheduler, State
 from text2img.api.errors import ApiError
 from text2img.api.failures import job_error
 from text2img.api.generation import create_job, image_data
@@ -31,7 +31,7 @@ def router(spec: EngineSpec) -> APIRouter:
     """The images route, its body built from `spec`'s options."""
     body_type = request_model(spec)
     out = APIRouter(
-        prefix="/v1/images", tags=["images"], dependencies=[Authorized], responses=ERROR_RESPONSES
+        prefix="/v1/images", tags=["images"], responses=ERROR_RESPONSES
     )
 
     @out.post("/generations", response_model=ImagesResponse)

@@ -16,7 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
-from text2img.api.deps import Authorized, ReadyScheduler, State
+from text2img.api.deps import ReadyScheduler, State
 from text2img.api.errors import ApiError
 from text2img.api.failures import job_error
 from text2img.api.generation import create_job, image_data
@@ -87,7 +87,7 @@ def router(spec: EngineSpec) -> APIRouter:
     out = APIRouter(
         prefix="/v1/jobs",
         tags=["jobs"],
-        dependencies=[Authorized, Depends(jobs_served)],
+        dependencies=[Depends(jobs_served)],
         responses=ERROR_RESPONSES,
     )
 
