@@ -44,7 +44,7 @@ PORT = 8080
 REQUEST_TIMEOUT_S = 900
 # answered 200 without a token only once the model is loaded (503 before); the service
 # declares the same path in its front-door table
-STARTUP_PROBE_PATH = "/startupz"
+STARTUP_PROBE_PATH = "/startup"  # not "...z": Cloud Run reserves some of those
 PROBE_PERIOD_S = 5
 PROBE_FAILURES = 48  # 5 s x 48 = 240 s, the most Cloud Run allows for a startup probe
 GPU_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")

@@ -30,9 +30,7 @@ DISCONNECT_POLL_S = 0.25
 def router(spec: EngineSpec) -> APIRouter:
     """The images route, its body built from `spec`'s options."""
     body_type = request_model(spec)
-    out = APIRouter(
-        prefix="/v1/images", tags=["images"], responses=ERROR_RESPONSES
-    )
+    out = APIRouter(prefix="/v1/images", tags=["images"], responses=ERROR_RESPONSES)
 
     @out.post("/generations", response_model=ImagesResponse)
     async def create_images(
