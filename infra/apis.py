@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pulumi_gcp as gcp
+from typing import TYPE_CHECKING
 
 from infra.config import Settings
+
+if TYPE_CHECKING:  # the preflight (scripts/vm) reads the list without the provider SDK
+    import pulumi_gcp as gcp
 
 BASE_APIS = (
     "cloudresourcemanager.googleapis.com",  # project IAM bindings, project lookup
@@ -21,6 +24,8 @@ BASE_APIS = (
 )
 BUILD_APIS = ("cloudbuild.googleapis.com", "storage.googleapis.com")
 TRANSLATION_APIS = ("translate.googleapis.com",)
+# backend cloudrun: the preflight reads the Cloud Run GPU quota through the Cloud Quotas API
+CLOUD_RUN_APIS = ("cloudquotas.googleapis.com",)
 
 
 def required_apis(settings: Settings) -> list[str]:
@@ -29,11 +34,15 @@ def required_apis(settings: Settings) -> list[str]:
         apis += BUILD_APIS
     if settings.translation:
         apis += TRANSLATION_APIS
+    if settings.on_cloud_run:
+        apis += CLOUD_RUN_APIS
     return apis
 
 
 def enable_apis(settings: Settings) -> list[gcp.projects.Service]:
     """One Service per API; left enabled on destroy (other workloads may use them)."""
+    import pulumi_gcp as gcp
+
     return [
         gcp.projects.Service(
             f"api-{api.split('.')[0]}",

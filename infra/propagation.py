@@ -18,7 +18,7 @@ stack's calls:
     storage.objects.get" on the staging bucket;
   * the VM's first boot right after its grants: the startup script reads the token from
     Secret Manager, pulls from Artifact Registry and calls Cloud Translation, and a 403
-    there costs a boot (issue 19.3). The VM is therefore created only after a delay that
+    there costs a boot. The VM is therefore created only after a delay that
     starts when its grants exist; the startup script also retries a 403 with back-off.
 
 A `pulumiverse_time.Sleep` after the grants and before the dependent resource makes the

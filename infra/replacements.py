@@ -38,6 +38,10 @@ REPLACING_KEYS: dict[str, str] = {
         "replaces the VM and its boot disk (disks are zonal): the model weights are "
         "downloaded and the image pulled again"
     ),
+    "bootDiskSnapshot": (
+        "replaces the boot disk with one created from that snapshot (or, emptied, from the "
+        "image: weights downloaded again); `scripts/vm move` sets it together with `zone`"
+    ),
     "spot": _KEEPS_DISK,
     "gpuType": _KEEPS_DISK,
     "gpuCount": _KEEPS_DISK,
@@ -53,6 +57,7 @@ def deployed_settings(settings: Settings) -> dict[str, Any]:
         "gpuType": settings.gpu_type,
         "gpuCount": settings.gpu_count,
         "diskSizeGb": settings.disk_size_gb,
+        "bootDiskSnapshot": settings.boot_disk_snapshot,
     }
 
 
@@ -62,6 +67,8 @@ def _shown(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if value == "":
+        return '""'
     return str(value)
 
 

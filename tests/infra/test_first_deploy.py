@@ -191,7 +191,11 @@ def test_boot_disk_is_its_own_resource_and_outlives_a_replaced_vm(plan_for: Plan
     assert disk.inputs["size"] == 150  # Disk.size grows in place; initialize_params is ForceNew
     assert disk.inputs["type"] == "pd-balanced"
     assert disk.inputs["zone"] == vm.inputs["zone"]
-    assert disk.inputs["image"].endswith("/common-cu129-ubuntu-2204-nvidia-580-v20260416")
+    # the family, resolved by Compute when the disk is created (no lookup in the program)
+    assert disk.inputs["image"] == (
+        "projects/deeplearning-platform-release/global/images/family/"
+        "common-cu129-ubuntu-2204-nvidia-580"
+    )
     assert "image" in disk.ignore_changes  # a newer image in the family replaces nothing
     assert vm.inputs["bootDisk"]["source"].endswith(f"/disks/{disk.inputs['name']}")
     assert vm.inputs["bootDisk"]["autoDelete"] is False

@@ -173,12 +173,9 @@ def test_gpu_and_terminate(plan: Plan) -> None:
         "enableVtpm": True,
         "enableIntegrityMonitoring": True,
     }
-    assert (
-        plan.one("gcp:compute/disk:Disk")
-        .inputs["image"]
-        .endswith(
-            "/deeplearning-platform-release/global/images/common-cu129-ubuntu-2204-nvidia-580-v20260416"
-        )
+    assert plan.one("gcp:compute/disk:Disk").inputs["image"] == (
+        "projects/deeplearning-platform-release/global/images/family/"
+        "common-cu129-ubuntu-2204-nvidia-580"
     )
 
 
@@ -282,7 +279,7 @@ def test_token_only_in_its_secret_version(plan: Plan) -> None:
     holders = [r for r in plan.resources if TOKEN in r.text()]
     assert [r.type for r in holders] == ["gcp:secretmanager/secretVersion:SecretVersion"]
     secret_data = holders[0].inputs["secretData"]  # sent to the engine marked secret
-    assert secret_data[rpc._special_sig_key] == rpc._special_secret_sig
+    assert rpc.is_rpc_secret(secret_data)
     assert secret_data["value"] == TOKEN
     # Cloud Run gets a reference to the secret, never the value
     envs = plan.one(CLOUD_RUN).inputs["template"]["containers"][0]["envs"]
@@ -524,10 +521,10 @@ def test_an_explicit_disk_size_is_kept_and_warned_about_when_small(plan_for: Pla
 
 
 def test_model_choices_are_registry_engines_without_the_random_twins() -> None:
-    from infra.config import MODEL_WEIGHTS_GB, ConfigError
+    from infra.config import ConfigError, served_models
     from text2img.engines.registry import MODEL_NAMES
 
-    assert set(MODEL_WEIGHTS_GB) == {m for m in MODEL_NAMES if not m.startswith("tiny")}
+    assert set(served_models()) == {m for m in MODEL_NAMES if not m.startswith("tiny")}
     with pytest.raises(
         ConfigError, match="text2img:model: 'tiny' is not one of glide, sdxl-lightning"
     ):
