@@ -34,10 +34,10 @@ def router(spec: EngineSpec) -> APIRouter:
 
     @out.post("/generations", response_model=ImagesResponse)
     async def create_images(
-        body: body_type,
+        body: body_type,  # type: ignore[valid-type]
         request: Request,
         state: State,
-        scheduler: ReadyScheduler,  # type: ignore[valid-type]
+        scheduler: ReadyScheduler,
     ) -> ImagesResponse | Response:
         """Draw `n` images of `prompt`; the English actually drawn is in `revised_prompt`.
 
