@@ -44,7 +44,7 @@ def router(spec: EngineSpec) -> APIRouter:
         With `stream: true` the answer is server-sent events as OpenAI streams images
         (`image_generation.partial_image`, `image_generation.completed`; see
         text2img.api.streaming)."""
-        if body.stream:
+        if body.stream:  # type: ignore[attr-defined]
             job = await create_job(state, scheduler, body)
             return stream_response(job, request, scheduler)
         return await generate(body, request, state, scheduler)
