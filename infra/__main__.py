@@ -109,7 +109,14 @@ def vm_backend() -> Gateway:
 def cloudrun_backend() -> Gateway:
     """backend cloudrun: the private Cloud Run GPU service and its gateway; no VM, disk,
     network, schedule or autostop."""
-    gpu = create_gpu_service(settings, names, image=images.service, token=token, deps=apis)
+    if images.gpu is None:
+        pulumi.log.warn(
+            "text2img:backend: with serviceImage and gatewayImage prebuilt, the GPU service "
+            "runs serviceImage as is: its instances download the weights at every start "
+            "(unset serviceImage to build the image with the weights baked in)"
+        )
+    image = images.gpu if images.gpu is not None else images.service
+    gpu = create_gpu_service(settings, names, image=image, token=token, deps=apis)
     pulumi.export("gpu_url", gpu.url)
     pulumi.export("gpu_region", settings.gpu_region)
     pulumi.export("max_gpus", settings.max_gpus)

@@ -92,8 +92,8 @@ def create_gpu_service(
         "TEXT2IMG_MODEL": settings.model,
         "TEXT2IMG_TRANSLATION": "on" if settings.translation else "off",
         "TEXT2IMG_TRANSLATE_PROJECT": settings.project,
-        # the weights are in the image (checked against the pins when it was built)
-        "TEXT2IMG_MODEL_CACHE": "/models",
+        # the weights are in the image (service/cloudrun.Dockerfile; checked when built)
+        "TEXT2IMG_MODEL_CACHE": "/opt/text2img/models",
         # Cloud Run's front end sets X-Forwarded-For; the gateway's entry is the last one
         "TEXT2IMG_TRUST_FORWARDED": "true",
         # no instance affinity: a job's follow-ups could reach another instance

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,3 +210,45 @@ def test_invite_only_region_warns(plan_for: PlanFor) -> None:
     plan = plan_for(backend="cloudrun", gpuRegion="asia-south1")
     assert any("gpuRegion" in w and "invitation" in w for w in plan.warnings)
     assert not any("invitation" in w for w in plan_for(backend="cloudrun").warnings)
+
+
+def _builds(plan: Plan) -> dict[str, dict[str, Any]]:
+    return {r.name: r.inputs for r in plan.of_type("command:local:Command")}
+
+
+@pytest.mark.parametrize("model", ["glide", "sdxl-lightning"])
+def test_gpu_image_is_the_service_image_with_the_weights_baked_in(
+    plan_for: PlanFor, model: str
+) -> None:
+    plan = plan_for(backend="cloudrun", model=model)
+    build = _builds(plan)["build-gpu-image"]["environment"]
+    assert build["T2I_DOCKERFILE"] == "service/cloudrun.Dockerfile"
+    assert build["T2I_MODEL"] == model
+    assert build["T2I_BASE"] == plan.outputs["image"]  # the service image, by digest
+    image = container(plan, "gpu-service")["image"]
+    assert re.fullmatch(r".+/text2img-gpu@sha256:[0-9a-f]{64}", image)
+    assert env(plan, "gpu-service")["TEXT2IMG_MODEL_CACHE"] == "/opt/text2img/models"
+
+
+def test_gpu_image_tag_follows_the_model(plan_for: PlanFor) -> None:
+    tags = {
+        model: _builds(plan_for(backend="cloudrun", model=model))["build-gpu-image"]["environment"][
+            "T2I_TAG"
+        ]
+        for model in ("glide", "sdxl-lightning")
+    }
+    assert tags["glide"] != tags["sdxl-lightning"]  # never reused for another model
+
+
+def test_vm_backend_bakes_nothing(plan: Plan) -> None:
+    assert "build-gpu-image" not in _builds(plan)
+
+
+def test_the_gpu_dockerfile_downloads_and_checks_outside_the_volume() -> None:
+    text = (Path(__file__).resolve().parents[2] / "service" / "cloudrun.Dockerfile").read_text()
+    steps = [line.strip() for line in text.splitlines() if line and not line.startswith("#")]
+    assert "FROM ${BASE}" in steps
+    assert 'text2img download --model "${MODEL}" --quiet' in text
+    assert 'text2img download --model "${MODEL}" --check --quiet' in text
+    assert "TEXT2IMG_MODEL_CACHE=/opt/text2img/models" in text  # not under VOLUME /models
+    assert not any(s.startswith("VOLUME") for s in steps)
