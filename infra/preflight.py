@@ -120,9 +120,10 @@ def enable_api(api: GoogleApis, project: str, service: str) -> Finding | None:
 
 
 def check_apis(
-    api: GoogleApis, settings: Settings, *, enable_compute: bool
+    api: GoogleApis, settings: Settings, *, enable_compute: bool, preview: bool = False
 ) -> tuple[list[Finding], bool]:
-    """Findings and whether Compute is on (the quota and zone checks need it)."""
+    """Findings and whether Compute is on (the quota and zone checks need it). In a
+    preview, Compute being off is a note: the update that follows enables it and checks."""
     project = settings.project
     enabled = enabled_apis(api, project)
     if enabled is None:
@@ -150,7 +151,14 @@ def check_apis(
                 fatal=False,
             )
         )
-    if not compute_on:
+    if not compute_on and preview:
+        findings.append(
+            Finding(
+                f"GPU quota and zone are checked when `pulumi up` has enabled {COMPUTE_API}",
+                fatal=False,
+            )
+        )
+    elif not compute_on:
         findings.append(
             Finding(
                 f"GPU quota and zone not checked: {COMPUTE_API} is off; run `gcloud services "
@@ -400,10 +408,12 @@ def check_cloud_run_gpu_quota(api: GoogleApis, s: Settings) -> list[Finding]:
 # -- all together ----------------------------------------------------------------------------
 
 
-def run_checks(api: GoogleApis, s: Settings, *, enable_compute: bool = False) -> list[Finding]:
+def run_checks(
+    api: GoogleApis, s: Settings, *, enable_compute: bool = False, preview: bool = False
+) -> list[Finding]:
     """Every check; a check that cannot run says so in one line instead of failing."""
     findings = check_billing(api, s.project)
-    api_findings, compute_on = check_apis(api, s, enable_compute=enable_compute)
+    api_findings, compute_on = check_apis(api, s, enable_compute=enable_compute, preview=preview)
     findings += api_findings
     if s.on_cloud_run:
         findings += check_cloud_run_gpu_quota(api, s)
@@ -445,7 +455,7 @@ def in_program(settings: Settings, *, dry_run: bool) -> list[Finding]:
         api = GoogleApis.from_environment()
     except NoCredentials as exc:
         return [Finding(f"preflight skipped: {exc}", fatal=False)]
-    findings = run_checks(api, settings, enable_compute=not dry_run)
+    findings = run_checks(api, settings, enable_compute=not dry_run, preview=dry_run)
     fatal = [f.text for f in findings if f.fatal]
     if fatal:
         raise PreflightError(

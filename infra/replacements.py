@@ -26,7 +26,9 @@ from infra.config import NAMESPACE, Settings
 
 OUTPUT = "deployed_settings"
 _KEEPS_DISK = (
-    "replaces the VM; its boot disk, with the cached weights and the pulled image, is kept"
+    "replaces the VM; its boot disk, with the cached weights and the pulled image, is kept. "
+    "The old VM is deleted first: if the new one cannot be created (no GPU capacity, "
+    "quota), there is no VM until the next successful `pulumi up`"
 )
 # key -> what a change replaces (Pulumi.yaml's descriptions say the same)
 REPLACING_KEYS: dict[str, str] = {
@@ -36,7 +38,8 @@ REPLACING_KEYS: dict[str, str] = {
     ),
     "zone": (
         "replaces the VM and its boot disk (disks are zonal): the model weights are "
-        "downloaded and the image pulled again"
+        "downloaded and the image pulled again, unless `scripts/vm move --zone Z` set "
+        "bootDiskSnapshot"
     ),
     "bootDiskSnapshot": (
         "replaces the boot disk with one created from that snapshot (or, emptied, from the "

@@ -141,6 +141,9 @@ def test_progress_events_per_step_then_done(
     fractions = [e["progress"]["fraction"] for k, e in events if k == "progress"]
     assert fractions == sorted(fractions)
     assert len(set(fractions)) >= 3  # per step, not only start and end
+    # the stages shown are the ones the spec labels for the web UI
+    stages = {e["progress"]["stage"] for k, e in events if k == "progress"} - {"queued"}
+    assert stages == set(tiny_sdxl.spec.stages) == {"denoise"}
 
 
 def test_compatible_requests_share_a_batch_and_a_cancel_frees_the_engine(

@@ -231,6 +231,7 @@ def test_changing_spot_on_an_existing_stack_warns_before_replacing() -> None:
     assert "changed from false to true" in notes[0]
     assert "replaces the VM" in notes[0]
     assert "boot disk" in notes[0]
+    assert "The old VM is deleted first" in notes[0]  # a failed create leaves no VM
     assert "`pulumi config set spot false`" in notes[0]
     assert len(changed.warnings) == 1  # nothing else changed (gpuCount 1 == 1.0)
 
@@ -242,7 +243,9 @@ def test_zone_change_and_disk_shrink_warn_but_disk_growth_does_not() -> None:
     assert grown.warnings == []
     moved = run_program("dev", {"zone": "asia-northeast1-c", "diskSizeGb": 150}, state=state)
     assert any(
-        w.startswith("text2img:zone:") and "replaces the VM and its boot disk" in w
+        w.startswith("text2img:zone:")
+        and "replaces the VM and its boot disk" in w
+        and "scripts/vm move --zone Z" in w
         for w in moved.warnings
     )
     assert any(

@@ -14,7 +14,7 @@ from infra_harness import TEST_PROJECT, config_value, project_defaults, run_prog
 from infra.apis import required_apis
 from infra.config import ConfigError, Settings, read_settings
 from infra.google_apis import ENDPOINT_ENV, GoogleApis
-from infra.preflight import Finding, gpu_metric, run_checks, summary
+from infra.preflight import Finding, PreflightError, gpu_metric, in_program, run_checks, summary
 from tests.fakes.gcp_project import FakeGoogleProject
 
 
@@ -312,3 +312,24 @@ def test_cloudrun_quota_unreadable_is_a_note_not_a_stop(fake: FakeGoogleProject)
     findings = check(fake, backend="cloudrun")
     assert fatal(findings) == []
     assert any("Cloud Run GPU quota not checked" in f.text for f in findings)
+
+
+def test_only_a_real_up_enables_compute(
+    fake: FakeGoogleProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A preview changes nothing in the project and does not fail for an API the program
+    enables itself (a new project's first `pulumi up` previews first); the update enables
+    Compute so that a zero GPU quota stops it before the image build."""
+    monkeypatch.setenv(ENDPOINT_ENV, fake.endpoint)
+    fake.enabled_apis.discard("compute.googleapis.com")
+    fake.quotas["NVIDIA_T4_GPUS"] = (0.0, 0.0)
+    notes = in_program(settings(), dry_run=True)
+    assert [n.text for n in notes] == [
+        "APIs not enabled yet: compute.googleapis.com; `pulumi up` enables them, or "
+        "`gcloud services enable compute.googleapis.com --project t2i-test-project`",
+        "GPU quota and zone are checked when `pulumi up` has enabled compute.googleapis.com",
+    ]
+    assert fake.calls["enable"] == 0
+    with pytest.raises(PreflightError, match="quota NVIDIA_T4_GPUS in asia-northeast1 is 0"):
+        in_program(settings(), dry_run=False)
+    assert fake.calls["enable"] == 1

@@ -9,7 +9,7 @@ import secrets
 from text2img.api.errors import ApiError
 from text2img.api.jobs import Job
 from text2img.api.scheduler import QueueFull, Scheduler, SchedulerStopped
-from text2img.api.schemas import MAX_SEED, ImageData, ImageGenerationRequest
+from text2img.api.schemas import MAX_REQUEST_SEED, ImageData, ImageGenerationRequest
 from text2img.api.state import ServiceState
 from text2img.engines import registry
 from text2img.engines.base import EngineSettings, EngineSpec, InvalidSetting
@@ -104,13 +104,13 @@ async def create_job(
     if scheduler.queue_depth >= scheduler.queue_limit:  # refuse before paying to translate
         raise _queue_full(state, scheduler, scheduler.retry_after())
     translation = await translate(state, body.prompt, body.translate, "prompt")
-    first = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    first = body.seed if body.seed is not None else secrets.randbelow(MAX_REQUEST_SEED + 1)
     job = Job(
         prompt=translation.text,
         settings=settings,
         # image i uses seed+i, wrapping past the largest accepted seed to 0 so that every
         # returned seed can be sent again (4294967295 with n=3: 4294967295, 0, 1)
-        seeds=[(first + i) % (MAX_SEED + 1) for i in range(body.n)],
+        seeds=[(first + i) % (MAX_REQUEST_SEED + 1) for i in range(body.n)],
         timeout_s=state.settings.request_timeout_s,
         size=size,
         output_format=body.output_format,

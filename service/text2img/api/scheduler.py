@@ -13,10 +13,8 @@ failed as a `jobs.Failure` (`api.failures` decides what a client is told).
   later batches are capped at the size that worked; one image out of memory fails its job.
 - A batch the engine's output guard refuses (BadOutput: NaN or constant images) fails its
   jobs; any other failure fails the jobs of that batch; the worker itself never dies.
-- Images are encoded off the worker thread (`encode_threads`, default 1: one core, so
-  the encoder never starves the thread that feeds the GPU), and the next batch starts at
-  once; a job succeeds when its last image is encoded. `encode_threads=0` encodes on the
-  worker thread (how it was before; kept for the benchmark that compares the two).
+- Images are encoded off the worker thread (`api.encoder`, `encode_threads` default 1),
+  and the next batch starts at once; a job succeeds when its last image is encoded.
 """
 
 from __future__ import annotations
@@ -27,30 +25,16 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from text2img.api.encoder import Encode, Encoder
 from text2img.api.jobs import Failure, FailureKind, Job, JobProgress, JobState
-from text2img.engines.base import (
-    BadOutput,
-    Cancelled,
-    Engine,
-    GeneratedImage,
-    ImageRequest,
-    OutOfMemory,
-    Progress,
-)
-
-if TYPE_CHECKING:
-    from PIL import Image
+from text2img.engines.base import BadOutput, Cancelled, Engine, ImageRequest, OutOfMemory, Progress
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_S = 10.0  # a guess of one sampling batch until one has been measured
 MAX_RETRY_AFTER_S = 600
-
-Encode = Callable[[Job, "Image.Image"], bytes]
 
 
 class QueueFull(Exception):
@@ -101,18 +85,12 @@ class Scheduler:
         self.queue_limit = queue_limit
         self.max_batch = max(1, min(max_batch or engine.max_batch, engine.max_batch))
         self.batch_window_s = batch_window_s
-        self._encode = encode
-        self._encoder = (
-            ThreadPoolExecutor(encode_threads, thread_name_prefix="text2img-encode")
-            if encode_threads > 0
-            else None
-        )
         self._on_batch = on_batch
         self._on_job_finished = on_job_finished
         self._queue: deque[Job] = deque()
         self._running: list[Job] = []
-        self._encoding: Counter[Job] = Counter()  # images drawn, not yet encoded, per job
         self._cond = threading.Condition()
+        self._encoder = Encoder(encode, encode_threads, self._cond, self._delivered)
         self._stopping = False
         self._draining = False
         self._thread: threading.Thread | None = None
@@ -130,7 +108,7 @@ class Scheduler:
         """Cancel everything waiting, running or being encoded, and join the threads."""
         with self._cond:
             self._stopping = True
-            pending = [*self._queue, *self._running, *self._encoding]
+            pending = [*self._queue, *self._running, *self._encoder.pending]
             self._queue.clear()
             self._cond.notify_all()
         for job in pending:
@@ -141,8 +119,7 @@ class Scheduler:
             if self._thread.is_alive():
                 log.error("the GPU worker did not stop within %.0f s", timeout)
             self._thread = None
-        if self._encoder is not None:
-            self._encoder.shutdown(wait=True, cancel_futures=True)
+        self._encoder.shutdown()
 
     def begin_shutdown(self) -> None:
         """Refuse new jobs and fail the waiting ones (shutdown) now; the batch being drawn
@@ -162,7 +139,7 @@ class Scheduler:
         """The worker runs, or images it drew are still being encoded."""
         worker = self._thread is not None and self._thread.is_alive()
         with self._cond:
-            return worker or bool(self._encoding)
+            return worker or bool(self._encoder.pending)
 
     @property
     def queue_depth(self) -> int:
@@ -183,7 +160,7 @@ class Scheduler:
 
     def _in_flight(self) -> set[str]:
         ids = {j.id for j in self._running if not j.finished}
-        ids |= {j.id for j in self._encoding if not j.finished}
+        ids |= {j.id for j in self._encoder.pending if not j.finished}
         return ids | {j.id for j in self._queue if j.state is JobState.RUNNING}
 
     def retry_after(self) -> int:
@@ -390,19 +367,12 @@ class Scheduler:
         self._batch_seconds = (
             seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
         )
-        with self._cond:
-            for job in jobs:
-                job.done_count += per_job[job]
-                self._encoding[job] += per_job[job]
+        self._encoder.submit([(i.job, i.index) for i in items], images)  # counts them drawn
         for job in jobs:
             if job.done_count < job.n and not job.finished:
                 fraction = job.done_count / job.n
                 job.progress = JobProgress(self._next_stage, 0, job.progress.total, fraction)
                 job.notify()
-        if self._encoder is None:
-            self._deliver(items, images)
-        else:
-            self._encoder.submit(self._deliver, items, images)
 
     @staticmethod
     def _take_partials(items: list[_Item], p: Progress) -> None:
@@ -425,37 +395,9 @@ class Scheduler:
         for job in jobs:
             self._finish(job, JobState.FAILED, failure)
 
-    # -- encoder thread ----------------------------------------------------------------
-
-    def _deliver(self, items: list[_Item], images: list[GeneratedImage]) -> None:
-        """Encode a drawn batch into its jobs; a job succeeds with its last image."""
-        failed: set[Job] = set()
-        for item, generated in zip(items, images, strict=True):
-            job = item.job
-            if job.finished or job in failed:
-                continue
-            try:
-                data = self._encode(job, generated.image)
-            except Exception:
-                log.exception("encoding an image of job %s failed", job.id)
-                failed.add(job)
-                continue
-            with self._cond:
-                job.images[item.index] = data
-                job.prompts_used[item.index] = generated.prompt_used
-        done: list[Job] = []
-        with self._cond:
-            for item in items:
-                job = item.job
-                self._encoding[job] -= 1
-                if self._encoding[job] <= 0:
-                    del self._encoding[job]
-                    if job.done_count >= job.n:
-                        done.append(job)
-        for job in dict.fromkeys(done):
-            if job not in failed:
-                self._finish(job, JobState.SUCCEEDED, None)
-        self._fail(list(failed), _INTERNAL)
+    def _delivered(self, job: Job, ok: bool) -> None:
+        """The encoder has every image of `job` (ok), or could not encode one."""
+        self._finish(job, JobState.SUCCEEDED if ok else JobState.FAILED, None if ok else _INTERNAL)
 
     def _report(self, images: int, t0: float, outcome: str) -> float:
         seconds = time.perf_counter() - t0

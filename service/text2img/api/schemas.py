@@ -23,7 +23,8 @@ from pydantic import (
 from text2img.engines.base import EngineSpec, Option
 
 MAX_PROMPT = 1000
-MAX_SEED = 2**32 - 1  # what the API accepts (engines draw any seed up to base.MAX_SEED)
+# the first seed a request may name (image i draws seed+i, up to the engines' MAX_SEED)
+MAX_REQUEST_SEED = 2**32 - 1
 MAX_TEXT_OPTION = 64
 # Strict numbers: JSON true, "2" or 2.0 are not integers, "3" is not a number; NaN and
 # infinity are refused by name. Ranges of engine options are the engine's (its spec).
@@ -91,7 +92,10 @@ class ImageGenerationRequest(BaseModel):
     style: str | None = Field(default=None, max_length=32, description="Accepted, ignored.")
     # extensions (and the engine's options, from its spec)
     seed: StrictInt | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i; random when omitted."
+        default=None,
+        ge=0,
+        le=MAX_REQUEST_SEED,
+        description="Image i uses seed+i; random when omitted.",
     )
     translate: Literal["auto", "always", "never"] = Field(
         default="auto",
@@ -116,11 +120,7 @@ class ImageGenerationRequest(BaseModel):
 
 def _option_field(option: Option) -> tuple[Any, Any]:
     """(type, Field) of one engine option: its strict type, its limits shown in the schema."""
-    shown: dict[str, Any] = {"default": option.default}
-    if option.minimum is not None:
-        shown["minimum"] = option.minimum
-    if option.maximum is not None:
-        shown["maximum"] = option.maximum
+    shown = {k: v for k, v in option.public().items() if k in ("default", "minimum", "maximum")}
     if option.choices is not None:
         shown["enum"] = list(option.choices)
     return _OPTION_TYPES[option.kind] | None, Field(

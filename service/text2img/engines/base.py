@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from PIL import Image
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # the largest seed an engine draws (torch generators take 64 bits)
 
 
 class Cancelled(Exception):

@@ -97,7 +97,7 @@ class GlideSpec(EngineSpec):
     def settings(self, **options: Any) -> SamplingSettings:
         self.check_option_names(options)
         size = self.resolve_size(options.get("size"))
-        defaults = {o.name: o.default for o in self.options}
+        defaults: dict[str, Any] = {o.name: o.default for o in self.options}
         value = {
             k: options.get(k) if options.get(k) is not None else v for k, v in defaults.items()
         }
