@@ -82,6 +82,8 @@ def create_gateway(
         env: dict[str, pulumi.Input[str]] = {
             "TEXT2IMG_GATEWAY_BACKEND": "cloudrun",
             "TEXT2IMG_GATEWAY_UPSTREAM_URL": upstream.url,
+            # the ETA of a cold start: ~5 s for the instance + the model load (estimate)
+            "TEXT2IMG_GATEWAY_TYPICAL_WAKE_S": "60",
         }
         return _service(settings, names, image, token, account, grants, env, None, deps)
     instance, network = upstream.instance, upstream.network

@@ -158,6 +158,7 @@ def test_gateway_is_told_the_backend_and_the_gpu_url(gpu_plan: Plan) -> None:
     assert gateway["TEXT2IMG_GATEWAY_UPSTREAM_URL"].startswith("https://")
     assert gateway["TEXT2IMG_GATEWAY_UPSTREAM_URL"] == gpu_plan.outputs["gpu_url"]
     assert "TEXT2IMG_GATEWAY_INSTANCE" not in gateway
+    assert float(gateway["TEXT2IMG_GATEWAY_TYPICAL_WAKE_S"]) < 120  # not the VM's minutes
 
 
 def test_gpu_service_account_has_only_what_it_needs(plan_for: PlanFor) -> None:
