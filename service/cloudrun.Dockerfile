@@ -14,7 +14,7 @@ FROM ${BASE}
 ARG MODEL
 ENV TEXT2IMG_MODEL_CACHE=/opt/text2img/models \
     TEXT2IMG_MODEL=${MODEL}
-USER root
+USER 0
 RUN mkdir -p /opt/text2img/models && chown 10001:10001 /opt/text2img/models
 USER 10001:10001
 RUN test -n "${MODEL}" \

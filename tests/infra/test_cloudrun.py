@@ -4,6 +4,7 @@ same gateway, and nothing of the VM backend."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,16 @@ def test_the_gpu_dockerfile_downloads_and_checks_outside_the_volume() -> None:
     assert 'text2img download --model "${MODEL}" --check --quiet' in text
     assert "TEXT2IMG_MODEL_CACHE=/opt/text2img/models" in text  # not under VOLUME /models
     assert not any(s.startswith("VOLUME") for s in steps)
+    assert [s for s in steps if s.startswith("USER")][-1] == "USER 10001:10001"  # not root
+
+
+def test_the_gpu_dockerfile_passes_hadolint() -> None:
+    import shutil
+    import subprocess
+
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed")
+    dockerfile = Path(__file__).resolve().parents[2] / "service" / "cloudrun.Dockerfile"
+    result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
