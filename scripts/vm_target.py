@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from text2img.gateway import compute
-from text2img.gateway.compute import VmRef
+from text2img import gce as compute
+from text2img.gce import VmRef
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,11 +1,16 @@
-"""The front door shared by the service and the gateway: who is calling, are they allowed,
-and is their request body small and quick enough, all decided before any handler runs.
+"""The front door shared by the service and the gateway: which request is it, who is
+calling, are they allowed, and is their request body small and quick enough, all decided
+before any handler runs.
 
 A pure ASGI middleware, so that nothing reads a body before the token is checked:
 
+0. the path: `text2img.front_door.normalise` makes the one form every decision below (and
+   the route, and the gateway's proxy) uses, or the request gets 400 `invalid_path`;
 1. the client key (the socket peer, or the last `X-Forwarded-For` entry when a trusted
    proxy appends it) and the failed-token throttle: a blocked client gets 429 at once;
-2. the bearer token (constant time): a wrong one gets 401 at once;
+2. the bearer token (constant time), unless the table opens this method and path: no
+   token gets 401 (not counted: a poller without a token locks nobody out), a wrong one
+   gets 401 and counts towards the throttle;
 3. the body: a declared `Content-Length` over the limit gets 413 at once; otherwise the
    body is read (chunked too) with a running count that answers 413 as soon as the limit
    is passed, and a deadline that answers 408 when the client sends too slowly.
@@ -18,34 +23,25 @@ imported: the gateway image has no FastAPI extras it does not need.
 from __future__ import annotations
 
 import asyncio
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from text2img.auth import FailureThrottle, bearer_from_header, token_matches
+from text2img.front_door import (
+    MAX_BODY_BYTES,
+    BadPath,
+    Refusal,
+    normalise,
+    refusal_response,
+    treatment,
+)
 
-MAX_BODY_BYTES = 64 * 1024
 BODY_TIMEOUT_S = 30.0
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
-
-
-class Refusal(enum.Enum):
-    """Why the guard answered instead of the app."""
-
-    THROTTLED = "throttled"  # 429: too many wrong tokens from this client
-    NO_CREDENTIAL = "no_credential"  # 401
-    BAD_CREDENTIAL = "bad_credential"  # 401
-    TOO_LARGE = "too_large"  # 413
-    TOO_SLOW = "too_slow"  # 408: the body did not arrive in time
-
-
-Responder = Callable[[Refusal, int | None], Response]
-"""Builds the app's own JSON error for a refusal (the int is Retry-After seconds)."""
 
 
 def client_key(scope: Scope, trust_forwarded: bool) -> str:
@@ -84,8 +80,6 @@ class GuardPolicy:
 
     token: str | None
     throttle: FailureThrottle
-    is_open: Callable[[str], bool]
-    respond: Responder
     trust_forwarded: bool = False
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout_s: float = BODY_TIMEOUT_S
@@ -96,7 +90,8 @@ class RequestGuard:
     """Throttle, token and body limits in front of an ASGI app (see the module docstring).
 
     It records `client` (the throttle key) and, when it refused a token, `auth_failed`
-    in the scope's state, for handlers and metrics behind it.
+    in the scope's state, for handlers and metrics behind it; `scope["path"]` and
+    `scope["raw_path"]` become the normalised path the decisions were made on.
     """
 
     def __init__(self, app: ASGIApp, policy: GuardPolicy) -> None:
@@ -111,8 +106,15 @@ class RequestGuard:
         state = scope.setdefault("state", {})
         client = client_key(scope, policy.trust_forwarded)
         state["client"] = client
+        try:
+            path, raw_path = normalise(scope.get("raw_path") or scope["path"].encode())
+        except BadPath as exc:
+            await self._refuse(Refusal.BAD_PATH, None, scope, receive, send, str(exc))
+            return
+        # decide, route and (in the gateway) forward the same path
+        scope["path"], scope["raw_path"] = path, raw_path
         headers = Headers(scope=scope)
-        if policy.token is not None and not policy.is_open(scope["path"]):
+        if policy.token is not None and not treatment(scope["method"], path).open:
             refusal, wait = self._check_token(client, headers.get("authorization"))
             if refusal is not None:
                 state["auth_failed"] = True
@@ -147,22 +149,32 @@ class RequestGuard:
     ) -> tuple[Refusal | None, int | None]:
         policy = self.policy
         assert policy.token is not None
+        presented = bearer_from_header(authorization)
+        if presented is None:
+            # no credential at all is not a guess: refused, never counted, so a poller
+            # without a token cannot get its address (or a proxy's) blocked
+            return Refusal.NO_CREDENTIAL, None
         wait = policy.throttle.retry_after(client)
         if wait is not None:
             return Refusal.THROTTLED, max(1, math.ceil(wait))
-        presented = bearer_from_header(authorization)
         if token_matches(presented, policy.token):
             policy.throttle.success(client)
             return None, None
         policy.throttle.failure(client)
         if policy.on_auth_failure is not None:
             policy.on_auth_failure()
-        return (Refusal.NO_CREDENTIAL if presented is None else Refusal.BAD_CREDENTIAL), None
+        return Refusal.BAD_CREDENTIAL, None
 
     async def _refuse(
-        self, refusal: Refusal, wait: int | None, scope: Scope, receive: Receive, send: Send
+        self,
+        refusal: Refusal,
+        wait: int | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        detail: str = "",
     ) -> None:
-        response = self.policy.respond(refusal, wait)
+        response = refusal_response(refusal, wait, detail)
         # the rest of the body is never read: close instead of keeping the connection
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

@@ -206,3 +206,25 @@ def test_layout_on_a_phone_and_a_desktop(live: Callable[..., str], browser: Any)
             page.fill("#prompt", "あ" * 5000)
             assert "4000 文字多すぎます" in page.inner_text("#prompt-count")
             assert page.is_disabled("#generate-btn")
+
+
+def test_without_a_job_api_the_page_streams_the_generation(
+    live: Callable[..., str], browser: Any
+) -> None:
+    """The Cloud Run backend serves no /v1/jobs (a follow-up may reach another instance):
+    the page falls back to one `stream: true` request and shows the same results."""
+    url = live(job_api=False)
+    with opened(browser, url) as page:
+        page.fill("#prompt", "a red cube")
+        settings(page, n="2", size="64x64", steps="2", seed="40")
+        with page.expect_request(
+            lambda r: r.url.endswith("/v1/images/generations") and r.method == "POST"
+        ) as sent:
+            generate(page)
+        body = json.loads(sent.value.post_data or "{}")
+        assert body["stream"] is True
+        assert body["prompt"] == "a red cube"
+        assert page.locator("#grid img").count() == 2
+        assert page.is_hidden("#banner")
+        page.wait_for_selector("#gallery-box:not([hidden])")
+        assert page.locator("#gallery .entry").count() == 1

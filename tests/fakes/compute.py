@@ -76,6 +76,14 @@ FAILURES: dict[str, dict[str, Any]] = {
         "message": "Internal error. Please try again or contact Google Support. "
         "(Code: '5A1B2C3D4E')",
     },
+    # an API rate limit: HTTP 429 whose message says "Quota exceeded" (no GPU quota involved)
+    "RATE_LIMITED": {
+        "http": 429,
+        "reason": "rateLimitExceeded",
+        "code": "RATE_LIMIT_EXCEEDED",
+        "message": "Quota exceeded for quota metric 'Read requests' and limit 'Read requests "
+        "per minute' of service 'compute.googleapis.com' for consumer 'project_number:1'.",
+    },
     "NOT_FOUND": {
         "http": 404,
         "reason": "notFound",
@@ -138,6 +146,8 @@ class FakeCompute:
     instances: dict[str, FakeInstance] = field(default_factory=dict)
     operations: dict[str, FakeOperation] = field(default_factory=dict)
     _injections: dict[str, list[Injection]] = field(default_factory=dict)
+    # kind -> an Event: calls of that kind hang until it is set (a hanging Compute API)
+    gates: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _timers: list[threading.Timer] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -232,6 +242,9 @@ class FakeCompute:
             match = pattern.match(url.path)
             if route_method == method and match:
                 self.calls[kind] += 1
+                gate = self.gates.get(kind)
+                if gate is not None:
+                    gate.wait(timeout=60)
                 params = match.groupdict()
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 status, body = self._dispatch(kind, params, query)
@@ -415,7 +428,7 @@ class FakeCompute:
 
 
 def _error_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    domain = "usageLimits" if reason == "quotaExceeded" else "global"
+    domain = "usageLimits" if reason in ("quotaExceeded", "rateLimitExceeded") else "global"
     return {
         "error": {
             "code": code,

@@ -15,6 +15,7 @@ class FloodResult:
     status: int | None  # None: the server closed without answering
     head: str
     sent: int  # body bytes the server let us send before it answered or closed
+    closed: bool | None = None  # header floods: whether the server closed afterwards
 
 
 def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
@@ -89,3 +90,42 @@ def answer_or_close(sock: socket.socket, timeout: float) -> tuple[int | None, bo
     except ConnectionResetError:
         closed = True
     return status, closed
+
+
+def header_flood(
+    port: int, header: bytes, total: int, *, prefix: bytes = b"", timeout: float = 20.0
+) -> FloodResult:
+    """Send `prefix`, a request line and then `header` lines (each ending in CRLF) up to
+    `total` bytes without ever ending the headers, stopping as soon as the server answers
+    or closes; reports how much of the headers it managed to send."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sent = 0
+    try:
+        sock.sendall(prefix + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        block = header * max(1, CHUNK // len(header))
+        while sent < total:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(block)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(block)
+        status, head = _read_answer(sock)
+        return FloodResult(status, head, sent, closed=_closed(sock, timeout))
+    finally:
+        sock.close()
+
+
+def _closed(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server closes the connection within `timeout` (the rest is read)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True

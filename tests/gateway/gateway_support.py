@@ -68,6 +68,15 @@ class Upstream:
                 events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
 
+        async def sse_dies(request: Request) -> Response:
+            """One event, then the service process dies mid-stream."""
+
+            async def events() -> AsyncIterator[bytes]:
+                yield b'event: progress\ndata: {"fraction": 0.1}\n\n'
+                raise RuntimeError("the service died")
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
         async def big(request: Request) -> Response:
             chunk = bytes(range(256)) * 4096  # 1 MiB
 
@@ -129,8 +138,10 @@ class Upstream:
         return Starlette(
             routes=[
                 Route("/readyz", readyz),
+                Route("/v1/ready", readyz),  # what the gateway probes
                 Route("/v1/status", status),
                 Route("/sse", sse),
+                Route("/sse-dies", sse_dies),
                 Route("/big", big),
                 Route("/echo", echo, methods=["POST", "PUT"]),
                 # documented paths that wake the VM, answered like /echo

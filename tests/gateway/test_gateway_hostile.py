@@ -33,11 +33,13 @@ def test_floods_are_refused_before_their_body(
     make_gateway: Callable[..., str], fake: FakeCompute, upstream: Upstream
 ) -> None:
     url = make_gateway(max_auth_failures=3)
-    for _ in range(3):
-        result = chunked_flood(_port(url), "/v1/images/generations", {}, FLOOD)
+    wrong = {"Authorization": "Bearer wrong-token-xxxxxxxx"}
+    for headers in ({}, {}, {}, {}, wrong, wrong, wrong):
+        # floods without any token are refused but not counted: only wrong tokens are
+        result = chunked_flood(_port(url), "/v1/images/generations", headers, FLOOD)
         assert result.status == 401, result.head
         assert result.sent < READ_AT_MOST
-    throttled = chunked_flood(_port(url), "/v1/images/generations", {}, FLOOD)
+    throttled = chunked_flood(_port(url), "/v1/images/generations", wrong, FLOOD)
     assert throttled.status == 429
     assert throttled.sent < READ_AT_MOST
     assert sum(fake.calls.values()) == 0

@@ -141,7 +141,7 @@ def test_a_broken_upstream_connection_gets_a_clear_502(
         for _ in range(3):
             conn, _ = server.accept()
             data = conn.recv(65536)
-            if b"/readyz" in data:
+            if b"/v1/ready" in data:
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
                 conn.close()
                 continue
@@ -159,3 +159,24 @@ def test_a_broken_upstream_connection_gets_a_clear_502(
     assert resp.status_code == 502
     assert resp.json()["error"]["code"] == "upstream_failed"
     assert "try again" in resp.json()["error"]["message"]
+
+
+def test_a_stream_the_service_breaks_off_ends_with_an_error_event(
+    gateway: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level("WARNING", logger="text2img.gateway"),
+        httpx.stream("GET", gateway + "/sse-dies", headers=AUTH, timeout=10) as resp,
+    ):
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        assert _next_event(lines) == ("progress", {"fraction": 0.1})
+        kind, data = _next_event(lines)
+    assert kind == "error"
+    assert isinstance(data, dict)
+    assert data["error"]["code"] == "upstream_failed"
+    broke = [r for r in caplog.records if "broke off" in r.getMessage()]
+    assert broke
+    assert all(r.exc_info is None for r in broke)
+    gateway_errors = [r for r in caplog.records if r.name.startswith("text2img.gateway")]
+    assert all(r.levelname != "ERROR" for r in gateway_errors)

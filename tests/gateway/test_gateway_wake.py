@@ -178,9 +178,9 @@ def test_capacity_failure_reported_later_on_the_operation(
     make_gateway: Callable[..., str], fake: FakeCompute, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Compute accepts the start, then fails the operation (no GPU in the zone)."""
-    from text2img.gateway import waker
+    from text2img.gateway import vm_backend
 
-    monkeypatch.setattr(waker, "OPERATION_POLL_S", 0.0)
+    monkeypatch.setattr(vm_backend, "OPERATION_POLL_S", 0.0)
     fake.boot_delay_s = None
     url = make_gateway(state_cache_s=0.0)
     assert _waking(httpx.post(url + "/v1/jobs", headers=AUTH))["phase"] == "starting_vm"

@@ -10,11 +10,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from text2img import __version__
-from text2img.api.deps import Authorized
 from text2img.api.errors import install_error_handlers
 from text2img.api.jobs import JobRegistry
 from text2img.api.limits import service_policy
@@ -23,30 +21,12 @@ from text2img.api.routes import images, jobs, models, system, translations, ui
 from text2img.api.state import Activity, ServiceState
 from text2img.auth import FailureThrottle, load_token
 from text2img.engines.base import Engine
+from text2img.front_door import BadPath, normalise, treatment
 from text2img.http_guard import RequestGuard
 from text2img.settings import Settings, get_settings
 from text2img.translate import Translator, make_translator
 
 log = logging.getLogger(__name__)
-
-# Requests that are not user activity (the VM's idle clock ignores them).
-PASSIVE_PATHS = frozenset(
-    {
-        "/healthz",
-        "/readyz",
-        "/v1/ready",
-        "/metrics",
-        "/v1/status",
-        "/",
-        "/openapi.json",
-        "/docs",
-        "/favicon.ico",
-    }
-)
-
-
-def is_activity(path: str) -> bool:
-    return path.startswith("/v1/") and path not in PASSIVE_PATHS
 
 
 class ObserveMiddleware:
@@ -61,7 +41,12 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        activity = is_activity(scope["path"])
+        # the guard inside has not run yet: classify the same normalised path it will use
+        try:
+            path = normalise(scope.get("raw_path") or scope["path"].encode())[0]
+        except BadPath:
+            path = ""
+        activity = treatment(scope["method"], path).activity
         status = 500
 
         async def send_status(message: Message) -> None:
@@ -156,11 +141,11 @@ def create_app(
     for build in (images.router, jobs.router):  # their bodies carry the engine's options
         app.include_router(build(service.spec))
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Authorized])
+    @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    app.mount("/static", StaticFiles(directory=ui.static_dir()), name="static")
+    app.mount("/static", ui.PageFiles(directory=ui.static_dir()), name="static")
     # the guard checks token and body before anything else reads them; Observe, outside
     # it, still counts the refusals
     app.add_middleware(

@@ -1,8 +1,11 @@
-"""FastAPI dependencies (used through `Annotated` aliases)."""
+"""FastAPI dependencies (used through `Annotated` aliases).
+
+The token is checked once, by the request guard in front of every route
+(`text2img.http_guard`, the table in `text2img.front_door`), not here.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,7 +13,6 @@ from fastapi import Depends, Request
 from text2img.api.errors import ApiError
 from text2img.api.scheduler import Scheduler
 from text2img.api.state import ServiceState
-from text2img.auth import bearer_from_header, token_matches
 
 
 def get_state(request: Request) -> ServiceState:
@@ -19,55 +21,6 @@ def get_state(request: Request) -> ServiceState:
 
 
 State = Annotated[ServiceState, Depends(get_state)]
-
-
-def client_key(request: Request) -> str:
-    """The throttle's key for this client, as the request guard resolved it."""
-    key = getattr(request.state, "client", None)
-    if isinstance(key, str):
-        return key
-    return request.client.host if request.client else "unknown"
-
-
-def require_token(request: Request, state: State) -> None:
-    """Bearer token check (constant time) with throttling of repeated failures."""
-    if state.token is None:
-        return
-    client = client_key(request)
-    request.state.auth_failed = True  # until proven otherwise: not user activity
-    wait = state.throttle.retry_after(client)
-    if wait is not None:
-        seconds = max(1, math.ceil(wait))
-        raise ApiError(
-            429,
-            f"too many failed authentication attempts from this client; retry after {seconds} s",
-            type="rate_limit_error",
-            code="auth_throttled",
-            headers={"Retry-After": str(seconds)},
-        )
-    presented = bearer_from_header(request.headers.get("authorization"))
-    if token_matches(presented, state.token):
-        state.throttle.success(client)
-        request.state.auth_failed = False
-        return
-    state.throttle.failure(client)
-    state.metrics.auth_failures.inc()
-    message = (
-        "missing API token: send `Authorization: Bearer <token>`"
-        if presented is None
-        else "the API token is wrong: use TEXT2IMG_API_TOKEN's value (locally) or, for the "
-        "cloud, the output of `pulumi stack output token --show-secrets`"
-    )
-    raise ApiError(
-        401,
-        message,
-        type="authentication_error",
-        code="invalid_api_key",
-        headers={"WWW-Authenticate": 'Bearer realm="text2img"'},
-    )
-
-
-Authorized = Depends(require_token)
 
 
 def get_scheduler(state: State) -> Scheduler:

@@ -92,6 +92,14 @@ async def create_job(
             param="response_format",
             code="unsupported_response_format",
         )
+    if body.partial_images and not body.stream:
+        raise ApiError(
+            400,
+            "partial_images applies to streamed generations only: set stream: true, or "
+            "leave partial_images out",
+            param="partial_images",
+            code="unsupported_parameter",
+        )
     size, settings = engine_settings(state.spec, body)
     if scheduler.queue_depth >= scheduler.queue_limit:  # refuse before paying to translate
         raise _queue_full(state, scheduler, scheduler.retry_after())
@@ -100,11 +108,14 @@ async def create_job(
     job = Job(
         prompt=translation.text,
         settings=settings,
-        seeds=[first + i for i in range(body.n)],
+        # image i uses seed+i, wrapping past the largest accepted seed to 0 so that every
+        # returned seed can be sent again (4294967295 with n=3: 4294967295, 0, 1)
+        seeds=[(first + i) % (MAX_REQUEST_SEED + 1) for i in range(body.n)],
         timeout_s=state.settings.request_timeout_s,
         size=size,
         output_format=body.output_format,
         output_compression=body.output_compression,
+        partial_images=(body.partial_images or 0) if body.stream else 0,
     )
     job.bind_loop(asyncio.get_running_loop())
     try:

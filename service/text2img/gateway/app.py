@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import mimetypes
+import random
 from collections.abc import AsyncIterator
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,91 +23,34 @@ from starlette.routing import Route
 
 from text2img.auth import FailureThrottle, load_token
 from text2img.errors import UserError
-from text2img.gateway.compute import VmRef
-from text2img.gateway.paths import may_wake, normalise
+from text2img.front_door import (
+    MAX_BODY_BYTES,
+    UI_HEADERS,
+    error_response,
+    treatment,
+)
+from text2img.gateway.backend import Asleep, Backend
+from text2img.gateway.cloudrun_backend import CloudRunBackend
 from text2img.gateway.proxy import ClientGone, UpstreamDown, UpstreamFailed, forward, timeouts
 from text2img.gateway.settings import GatewaySettings
-from text2img.gateway.waker import (
-    Asleep,
-    ComputeBackend,
-    Decision,
-    Ready,
-    StartFailed,
-    VmBackend,
-    Waker,
-    Waking,
-)
-from text2img.http_guard import MAX_BODY_BYTES, GuardPolicy, Refusal, RequestGuard, client_key
+from text2img.gateway.vm_backend import VmBackend
+from text2img.gateway.waker import Decision, Ready, StartFailed, Waker, Waking
+from text2img.gce import VmRef
+from text2img.http_guard import GuardPolicy, RequestGuard
 
 log = logging.getLogger("text2img.gateway")
 
-# Only documented calls that do work wake the VM (text2img.gateway.paths); pollers of
-# /v1/ready, /readyz, /metrics and anything unknown see the VM's state without waking it.
-PUBLIC_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
-# The same headers the service sends with its web UI (text2img.api.routes.ui.UI_HEADERS;
-# a test keeps them equal): the page users open in the cloud is served from here.
-UI_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
-}
+# The page's files the gateway serves itself (GET/HEAD, no token: text2img.front_door).
+PAGE_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
 
 
-def _error(status: int, code: str, message: str, *, type_: str, **extra: object) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code, **extra}}
-    return JSONResponse(body, status_code=status)
+def _error(status: int, code: str, message: str, *, type_: str, **extra: object) -> Response:
+    return error_response(status, code, message, type_=type_, **extra)
 
 
-def client_address(request: Request, trust_forwarded_for: bool) -> str:
-    """The caller's address: the last X-Forwarded-For entry (the one Cloud Run's front end
-    appends after whatever the client sent), else the socket peer."""
-    return client_key(request.scope, trust_forwarded_for)
-
-
-def is_open(path: str) -> bool:
-    """Served without a token: the web page, its files and liveness."""
-    return path in PUBLIC_FILES or path == "/healthz" or path.startswith("/static/")
-
-
-def refusal_response(refusal: Refusal, retry_after: int | None) -> Response:
-    """The gateway's JSON answer when its guard refuses a request before reading it."""
-    if refusal is Refusal.THROTTLED:
-        resp = _error(
-            429,
-            "auth_throttled",
-            "too many requests with a wrong token; wait and try again with the right one",
-            type_="rate_limit_error",
-        )
-        resp.headers["Retry-After"] = str(retry_after or 1)
-        return resp
-    if refusal in (Refusal.NO_CREDENTIAL, Refusal.BAD_CREDENTIAL):
-        resp = _error(
-            401,
-            "invalid_api_key",
-            "missing or wrong token: send `Authorization: Bearer <token>` (the token is "
-            "printed by `pulumi stack output token --show-secrets`)",
-            type_="invalid_request_error",
-        )
-        resp.headers["WWW-Authenticate"] = "Bearer"
-        return resp
-    if refusal is Refusal.TOO_LARGE:
-        return _error(
-            413,
-            "body_too_large",
-            f"the request body is larger than {MAX_BODY_BYTES} bytes; API requests are "
-            "small JSON objects",
-            type_="invalid_request_error",
-        )
-    return _error(
-        408,
-        "body_timeout",
-        "the request body did not arrive in time; send it in one go",
-        type_="invalid_request_error",
-    )
+def jittered(seconds: int) -> int:
+    """Retry-After with up to a third more, so refused clients do not all return at once."""
+    return seconds + random.randint(0, seconds // 3)
 
 
 def _static_root() -> Traversable | None:
@@ -118,28 +63,30 @@ def _static_root() -> Traversable | None:
 def decision_response(decision: Decision) -> Response:
     if isinstance(decision, Waking):
         eta = round(decision.eta_s)
+        retry = jittered(decision.retry_after_s)
         resp = _error(
             503,
             "waking",
             decision.message,
             type_="unavailable",
             phase=decision.phase,
-            retry_after=decision.retry_after_s,
+            retry_after=retry,
             eta_seconds=eta,
         )
-        resp.headers["Retry-After"] = str(decision.retry_after_s)
+        resp.headers["Retry-After"] = str(retry)
         resp.headers["Cache-Control"] = "no-store"
         return resp
     if isinstance(decision, StartFailed):
+        retry = jittered(decision.retry_after_s)
         resp = _error(
             503,
             "start_failed",
             decision.message,
             type_="unavailable",
             cause=decision.cause,
-            retry_after=decision.retry_after_s,
+            retry_after=retry,
         )
-        resp.headers["Retry-After"] = str(decision.retry_after_s)
+        resp.headers["Retry-After"] = str(retry)
         resp.headers["Cache-Control"] = "no-store"
         return resp
     if isinstance(decision, Asleep):
@@ -156,16 +103,40 @@ def decision_response(decision: Decision) -> Response:
     raise AssertionError(f"no response for {decision!r}")
 
 
+def make_backend(settings: GatewaySettings) -> Backend:
+    """The GPU backend the settings choose (`TEXT2IMG_GATEWAY_BACKEND`)."""
+    if settings.backend == "cloudrun":
+        if not settings.upstream_url:
+            raise UserError(
+                "the gateway does not know its GPU service: set TEXT2IMG_GATEWAY_UPSTREAM_URL "
+                "to the Cloud Run service's URL (`pulumi stack output gpu_url`)"
+            )
+        return CloudRunBackend(settings.upstream_url, probe_timeout_s=settings.probe_timeout_s)
+    missing = [
+        f"TEXT2IMG_GATEWAY_{name.upper()}"
+        for name in ("project", "zone", "instance")
+        if not getattr(settings, name)
+    ]
+    if missing:
+        raise UserError(f"the gateway does not know its VM: set {', '.join(missing)}")
+    return VmBackend(
+        VmRef(settings.project, settings.zone, settings.instance),
+        endpoint=settings.compute_endpoint,
+        port=settings.upstream_port,
+        upstream_url=settings.upstream_url,
+    )
+
+
 def create_app(
     settings: GatewaySettings | None = None,
     *,
-    backend: VmBackend | None = None,
+    backend: Backend | None = None,
     static_root: Traversable | None = None,
 ) -> Starlette:
-    """The gateway app. Refuses to start without a token or without the VM's identity.
+    """The gateway app. Refuses to start without a token or without its backend's identity.
 
-    `backend` and `static_root` default to the Compute API and the service's web UI
-    (`text2img.api/static`); tests pass their own.
+    `backend` defaults to the one the settings choose (`make_backend`), `static_root` to
+    the service's web UI (`text2img.api/static`); tests pass their own.
     """
     settings = settings or GatewaySettings()
     token = load_token(settings.api_token, settings.api_token_file)
@@ -174,15 +145,7 @@ def create_app(
             "the gateway needs the API token: set TEXT2IMG_API_TOKEN (Cloud Run: a secret "
             "environment variable); it refuses to run open"
         )
-    missing = [
-        f"TEXT2IMG_GATEWAY_{name.upper()}"
-        for name in ("project", "zone", "instance")
-        if not getattr(settings, name)
-    ]
-    if missing:
-        raise UserError(f"the gateway does not know its VM: set {', '.join(missing)}")
-    vm = VmRef(settings.project, settings.zone, settings.instance)
-    vm_backend = backend or ComputeBackend(vm, settings.compute_endpoint)
+    gpu = backend or make_backend(settings)
     throttle = FailureThrottle(max_failures=settings.max_auth_failures)
     static_root = static_root if static_root is not None else _static_root()
 
@@ -195,14 +158,14 @@ def create_app(
             follow_redirects=False,
         ) as http:
             app.state.http = http
-            app.state.waker = Waker(settings, vm_backend, http, token)
+            app.state.waker = Waker(settings, gpu, http, token)
             yield
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def static_file(request: Request) -> Response:
-        name = PUBLIC_FILES.get(request.url.path) or request.path_params.get("path", "")
+        name = PAGE_FILES.get(request.url.path) or request.path_params.get("path", "")
         parts = [p for p in str(name).split("/") if p]
         if static_root is None or not parts or any(p in (".", "..") for p in parts):
             return _error(404, "not_found", "no such file", type_="invalid_request_error")
@@ -215,16 +178,20 @@ def create_app(
         return Response(item.read_bytes(), media_type=media, headers=UI_HEADERS)
 
     async def gateway(request: Request) -> Response:
-        # the guard in front has checked throttle, token and body size already
-        client = client_address(request, settings.trust_forwarded_for)
+        # the guard in front has normalised the path and checked throttle, token and
+        # body size already; what is forwarded is exactly the path it checked
+        client = request.state.client
         waker: Waker = request.app.state.waker
-        path = normalise(request.url.path)
-        wake = may_wake(request.method, path)
+        wake = treatment(request.method, request.url.path).wakes
         decision = await waker.check(wake=wake)
         if isinstance(decision, Ready):
             try:
                 return await forward(
-                    request, decision.base_url, request.app.state.http, client, path
+                    request,
+                    decision.base_url,
+                    request.app.state.http,
+                    client,
+                    extra_headers=gpu.upstream_headers(),
                 )
             except UpstreamFailed as exc:
                 log.warning("upstream %s failed: %s", decision.base_url, exc)
@@ -274,12 +241,29 @@ def create_app(
     guard = GuardPolicy(
         token=token,
         throttle=throttle,
-        is_open=is_open,
-        respond=refusal_response,
         trust_forwarded=settings.trust_forwarded_for,
         max_body_bytes=MAX_BODY_BYTES,
         body_timeout_s=settings.body_timeout_s,
     )
     return Starlette(
-        routes=routes, lifespan=lifespan, middleware=[Middleware(RequestGuard, policy=guard)]
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(RequestGuard, policy=guard)],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 as JSON with a code (every answer of the gateway is)."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+    return _error(
+        status, code, f"{request.method} {request.url.path}: {exc}", type_="invalid_request_error"
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(
+        500, "gateway_error", "the gateway failed unexpectedly; try again", type_="server_error"
     )

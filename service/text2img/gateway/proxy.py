@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 from starlette.requests import ClientDisconnect, Request
@@ -25,9 +27,39 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-DROP_REQUEST = HOP_BY_HOP | {"host"}
+# Method overrides are dropped: the gateway decided on the request's own method, and the
+# service must see that method only (https://www.rfc-editor.org/rfc/rfc9110#section-9.1)
+DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+}
 # uvicorn adds its own
 DROP_RESPONSE = HOP_BY_HOP | {"server", "date"}
+
+
+log = logging.getLogger("text2img.gateway")
+
+# the final event of an event stream the service broke off (OpenAI's error event shape)
+STREAM_BROKEN = (
+    "event: error\ndata: "
+    + json.dumps(
+        {
+            "type": "error",
+            "error": {
+                "message": "the service on the GPU VM stopped answering in the middle of "
+                "this stream (it may have stopped or restarted); try again",
+                "type": "server_error",
+                "param": None,
+                "code": "upstream_failed",
+            },
+        }
+    )
+    + "\n\n"
+).encode()
 
 
 class UpstreamDown(Exception):
@@ -104,29 +136,36 @@ def timeouts(connect_s: float, read_s: float) -> httpx.Timeout:
     return httpx.Timeout(connect=connect_s, read=read_s, write=60.0, pool=10.0)
 
 
+def upstream_url(base_url: str, raw_path: bytes, query: bytes) -> httpx.URL:
+    """`base_url` with exactly this raw path and query: nothing re-normalises the path
+    (dot segments and encoded separators never get here: `text2img.front_door`)."""
+    target = raw_path + (b"?" + query if query else b"")
+    return httpx.URL(base_url).copy_with(raw_path=target)
+
+
 async def forward(
     request: Request,
     base_url: str,
     client: httpx.AsyncClient,
     client_ip: str,
-    path: str | None = None,
+    *,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> StreamingResponse:
-    """Send `request` to `base_url` (at `path`, default the request's own) and stream the
-    answer back.
+    """Send `request` to `base_url` (at the raw path the guard checked) and stream the
+    answer back; `extra_headers` are the backend's own (e.g. an ID token).
 
     Raises UpstreamDown when the connection cannot be made (nothing was sent yet, so the
     caller may answer "waking" instead).
     """
-    url = base_url + (path or request.url.path)
-    if request.url.query:
-        url += "?" + request.url.query
+    scope = request.scope
+    url = upstream_url(
+        base_url, scope.get("raw_path") or scope["path"].encode(), scope["query_string"]
+    )
     headers = _filtered(
         [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
         DROP_REQUEST,
     )
-    headers = [
-        (k, v) for k, v in headers if k.lower() not in ("x-forwarded-for", "x-forwarded-proto")
-    ]
+    headers.extend((extra_headers or {}).items())
     headers.append(("x-forwarded-for", client_ip))
     headers.append(("x-forwarded-proto", request.headers.get("x-forwarded-proto", "https")))
     has_body = request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or (
@@ -149,10 +188,18 @@ async def forward(
     )
     resp = await _send_unless_client_leaves(client, upstream_req, request, body_sent)
 
+    events = resp.headers.get("content-type", "").startswith("text/event-stream")
+
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in resp.aiter_raw():
                 yield chunk
+        except httpx.HTTPError as exc:
+            # the service died mid-answer: the status is sent already, so say it in the
+            # stream (a final error event) and log one line, not a traceback
+            log.warning("the service broke off %s %s: %r", request.method, url.path, exc)
+            if events:
+                yield STREAM_BROKEN
         finally:
             await resp.aclose()
 

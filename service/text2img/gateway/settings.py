@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,6 +19,9 @@ class GatewaySettings(BaseSettings):
     api_token_file: str | None = Field(
         default=None, validation_alias=AliasChoices("TEXT2IMG_API_TOKEN_FILE", "api_token_file")
     )
+    # which GPU backend the gateway drives (text2img.gateway.backend): `vm` (one GCE VM)
+    # or `cloudrun` (a private Cloud Run GPU service at `upstream_url`)
+    backend: Literal["vm", "cloudrun"] = "vm"
     project: str = ""
     zone: str = ""
     instance: str = ""

@@ -1,9 +1,12 @@
-"""Is the VM's service ready, waking, or failing to start? Starts the VM once when needed.
+"""The gateway's policy in front of a GPU backend: is the service ready, waking, or failing
+to start? Starts the backend once when needed.
 
-One `Waker` per gateway process. `check()` is cheap while the service is known to be ready
-(a cached /readyz); otherwise it serialises callers behind one lock, reuses a VM state seen
-in the last `state_cache_s` seconds, and calls instances.start at most once per
-`start_cooldown_s`, so a burst of requests to a sleeping VM causes exactly one start.
+One `Waker` per gateway process; it drives any `text2img.gateway.backend.Backend` and
+knows nothing about Compute Engine. `check()` is cheap while the service is known to be
+ready (a cached /readyz); otherwise one caller at a time asks the backend (its state is
+reused for `state_cache_s`), a burst of requests causes exactly one `start()` per
+`start_cooldown_s`, and a backend call that hangs holds nobody else for more than
+`BUSY_WAIT_S`: they get 503 with the phase and Retry-After instead.
 """
 
 from __future__ import annotations
@@ -13,25 +16,27 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import anyio.to_thread
 import httpx
 
-from text2img.gateway import compute
-from text2img.gateway.compute import ComputeFailure, InstanceInfo, OperationInfo, VmRef
+from text2img.gateway.backend import (
+    Asleep,
+    Backend,
+    BackendFailure,
+    BackendState,
+    Failed,
+    Starting,
+    Up,
+)
 from text2img.gateway.egress import EgressState
 from text2img.gateway.settings import GatewaySettings
 
 log = logging.getLogger("text2img.gateway")
 
-OPERATION_POLL_S = 5.0
 TRANSIENT_HOLD_S = 5.0
-LASTING_CAUSES = frozenset(
-    {"ZONE_RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "PERMISSION_DENIED", "NOT_FOUND",
-     "NO_CREDENTIALS", "GPU_DRIVER"}
-)  # fmt: skip
 MIN_ETA_S = 5.0
+BUSY_WAIT_S = 2.0  # longest a request waits for another request's backend call
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,6 @@ class Waking:
 
 
 @dataclass(frozen=True)
-class Asleep:
-    status: str
-    message: str
-
-
-@dataclass(frozen=True)
 class StartFailed:
     cause: str
     message: str
@@ -63,50 +62,11 @@ class StartFailed:
 Decision = Ready | Waking | Asleep | StartFailed
 
 
-class VmBackend(Protocol):
-    """Synchronous VM operations (run in a worker thread by the Waker)."""
-
-    def get(self) -> InstanceInfo: ...
-    def start(self, *, resume: bool) -> str: ...
-    def operation(self, name: str) -> OperationInfo: ...
-
-
-class ComputeBackend:
-    """VmBackend on google-cloud-compute; clients are created on first use (in a thread,
-    because finding default credentials may ask the metadata server)."""
-
-    def __init__(self, vm: VmRef, endpoint: str | None) -> None:
-        self.vm = vm
-        self.endpoint = endpoint
-        self._instances: compute.compute_v1.InstancesClient | None = None
-        self._operations: compute.compute_v1.ZoneOperationsClient | None = None
-
-    def _client(self) -> compute.compute_v1.InstancesClient:
-        if self._instances is None:
-            self._instances = compute.make_client(self.endpoint)
-        return self._instances
-
-    def get(self) -> InstanceInfo:
-        return compute.get_instance(self._client(), self.vm)
-
-    def start(self, *, resume: bool) -> str:
-        return compute.start_instance(self._client(), self.vm, resume=resume)
-
-    def boot_failure(self) -> str | None:
-        """What the VM reported before powering itself off (guest attribute), or None."""
-        return compute.boot_failure(self._client(), self.vm)
-
-    def operation(self, name: str) -> OperationInfo:
-        if self._operations is None:
-            self._operations = compute.make_operations_client(self.endpoint)
-        return compute.get_operation(self._operations, self.vm, name)
-
-
 class Waker:
     def __init__(
         self,
         settings: GatewaySettings,
-        backend: VmBackend,
+        backend: Backend,
         http: httpx.AsyncClient,
         token: str,
         *,
@@ -119,18 +79,17 @@ class Waker:
         self.token = token
         self.clock = clock
         self.wall = wall
-        self.start_calls = 0
         self.learned_wake_s: float | None = None
         self._lock = asyncio.Lock()
         self._ready_url: str | None = None
         self._ready_until = 0.0
-        self._observed: tuple[float, InstanceInfo] | None = None
-        self._start_at: float | None = None  # monotonic time of our last start call
+        self._observed: tuple[float, BackendState] | None = None
+        self._start_sent_at: float | None = None  # monotonic: the cooldown's origin
+        self._pending = False  # a start of ours has not led to a ready service yet
         self._wake_began: float | None = None  # wall time the current wake began
-        self._start_op: str | None = None
-        self._op_checked_at = 0.0
         self._failure: tuple[StartFailed, float] | None = None
         self._recent: tuple[float, Waking] | None = None  # reused for `state_cache_s`
+        self._busy_phase = "starting_vm"  # what the call in flight is about
         self.egress = EgressState(settings.egress_warmup_s)
 
     def invalidate(self) -> None:
@@ -142,105 +101,111 @@ class Waker:
     async def check(self, *, wake: bool = True) -> Decision:
         if self._ready_url is not None and self.clock() < self._ready_until:
             return Ready(self._ready_url)
-        async with self._lock:
-            now = self.clock()
-            if self._ready_url is not None and now < self._ready_until:
-                return Ready(self._ready_url)
-            if self._failure is not None:
-                failed, until = self._failure
-                if now < until:
-                    return StartFailed(failed.cause, failed.message, max(1, int(until - now)))
-                self._failure = None
-            if self._recent is not None and now - self._recent[0] < self.settings.state_cache_s:
-                # a burst of requests while it boots: one Compute call and one probe answer
-                # them all, instead of each waiting for its own probe behind the lock
-                return self._recent[1]
-            try:
-                info = await self._instance(now)
-            except ComputeFailure as exc:
-                return self._fail(exc, now)
-            decision = await self._decide(info, now, wake)
-            self._recent = (self.clock(), decision) if isinstance(decision, Waking) else None
-            return decision
+        try:
+            await asyncio.wait_for(self._lock.acquire(), BUSY_WAIT_S)
+        except TimeoutError:
+            return self._busy()
+        try:
+            return await self._check_locked(wake)
+        finally:
+            self._lock.release()
 
-    async def _instance(self, now: float) -> InstanceInfo:
+    def _busy(self) -> Waking:
+        """The answer while another request's backend call is still in flight."""
+        if self._recent is not None:
+            return self._recent[1]
+        eta = self._eta(None)
+        return Waking(
+            self._busy_phase,
+            eta,
+            3,
+            "the gateway is still waiting for an answer about the GPU backend; retry in a "
+            "few seconds",
+        )
+
+    async def _check_locked(self, wake: bool) -> Decision:
+        now = self.clock()
+        if self._ready_url is not None and now < self._ready_until:
+            return Ready(self._ready_url)
+        if self._failure is not None:
+            failed, until = self._failure
+            if now < until:
+                return StartFailed(failed.cause, failed.message, max(1, int(until - now)))
+            self._failure = None
+        if self._recent is not None and now - self._recent[0] < self.settings.state_cache_s:
+            # a burst of requests while it boots: one backend call and one probe answer
+            # them all
+            return self._recent[1]
+        try:
+            state = await self._state(now)
+        except BackendFailure as exc:
+            return self._fail(exc.as_state())
+        decision = await self._decide(state, wake)
+        self._recent = (self.clock(), decision) if isinstance(decision, Waking) else None
+        return decision
+
+    async def _state(self, now: float) -> BackendState:
         if self._observed is not None and now - self._observed[0] < self.settings.state_cache_s:
             return self._observed[1]
-        info = await anyio.to_thread.run_sync(self.backend.get)
-        self._observed = (self.clock(), info)
-        return info
+        self._busy_phase = "starting_vm"
+        state = await anyio.to_thread.run_sync(self.backend.state)
+        self._observed = (self.clock(), state)
+        return state
 
-    async def _decide(self, info: InstanceInfo, now: float, wake: bool) -> Decision:
-        status = info.status
-        if status == "RUNNING":
-            return await self._running(info)
-        failed = await self._operation_failure(now)
-        if failed is not None:
-            return failed
-        if status in compute.BOOTING_STATES:
-            return self._waking("starting_vm", info, "the GPU VM is starting")
-        if status in compute.GOING_DOWN_STATES:
-            if not wake:
-                return Asleep(status, "the GPU VM is powering off")
-            # Compute refuses instances.start until the VM has stopped; the client's retry
-            # (Retry-After) arrives after that and starts it.
-            return Waking(
-                "starting_vm",
-                self._eta(info),
-                5,
-                "the GPU VM is powering off after being idle; it will be started again as "
-                "soon as it has stopped",
-            )
-        if status in compute.ASLEEP_STATES or status in compute.SUSPENDED_STATES:
-            if not wake:
-                return Asleep(
-                    status,
-                    "the GPU VM is asleep; the next request that does work wakes it "
-                    "(or run `scripts/vm start`)",
+    async def _decide(self, state: BackendState, wake: bool) -> Decision:
+        if isinstance(state, Failed):
+            return self._fail(state)
+        if isinstance(state, Up):
+            return await self._up(state)
+        if self._pending:
+            ended_asleep = isinstance(state, Asleep) and state.startable
+            try:
+                failed = await anyio.to_thread.run_sync(
+                    lambda: self.backend.start_failure(ended_asleep=ended_asleep)
                 )
-            if self._start_at is not None:
-                # our wake ended asleep again before the service was ready: the VM may
-                # have powered itself off because the GPU driver did not load
-                failed = await self._boot_failure(now)
-                if failed is not None:
-                    return failed
-            in_cooldown = (
-                self._start_at is not None and now - self._start_at < self.settings.start_cooldown_s
-            )
-            if not in_cooldown:
-                try:
-                    resume = status in compute.SUSPENDED_STATES
-                    op = await anyio.to_thread.run_sync(lambda: self.backend.start(resume=resume))
-                except ComputeFailure as exc:
-                    return self._fail(exc, now)
-                self.start_calls += 1
-                self._start_at = self.clock()
-                self._wake_began = self.wall()
-                self._start_op = op
-                self._op_checked_at = self._start_at
-                log.info("started VM %s (operation %s)", info.name, op)
-            return self._waking("starting_vm", info, "waking the GPU VM")
-        return Waking("starting_vm", self._eta(info), 10, f"the GPU VM is {status.lower()}")
+            except BackendFailure as exc:
+                failed = exc.as_state()
+            if failed is not None:
+                return self._fail(failed)
+        if isinstance(state, Starting):
+            return self._waking(state.phase, state.since, state.message)
+        if not wake:
+            return state
+        if not state.startable:
+            # the client's retry (Retry-After) arrives after it has stopped and starts it
+            return Waking("starting_vm", self._eta(None), 5, state.message)
+        cooldown = self.settings.start_cooldown_s
+        if self._start_sent_at is None or self.clock() - self._start_sent_at >= cooldown:
+            # counted as sent before the call: a start that hangs or times out may still
+            # have reached the backend, and must not be sent again within the cooldown
+            self._start_sent_at = self.clock()
+            self._wake_began = self.wall()
+            self._pending = True
+            try:
+                await anyio.to_thread.run_sync(self.backend.start)
+            except BackendFailure as exc:
+                if exc.lasting:  # a clear refusal: nothing started
+                    self._start_sent_at = None
+                return self._fail(exc.as_state())
+        return self._waking("starting_vm", None, "waking the GPU VM")
 
-    async def _running(self, info: InstanceInfo) -> Decision:
-        url = self._upstream(info)
-        if url is None:
-            return Waking("booting", self._eta(info), 5, "the GPU VM has no address yet")
-        # A VM that may still be booting refuses connections because it is booting: say so
-        # at once. Only a VM that should be serving gets the egress warm-up retries.
-        maybe_booting = self._maybe_booting(info)
-        phase = await self._probe(url, warmup=not maybe_booting)
+    async def _up(self, state: Up) -> Decision:
+        # A backend that may still be booting refuses connections because it is booting:
+        # say so at once. Only one that should be serving gets the egress warm-up retries.
+        maybe_booting = self._maybe_booting(state)
+        self._busy_phase = "connecting"
+        phase = await self._probe(state.url, warmup=not maybe_booting)
         if phase == "ready":
-            began = self._wake_began or _ts(info)
-            if self._start_at is not None and began is not None:
+            began = self._wake_began or state.since
+            if self._pending and began is not None:
                 took = self.wall() - began
                 if 1.0 <= took <= 1800.0:
                     self.learned_wake_s = took
-                    log.info("VM woke in %.0f s", took)
-            self._start_at = self._wake_began = self._start_op = None
-            self._ready_url = url
+                    log.info("the GPU backend woke in %.0f s", took)
+            self._pending, self._wake_began, self._start_sent_at = False, None, None
+            self._ready_url = state.url
             self._ready_until = self.clock() + self.settings.ready_cache_s
-            return Ready(url)
+            return Ready(state.url)
         if phase == "token_mismatch":
             # not held like a start failure: it heals as soon as the VM has the new token
             return StartFailed(
@@ -264,21 +229,21 @@ class Waker:
             if phase == "loading_model"
             else "the GPU VM is booting and starting the service"
         )
-        return self._waking(phase, info, message)
+        return self._waking(phase, state.since, message)
 
-    def _maybe_booting(self, info: InstanceInfo) -> bool:
-        """Whether the VM started recently enough that its service may still be booting."""
-        if self._start_at is not None:
+    def _maybe_booting(self, state: Up) -> bool:
+        """Whether it started recently enough that its service may still be booting."""
+        if self._pending:
             return True
-        began = _ts(info)
-        return began is None or self.wall() - began < self.expected_wake_s()
+        return state.since is None or self.wall() - state.since < self.expected_wake_s()
 
     async def _probe(self, url: str, *, warmup: bool = True) -> str:
+        headers = {**self.backend.upstream_headers(), "Authorization": f"Bearer {self.token}"}
         try:
             resp = await self.egress.get(
                 self.http,
-                f"{url}/readyz",
-                headers={"Authorization": f"Bearer {self.token}"},
+                f"{url}/v1/ready",  # Cloud Run reserves some paths ending in "z"
+                headers=headers,
                 timeout=self.settings.probe_timeout_s,
                 warmup=warmup,
             )
@@ -287,8 +252,6 @@ class Waker:
         if resp.status_code == 200:
             return "ready"
         if resp.status_code in (401, 403) or _throttled(resp):
-            # refused tokens get the service to throttle the gateway's own address: still
-            # the same mismatch, not a boot
             return "token_mismatch"
         try:
             phase = resp.json().get("phase")
@@ -298,77 +261,34 @@ class Waker:
             return str(phase)
         return "loading_model" if resp.status_code == 503 else "booting"
 
-    def _upstream(self, info: InstanceInfo) -> str | None:
-        if self.settings.upstream_url:
-            return self.settings.upstream_url.rstrip("/")
-        if not info.internal_ip:
-            return None
-        return f"http://{info.internal_ip}:{self.settings.upstream_port}"
-
-    async def _operation_failure(self, now: float) -> StartFailed | None:
-        """Poll our pending start operation (rate limited); failures such as no GPU capacity
-        only show up there."""
-        if self._start_op is None or now - self._op_checked_at < OPERATION_POLL_S:
-            return None
-        name = self._start_op
-        self._op_checked_at = now
-        try:
-            op = await anyio.to_thread.run_sync(lambda: self.backend.operation(name))
-        except ComputeFailure as exc:
-            log.warning("cannot read start operation %s: %s", name, exc.message)
-            self._start_op = None
-            return None
-        if not op.done:
-            return None
-        self._start_op = None
-        if op.error_code is None:
-            return None
-        failure = compute.failure_from_code(op.error_code, op.error_message or "", self._vm())
-        return self._fail(failure, now)
-
-    async def _boot_failure(self, now: float) -> StartFailed | None:
-        reader = getattr(self.backend, "boot_failure", None)  # optional in VmBackend
-        if reader is None:
-            return None
-        reason = await anyio.to_thread.run_sync(reader)
-        if not reason:
-            return None
-        message = (
-            f"the GPU VM powered itself off: GPU driver did not load ({reason}). Usually an "
-            "automatic kernel update left the NVIDIA driver behind; see the README's "
-            "troubleshooting (recreate the VM from a current image). A request after this "
-            "notice tries once more"
-        )
-        return self._fail(ComputeFailure("GPU_DRIVER", message), now)
-
-    def _vm(self) -> VmRef:
-        s = self.settings
-        return VmRef(s.project, s.zone, s.instance)
-
-    def _fail(self, exc: ComputeFailure, now: float) -> StartFailed:
-        log.warning("VM start failed: %s: %s", exc.cause, exc.message)
-        # lasting causes are held (retries would fail the same way); a passing hiccup of
-        # the Compute API only briefly
+    def _fail(self, failed: Failed) -> StartFailed:
+        log.warning("GPU backend start failed: %s: %s", failed.cause, failed.message)
+        # lasting causes are held (retries would fail the same way); a passing hiccup
+        # only briefly. The hold counts from now, when the failure is known (a call that
+        # timed out after 20 s must not find its back-off already over).
         hold = (
             self.settings.failure_hold_s
-            if exc.cause in LASTING_CAUSES
+            if failed.lasting
             else min(TRANSIENT_HOLD_S, self.settings.failure_hold_s)
         )
-        failed = StartFailed(exc.cause, exc.message, max(1, int(hold)))
-        self._failure = (failed, now + hold)
-        self._start_at = self._wake_began = self._start_op = None
+        result = StartFailed(failed.cause, failed.message, max(1, int(hold)))
+        self._failure = (result, self.clock() + hold)
+        self._pending, self._wake_began = False, None
         self._observed = None
-        return failed
+        return result
 
     def expected_wake_s(self) -> float:
         return self.learned_wake_s or self.settings.typical_wake_s
 
-    def _eta(self, info: InstanceInfo) -> float:
-        began = self._wake_began or _ts(info) or self.wall()
-        return max(MIN_ETA_S, self.expected_wake_s() - (self.wall() - began))
+    def _eta(self, since: float | None) -> float:
+        """Seconds left of the expected wake, within [MIN_ETA_S, the whole wake] (a clock
+        that disagrees with the backend's timestamps cannot make it grow past that)."""
+        began = self._wake_began or since or self.wall()
+        expected = self.expected_wake_s()
+        return min(max(MIN_ETA_S, expected - (self.wall() - began)), max(expected, MIN_ETA_S))
 
-    def _waking(self, phase: str, info: InstanceInfo, message: str) -> Waking:
-        eta = self._eta(info)
+    def _waking(self, phase: str, since: float | None, message: str) -> Waking:
+        eta = self._eta(since)
         retry = int(min(10.0, max(2.0, eta / 4)))
         return Waking(phase, eta, retry, f"{message}; about {round(eta)} s to go")
 
@@ -381,10 +301,3 @@ def _throttled(resp: httpx.Response) -> bool:
         return bool(resp.json()["error"]["code"] == "auth_throttled")
     except (ValueError, KeyError, TypeError):
         return False
-
-
-def _ts(info: InstanceInfo) -> float | None:
-    """Wall time of the VM's last start, when it is (still) running or booting."""
-    if info.status in ("RUNNING", *compute.BOOTING_STATES) and info.last_start is not None:
-        return info.last_start.timestamp()
-    return None

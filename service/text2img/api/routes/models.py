@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from text2img.api.deps import Authorized, State
+from text2img.api.deps import State
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get("/models")

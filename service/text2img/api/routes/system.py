@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from text2img.api.deps import Authorized, State
+from text2img.api.deps import State
 from text2img.api.schemas import StatusOut
 
 router = APIRouter(tags=["system"])
@@ -18,10 +18,17 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/startup")
+async def startup(state: State) -> JSONResponse:
+    """Startup probe (no auth): 200 once the model is loaded, else 503. Cloud Run sends an
+    instance no request before this passes (infra/cloudrun.py); it says nothing else."""
+    return JSONResponse({"started": state.ready}, status_code=200 if state.ready else 503)
+
+
 # /v1/ready is the same check under a path that Cloud Run passes through: Cloud Run
 # reserves some paths ending in "z", so clients that go through the gateway use it.
-@router.get("/v1/ready", dependencies=[Authorized])
-@router.get("/readyz", dependencies=[Authorized])
+@router.get("/v1/ready")
+@router.get("/readyz")
 async def readyz(state: State) -> JSONResponse:
     """200 once the model is loaded, else 503 with the phase (loading_model | failed)."""
     if state.ready:
@@ -33,7 +40,7 @@ async def readyz(state: State) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers=headers)
 
 
-@router.get("/v1/status", response_model=StatusOut, dependencies=[Authorized])
+@router.get("/v1/status", response_model=StatusOut)
 async def status(state: State) -> StatusOut:
     """Idle seconds, jobs in flight, queue depth; polling it is not activity."""
     scheduler = state.scheduler
@@ -48,7 +55,7 @@ async def status(state: State) -> StatusOut:
     )
 
 
-@router.get("/metrics", dependencies=[Authorized], response_class=Response)
+@router.get("/metrics", response_class=Response)
 async def metrics(state: State) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from text2img.api.deps import Authorized, State
+from text2img.api.deps import State
 from text2img.api.generation import translate
 from text2img.api.schemas import ERROR_RESPONSES, TranslationRequest, TranslationResponse
 from text2img.translate import needs_translation
 
-router = APIRouter(
-    prefix="/v1", tags=["translations"], dependencies=[Authorized], responses=ERROR_RESPONSES
-)
+router = APIRouter(prefix="/v1", tags=["translations"], responses=ERROR_RESPONSES)
 
 
 @router.post("/translations", response_model=TranslationResponse)

@@ -316,6 +316,39 @@ async function follow(jobId, signal) {
   }
 }
 
+// Where there is no job API (the Cloud Run backend: a follow-up may reach another instance),
+// one streamed request carries progress and images (OpenAI's `stream: true` events).
+async function streamGenerate(request, signal) {
+  const res = await api("/v1/images/generations", {
+    method: "POST", signal, body: { ...request, stream: true }, headers: { Accept: "text/event-stream" },
+  });
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  const data = [];
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      const text = block.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).trim()).join("\n");
+      if (!text) continue;
+      const ev = JSON.parse(text);
+      if (ev.type === "text2img.progress") {
+        const status = ev.stage === "queued" ? "queued" : "running";
+        setProgress(ev.fraction, describeJob({ status, queue_position: ev.queue_position, progress: ev }));
+      } else if (ev.type === "image_generation.completed") data.push(ev);
+      else if (ev.type === "error") throw new ApiError(0, ev);
+    }
+  }
+  const first = data[0] || {};
+  return { id: "stream_" + Date.now(), status: "succeeded", data, revised_prompt: first.revised_prompt };
+}
+
 function setBusy(busy) {
   state.generating = busy;
   $("cancel-btn").hidden = !busy;
@@ -345,14 +378,19 @@ $("gen-form").addEventListener("submit", async (ev) => {
     }
     const english = plan.text || (await translatePrompt());
     const options = readOptions();
-    const res = await api("/v1/jobs", {
-      method: "POST", signal: controller.signal, body: { prompt: english, translate: "never", ...options },
-    });
-    const job = await res.json();
-    state.job = job.id;
-    setProgress(0, describeJob(job));
-    await follow(job.id, controller.signal);
-    const done = await (await api(`/v1/jobs/${job.id}`)).json();
+    const request = { prompt: english, translate: "never", ...options };
+    let done;
+    try {
+      const res = await api("/v1/jobs", { method: "POST", signal: controller.signal, body: request });
+      const job = await res.json();
+      state.job = job.id;
+      setProgress(0, describeJob(job));
+      await follow(job.id, controller.signal);
+      done = await (await api(`/v1/jobs/${job.id}`)).json();
+    } catch (err) {
+      if (err.code !== "job_api_unavailable") throw err;
+      done = await streamGenerate(request, controller.signal); // aborting it cancels the job
+    }
     if (done.status === "succeeded") {
       const entry = await T2I.resultEntry(done, original || english, english, state.model, options);
       entry.truncated = (done.data || []).some((d) => d.prompt_truncated === true) || done.prompt_truncated === true;

@@ -1,5 +1,5 @@
 """The GPU VM through the Compute Engine API (google-cloud-compute, REST), shared by the
-gateway and `scripts/vm`.
+gateway's VM backend (`text2img.gateway.vm_backend`) and `scripts/vm`.
 
 Calls here are synchronous (the generated client is); the gateway runs them in a worker
 thread. Errors come back as `ComputeFailure`: a cause code and a message that says what
@@ -24,6 +24,12 @@ SUSPENDED_STATES = frozenset({"SUSPENDED"})
 GOING_DOWN_STATES = frozenset({"STOPPING", "SUSPENDING", "PENDING_STOP"})
 BOOTING_STATES = frozenset({"PROVISIONING", "STAGING", "REPAIRING"})
 CALL_TIMEOUT_S = 20.0
+# error reasons of an API rate limit (HTTP 429; its message says "Quota exceeded for quota
+# metric ..." although no resource quota is involved):
+# https://cloud.google.com/compute/docs/troubleshooting/troubleshooting-api-rate-limits
+RATE_LIMIT_REASONS = frozenset(
+    {"RATELIMITEXCEEDED", "RATE_LIMIT_EXCEEDED", "USERRATELIMITEXCEEDED"}
+)
 
 
 @dataclass(frozen=True)
@@ -267,12 +273,20 @@ def classify(exc: Exception, vm: VmRef, *, action: str) -> ComputeFailure:
         )
     if isinstance(exc, gexc.GoogleAPICallError):
         message = str(exc.message or exc)
-        for reason in _reasons(exc):
-            upper = reason.upper()
+        # decided by the error's reason, never by its text: a rate limit's message also
+        # says "Quota exceeded"
+        reasons = [reason.upper() for reason in _reasons(exc)]
+        if any(reason in RATE_LIMIT_REASONS for reason in reasons) or (
+            isinstance(exc, gexc.TooManyRequests) and not any("QUOTA" in r for r in reasons)
+        ):
+            return ComputeFailure(
+                "RATE_LIMITED",
+                f"the Compute API is rate limiting calls to {action} the {vm.describe()} "
+                f"({message}); this passes by itself, retry in a minute",
+            )
+        for upper in reasons:
             if upper.startswith("ZONE_RESOURCE_POOL_EXHAUSTED") or "QUOTA" in upper:
                 return failure_from_code(upper, message, vm)
-        if "quota" in message.lower():
-            return failure_from_code("QUOTA_EXCEEDED", message, vm)
         if "does not have enough resources" in message:
             return failure_from_code("ZONE_RESOURCE_POOL_EXHAUSTED", message, vm)
         if isinstance(exc, gexc.NotFound):
@@ -305,7 +319,8 @@ def failure_from_code(code: str, message: str, vm: VmRef) -> ComputeFailure:
             "ZONE_RESOURCE_POOL_EXHAUSTED",
             f"Google Cloud has no free GPU for the {vm.describe()} right now. Try again in "
             "a few minutes, or move the VM to another zone with a T4: "
-            "`pulumi config set zone <zone>` then `pulumi up`",
+            "`scripts/vm move --zone <zone>` (it runs `pulumi config set zone <zone>` then "
+            "`pulumi up`)",
         )
     if "QUOTA" in upper:
         detail = f" ({message})" if message else ""
