@@ -73,6 +73,8 @@ class GeneratedImage:
 
     image: Image.Image
     seed: int
+    # the text actually drawn when the engine's tokenizer cut the prompt, else None
+    prompt_used: str | None = None
 
 
 @dataclass(frozen=True)
