@@ -112,7 +112,8 @@ def test_a_file_that_is_not_safetensors_is_named(tmp_path: Path) -> None:
     # a header whose length is right but whose JSON is damaged: the same answer, no traceback
     good = b'{"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}}'
     broken = tmp_path / "broken.safetensors"
-    broken.write_bytes(struct.pack("<Q", len(good)) + good.replace(b"shape", b"sh\xffpe") + b"\0" * 4)
+    bad = good.replace(b"shape", b"sh\xffpe")
+    broken.write_bytes(struct.pack("<Q", len(good)) + bad + b"\0" * 4)
     with pytest.raises(UserError, match="header does not parse") as err:
         read_listing(broken)
     assert "run `text2img download --model sdxl-lightning`" in str(err.value)

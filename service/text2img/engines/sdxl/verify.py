@@ -232,23 +232,26 @@ class Hashing:
         return self
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        if kind is None:
-            self.finish()
-            return
-        from text2img.errors import UserError
+        from text2img.engines.base import Cancelled
 
-        if not isinstance(exc, UserError):  # cancelled, out of memory: stop hashing now
+        if isinstance(exc, Cancelled):  # stop hashing now; nothing was loaded for use
             self._stop.set()
-        # a load refused (e.g. a damaged header): still learn which files are damaged, so
-        # that `download` fetches them again rather than trusting its quick record
-        with contextlib.suppress(Exception):
-            self._collect()
+            with contextlib.suppress(Exception):
+                self._collect()
+            return
+        # done, or a load that failed (e.g. a damaged header): if a hash differs, that is
+        # the answer, and `download` must fetch the file again rather than trust its
+        # quick record; else the load's own error stands
+        self.finish()
 
     def _collect(self) -> list[str]:
         bad, forgotten = [], True
         try:
             for pointer, label, etag, job in self._jobs:
-                actual = job.result()
+                try:
+                    actual = job.result()
+                except Stopped:
+                    continue
                 if actual == etag:
                     remember(self._hub, pointer, label, etag)
                 else:
