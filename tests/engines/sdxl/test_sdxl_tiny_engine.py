@@ -131,3 +131,15 @@ def test_a_prompt_cut_by_clip_reports_what_was_drawn(engine: SdxlEngine) -> None
     kept = tok(cut.prompt_used, add_special_tokens=False)["input_ids"]
     assert drawn[: len(kept)] == kept  # every token shown was drawn ...
     assert len(drawn) - len(kept) <= len("word39")  # ... and at most one partial word not shown
+
+
+def test_a_start_prints_no_torchvision_notices() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from text2img.engines.registry import load_engine; load_engine('tiny-sdxl', device='cpu')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torchvision" not in out.stderr + out.stdout
