@@ -118,13 +118,13 @@ def glide(dev: Any, dry: bool, sync: Callable[[], None]) -> dict[str, Any]:
         models = []
         for seed, opts in ((1, options[0]), (2, options[1])):
             model = randomize_(build_model({**opts, **extra}), seed).float()
-            model.convert_to_fp16()  # type: ignore[operator]  # the fp16-rounded layers
+            model.convert_to_fp16()  # the fp16-rounded layers
             if not half:  # the same rounded values, computed in fp32
                 model = model.float()
                 model.dtype = torch.float32
             models.append(model.to(dev).eval().requires_grad_(False))
         dtype = torch.float16 if half else torch.float32
-        pipe = Pipeline("gpu-check", dev, models[0], models[1], ByteTokenizer(),  # type: ignore[arg-type]
+        pipe = Pipeline("gpu-check", dev, models[0], models[1], ByteTokenizer(),
                         max_batch=8, random_weights=True, dtype=dtype)  # fmt: skip
         return GlideEngine(TINY, pipe)
 
@@ -149,7 +149,11 @@ def glide(dev: Any, dry: bool, sync: Callable[[], None]) -> dict[str, Any]:
     per_image = {}
     for batch in (1, 2) if dry else (1, 4, 8):
         many = [ImageRequest("a red fox", s) for s in range(batch)]
-        seconds = timed(lambda m=many: fast.generate(m, settings), sync)
+
+        def draw(m: list[ImageRequest] = many) -> None:
+            fast.generate(m, settings)
+
+        seconds = timed(draw, sync)
         per_image[str(batch)] = seconds / batch
     out["seconds_per_image"] = per_image
     out["size"] = f"{size}x{size}, {steps[0]}+{steps[1]} steps"

@@ -214,9 +214,33 @@ def test_a_damaged_or_cancelled_swap_never_draws_and_recovers(
         polls.append(1)
         return len(polls) > 5
 
+    events: list[Progress] = []
     with pytest.raises(Cancelled):
         served.generate([ImageRequest("a", 1)], SDXL_LIGHTNING.settings(steps=8),
-                        should_cancel=cancel_mid_swap)  # fmt: skip
-    assert len(polls) == 6  # polled between tensors, stopped at once
+                        progress=events.append, should_cancel=cancel_mid_swap)  # fmt: skip
+    assert len(polls) == 6  # polled between tensors, stopped at once ...
+    assert events  # ... inside the swap: no UNet call ran
+    assert {e.stage for e in events} == {"load_unet"}
+    assert events[-1].step < events[-1].total
     assert swaps(served, 4)  # the cancelled swap left nothing usable: reloaded
     assert torch.equal(served.pipe.unet.conv_in.weight, conv_in_of(hub, 4))
+
+
+def test_a_link_to_a_file_not_named_by_its_hash_is_checked_against_the_record(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    weights.ensure(tmp_path, progress=False)
+    link = pointer(tmp_path, VAE)
+    mine = tmp_path / "my-vae.safetensors"  # a link to a file of one's own
+    mine.write_bytes(link.read_bytes())
+    link.unlink()
+    link.symlink_to(mine)
+    assert verify.link_etag(link) is None  # its name says nothing of its content ...
+    states = {s.name: s.state for s in weights.status(tmp_path, deep=True)}
+    assert states[VAE.label] == "ok"  # ... the etag recorded for the path does
+    load(tmp_path)
+    flip(mine, 5000)
+    states = {s.name: s.state for s in weights.status(tmp_path, deep=True)}
+    assert states[VAE.label] == "damaged"
+    with pytest.raises(UserError, match="refusing to load damaged weights"):
+        load(tmp_path)
