@@ -4,6 +4,7 @@ shared store of huggingface_hub >= 2.4) and in a plain `cp -rL` copy of the cach
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -244,3 +245,26 @@ def test_a_link_to_a_file_not_named_by_its_hash_is_checked_against_the_record(
     assert states[VAE.label] == "damaged"
     with pytest.raises(UserError, match="refusing to load damaged weights"):
         load(tmp_path)
+
+
+def test_a_cancelled_load_stops_its_hashing_at_once(tmp_path: Path) -> None:
+    """Cancelling must not wait for a 5 GB hash: the hashing thread gives up (so it never
+    completes, and never records the file as verified)."""
+    import hashlib
+
+    hub_cache = tmp_path / "huggingface"
+    blobs = hub_cache / "models--org--name" / "blobs"
+    blobs.mkdir(parents=True)
+    size = 256 * 1024 * 1024
+    etag = hashlib.sha256(bytes(size)).hexdigest()
+    with (blobs / etag).open("wb") as f:
+        f.truncate(size)  # zeros, sparse: no disk used
+    link = hub_cache / "models--org--name" / "snapshots" / "rev" / "unet.safetensors"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(os.path.relpath(blobs / etag, link.parent))
+    with pytest.raises(Cancelled), verify.Hashing(hub_cache, [(link, "org/name/unet")], RUN):
+        raise Cancelled("cancelled")
+    assert not (hub_cache / verify.RECORDS).exists()
+    with verify.Hashing(hub_cache, [(link, "org/name/unet")], RUN):
+        pass  # not cancelled: hashed in full, and remembered
+    assert json.loads((hub_cache / verify.RECORDS).read_text())
