@@ -252,6 +252,9 @@ class Hashing:
                     actual = job.result()
                 except Stopped:
                     continue
+                except OSError as exc:  # vanished or unreadable since the check
+                    bad.append(f"{label}: unreadable ({exc.strerror or exc})")
+                    continue
                 if actual == etag:
                     remember(self._hub, pointer, label, etag)
                 else:
