@@ -140,7 +140,12 @@ STEPS_OPTION = Option(
     DEFAULT_STEPS,
     "denoising steps = UNet calls per image; each count has its own distilled UNet",
     choices=STEP_CHOICES,
+    label="ステップ数",
 )
+STAGES = {"denoise": "ノイズ除去"}  # the one `Progress.stage` the engine reports
+# sdxl-lightning also reports a step-count change (2/8 enabled) as its own stage;
+# tiny-sdxl has one UNet for every count and never does
+LIGHTNING_STAGES = {"load_unet": "UNetを読み込み中", **STAGES}
 
 # Bytes in the cache (sizes of the pinned files on the Hub, rounded up): one fp16
 # Lightning UNet per served step count (5.14 GB each), both fp16 text encoders (0.25 GB +
@@ -166,6 +171,7 @@ SDXL_LIGHTNING = SdxlSpec(
     default_size=DEFAULT_SIZE,
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
+    stages=LIGHTNING_STAGES,
     download_bytes=DOWNLOAD_BYTES,
     # what a start loads: both text encoders, the 4-step UNet and the VAE (2 and 8 steps
     # are loaded when first asked for); snapshot entries are links into blobs/
@@ -187,4 +193,5 @@ TINY_SDXL = SdxlSpec(
     default_size=DEFAULT_SIZE,
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
+    stages=STAGES,
 )
