@@ -190,7 +190,8 @@ def test_the_unet_on_the_device_is_swapped_once_per_change(
     assert swaps(served, 4) == []  # loaded at start
     loaded = swaps(served, 2)
     assert loaded
-    assert loaded[-1].step == loaded[-1].total
+    assert loaded[-1].step == loaded[-1].total  # a progress stage of its own ...
+    assert "load_unet" in SDXL_LIGHTNING.stages  # ... with a label for the web UI
     assert torch.equal(served.pipe.unet.conv_in.weight, conv_in_of(hub, 2))
     assert swaps(served, 2) == []  # kept: no 5 GB re-read for the next 2-step batch
     assert swaps(served, 8)
