@@ -43,6 +43,7 @@ from text2img.engines.base import (
 )
 from text2img.engines.devices import out_of_memory_as_error, resolve_device, resolve_dtype
 from text2img.engines.guard import check_batch
+from text2img.engines.prompt_cut import kept_prefix
 from text2img.engines.sdxl.spec import DEFAULT_STEPS, STEP_CHOICES, SdxlSettings
 from text2img.errors import UserError
 
@@ -186,24 +187,10 @@ class SdxlEngine(Engine):
 
 
 def _kept_text(tokenizer: Any, prompt: str) -> str | None:
-    """The part of `prompt` that `tokenizer` keeps (the pipeline truncates at
-    `model_max_length`, start and end tokens included), or None when it fits whole.
-    Cut back to a word boundary where there is one, so the text shown was drawn whole."""
+    """The part of `prompt` that `tokenizer` keeps: the pipeline truncates at
+    `model_max_length` tokens, the start and end tokens included."""
     limit = int(tokenizer.model_max_length) - 2
-
-    def fits(n: int) -> bool:
-        return len(tokenizer.tokenize(prompt[:n])) <= limit
-
-    if fits(len(prompt)):
-        return None
-    lo, hi = 0, len(prompt)  # the longest prefix that fits: fits(lo), not fits(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    kept = prompt[:lo]
-    if not prompt[lo].isspace() and any(c.isspace() for c in kept):
-        kept = kept[: max(i for i, c in enumerate(kept) if c.isspace())]
-    return kept.rstrip()
+    return kept_prefix(prompt, lambda text: len(tokenizer.tokenize(text)), limit)
 
 
 def to_pil(batch: torch.Tensor) -> list[Image.Image]:
