@@ -500,7 +500,7 @@ def test_metadata_beyond_the_total_limit_is_refused() -> None:
         check_total_size({"startup-script": "x" * 300_000})
 
 
-@pytest.mark.parametrize(("model", "disk"), [("glide", 100), ("sdxl-lightning", 140)])
+@pytest.mark.parametrize(("model", "disk"), [("glide", 100), ("sdxl-lightning", 110)])
 def test_model_reaches_the_vm_and_sizes_the_boot_disk(
     plan_for: PlanFor, model: str, disk: int
 ) -> None:

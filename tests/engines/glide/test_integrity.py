@@ -241,3 +241,24 @@ def test_segment_digests_hash_each_segment_of_a_mapped_file_in_order(tmp_path, m
         mapped = memoryview(files.map_file(f))[4:]
     assert files.segment_digests(mapped) == want
     assert bytes(mapped) == data
+
+
+def test_a_damaged_pt_does_not_stop_a_start_when_the_fp16_copy_is_intact(
+    server, cache, released, monkeypatch
+):
+    """Issue 20.7: a start needs only what it loads (the fp16 copy verifies itself)."""
+    manifest = manifest_for(server.base_url)
+    ensure(server, cache, only=["base"])
+    cached = cache / "base.fp16.safetensors"
+    copy_before = cached.read_bytes()
+    good = {
+        k: v.clone() for k, v in load_state_dict(cache, "base", SHAPES, manifest=manifest).items()
+    }
+    overwrite_mib(cache / "base.pt", bytes(MIB))  # damaged, with a new mtime
+    loaded = load_state_dict(cache, "base", SHAPES, manifest=manifest)
+    for k, v in good.items():
+        torch.testing.assert_close(loaded[k], v, rtol=0, atol=0)
+    assert cached.read_bytes() == copy_before  # not converted again from the damaged .pt
+    assert (cache / "base.pt").exists()  # nor the .pt judged: that is `download`'s job
+    ensure(server, cache, only=["base"])  # ... which fetches it again
+    assert (cache / "base.pt").read_bytes() == released

@@ -20,10 +20,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from text2img.engines.sdxl import files, tiny
+
+PUBLISHED = Path(__file__).parent / "data" / "published_configs.json"
+
+
+def published(which: str) -> dict[str, Any]:
+    """A pinned published config: "unet", "scheduler" (SDXL base) or "vae" (fp16-fix)."""
+    data = json.loads(PUBLISHED.read_text())
+    suffix = {"unet": "/unet/config.json", "scheduler": "/scheduler/scheduler_config.json",
+              "vae": "sdxl-vae-fp16-fix@"}[which]  # fmt: skip
+    (key,) = [k for k in data if k.endswith(suffix) or (which == "vae" and suffix in k)]
+    return dict(data[key])
 
 
 def etag_of(path: str, data: bytes) -> str:
@@ -136,13 +148,8 @@ def tiny_hub_content() -> dict[tuple[str, str, str], bytes]:
     parts = tiny.build_components()
     by_path: dict[str, bytes] = {
         "LICENSE.md": b"CreativeML Open RAIL++-M (test copy)\n",
-        "scheduler/scheduler_config.json": json.dumps(
-            {
-                "_class_name": "EulerDiscreteScheduler",
-                **tiny.SCHEDULER,
-                "timestep_spacing": "leading",
-            }
-        ).encode(),
+        # SDXL base's own scheduler config ("leading" spacing): the engine must override it
+        "scheduler/scheduler_config.json": json.dumps(published("scheduler")).encode(),
         "diffusion_pytorch_model.safetensors": _safetensors(parts["vae"], torch.float32),
     }
     with tempfile.TemporaryDirectory() as tmp:

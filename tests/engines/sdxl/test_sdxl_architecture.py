@@ -106,5 +106,14 @@ def test_a_full_size_unet_file_passes_the_strict_check_and_a_wrong_one_does_not(
 def test_a_file_that_is_not_safetensors_is_named(tmp_path: Path) -> None:
     html = tmp_path / "unet.safetensors"
     html.write_bytes(b"<!DOCTYPE html><html>proxy login page</html>")
-    with pytest.raises(UserError, match="not a safetensors file"):
+    with pytest.raises(UserError, match="not a readable safetensors file") as err:
         read_listing(html)
+    assert "run `text2img download --model sdxl-lightning`" in str(err.value)
+    # a header whose length is right but whose JSON is damaged: the same answer, no traceback
+    good = b'{"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}}'
+    broken = tmp_path / "broken.safetensors"
+    bad = good.replace(b"shape", b"sh\xffpe")
+    broken.write_bytes(struct.pack("<Q", len(good)) + bad + b"\0" * 4)
+    with pytest.raises(UserError, match="header does not parse") as err:
+        read_listing(broken)
+    assert "run `text2img download --model sdxl-lightning`" in str(err.value)

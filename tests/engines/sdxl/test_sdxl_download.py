@@ -40,9 +40,12 @@ def test_first_download_fetches_only_the_pinned_files_and_verifies_them(
     assert all(s.ok for s in weights.status(tmp_path, deep=True))
     pinned = {f.revision for f in files.FILES}
     assert {p.split("/resolve/")[1].split("/")[0] for _, p, _ in hub.log} == pinned
-    # one GET per distinct content in a repository: identical tokenizer files share a blob
-    distinct = {(repo, data) for (repo, _, _), data in hub.content.items()}
-    assert len(gets(hub)) == len(distinct) < len(files.FILES)
+    # one GET per distinct content in a repository: identical tokenizer files share a blob;
+    # by default (4 steps only) neither the 2- nor the 8-step UNet (5.1 GB each) is fetched
+    other_unets = {files.unet_file(2).path, files.unet_file(8).path}
+    distinct = {(r, data) for (r, _, p), data in hub.content.items() if p not in other_unets}
+    assert len(gets(hub)) == len(distinct) < len(files.FILES) - 2
+    assert not [p for _, p, _ in gets(hub) if any(p.endswith(u) for u in other_unets)]
     assert (tmp_path / "huggingface" / "models--ByteDance--SDXL-Lightning").is_dir()
     assert (
         cached(tmp_path, UNET4)
@@ -97,8 +100,11 @@ def test_a_file_damaged_in_the_cache_is_found_then_fetched_again(
     blob.write_bytes(blob.read_bytes().replace(b"<|endoftext|>", b"<|endoftexT|>"))
     states = {s.name: s.state for s in weights.status(tmp_path, deep=False)}
     assert states[hub_file.label] == "damaged"
-    with pytest.raises(UserError, match=f"{RUN} --force"):
-        weights.require(tmp_path)
+    with pytest.raises(UserError, match="refusing to load damaged weights") as err:
+        load_components(tmp_path, torch.device("cpu"), torch.float32, 4,
+                        unet_config=TINY_UNET, vae_config=TINY_VAE)  # fmt: skip
+    assert hub_file.label in str(err.value)
+    assert f"run `{RUN}` to fetch" in str(err.value)  # the one command, no --force
     hub.log.clear()
     weights.ensure(tmp_path, progress=False)
     assert [p for _, p, _ in gets(hub)] == [
@@ -110,7 +116,9 @@ def test_a_file_damaged_in_the_cache_is_found_then_fetched_again(
 def test_offline_with_a_complete_cache_loads_and_draws(
     hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TEXT2IMG_SDXL_STEPS", "2,4,8")  # the deployment serves 2 steps too
     weights.ensure(tmp_path, progress=False)
+    assert files.local_path(tmp_path, files.unet_file(8)).exists()
     hub.log.clear()
     hub.refuse = True  # any request would now fail
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

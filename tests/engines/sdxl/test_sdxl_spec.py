@@ -42,18 +42,50 @@ def test_unknown_size_and_glide_only_fields_are_refused_by_name() -> None:
     assert err.value.param == "guidance_scale"
 
 
-def test_settings_are_hashable_and_batch_only_when_equal() -> None:
+def test_settings_are_hashable_and_batch_only_when_equal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEXT2IMG_SDXL_STEPS", "2,4,8")
     a = SDXL_LIGHTNING.settings(size="1536x1024", steps=4)
     b = SDXL_LIGHTNING.settings(size="1216x832")
     assert a == b
     assert len({a, b, SDXL_LIGHTNING.settings(steps=8)}) == 2
 
 
-def test_public_view_names_licence_and_noise() -> None:
+def test_public_view_names_licence_and_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEXT2IMG_SDXL_STEPS", "2,4,8")
     public = SDXL_LIGHTNING.public()
     assert "Open RAIL++-M" in public["licence"]
     assert "MIT" in public["licence"]
     assert public["options"]["steps"]["choices"] == [2, 4, 8]
+
+
+def test_by_default_only_4_steps_are_served_and_downloaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from text2img.engines.sdxl import files
+    from text2img.engines.sdxl.spec import STEPS_ENV, download_bytes_for, enabled_steps
+    from text2img.errors import UserError
+
+    monkeypatch.delenv(STEPS_ENV, raising=False)
+    assert enabled_steps() == (4,)
+    assert SDXL_LIGHTNING.public()["options"]["steps"]["choices"] == [4]
+    with pytest.raises(InvalidSetting) as err:
+        SDXL_LIGHTNING.settings(steps=8)
+    assert err.value.param == "steps"
+    assert f"{STEPS_ENV}=2,4,8" in str(err.value)
+    assert TINY_SDXL.settings(steps=8).steps == 8  # the tiny twin has one UNet for all
+    unets = [f.path for f in files.wanted(enabled_steps()) if f.part == "unet"]
+    assert unets == ["sdxl_lightning_4step_unet.safetensors"]
+    # the disk the infra sizes: one 5.1 GB UNet by default, three when 2 and 8 are served
+    assert SDXL_LIGHTNING.download_bytes == download_bytes_for((4,)) < 7.2e9
+    assert download_bytes_for((2, 4, 8)) - download_bytes_for((4,)) == 2 * 5_140_000_000
+    monkeypatch.setenv(STEPS_ENV, "2,4")
+    assert enabled_steps() == (2, 4)
+    for bad in ("8", "3,4", "four"):
+        monkeypatch.setenv(STEPS_ENV, bad)
+        with pytest.raises(UserError, match=STEPS_ENV):
+            enabled_steps()
     assert TINY_SDXL.public()["random_weights"] is True
     assert "NOISE" in TINY_SDXL.title
 

@@ -115,3 +115,31 @@ def test_a_nan_or_blank_decode_raises_bad_output(
         vae_out.bias.zero_()
     with pytest.raises(BadOutput, match="blank"):
         engine.generate([ImageRequest("x", 5)], settings)
+
+
+def test_a_prompt_cut_by_clip_reports_what_was_drawn(engine: SdxlEngine) -> None:
+    settings = get_spec("tiny-sdxl").settings(steps=2)
+    long = " ".join(f"word{i}" for i in range(40))  # the tiny BPE: ~1 token per character
+    short = "a red fox"
+    cut, whole = engine.generate([ImageRequest(long, 1), ImageRequest(short, 2)], settings)
+    assert whole.prompt_used is None  # nothing cut: nothing to say
+    assert cut.prompt_used is not None
+    assert long.startswith(cut.prompt_used)
+    assert cut.prompt_used.endswith(tuple(long.split()))  # cut at a word boundary
+    tok = engine.pipe.tokenizer
+    drawn = tok(long, truncation=True, max_length=tok.model_max_length)["input_ids"][1:-1]
+    kept = tok(cut.prompt_used, add_special_tokens=False)["input_ids"]
+    assert drawn[: len(kept)] == kept  # every token shown was drawn ...
+    assert len(drawn) - len(kept) <= len("word39")  # ... and at most one partial word not shown
+
+
+def test_a_start_prints_no_torchvision_notices() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from text2img.engines.registry import load_engine; load_engine('tiny-sdxl', device='cpu')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torchvision" not in out.stderr + out.stdout

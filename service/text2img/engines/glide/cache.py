@@ -338,13 +338,22 @@ def trusted_source_sha256(cache_dir: Path, spec: CheckpointSpec) -> str | None:
     return None
 
 
-def cache_is_current(cache_dir: Path, spec: CheckpointSpec) -> bool:
-    """True if the fp16 cache exists, is ours, and came from the `.pt` now present (if any)."""
+def copy_is_ours(cache_dir: Path, spec: CheckpointSpec) -> bool:
+    """True if the fp16 copy exists, is complete and is one we wrote for this checkpoint.
+    What a start needs: the copy verifies its own bytes on load (`read_cache_file`), so
+    the `.pt` it came from is not read, and a damaged `.pt` cannot stop a start."""
     meta = cache_metadata(cache_dir / spec.cache_name)
     if meta is None or meta.get("text2img_cache_format") != CACHE_FORMAT:
         return False
-    if meta.get("text2img_num_params") != str(spec.num_params) and spec.listing_sha256:
+    return meta.get("text2img_num_params") == str(spec.num_params) or not spec.listing_sha256
+
+
+def cache_is_current(cache_dir: Path, spec: CheckpointSpec) -> bool:
+    """True if the fp16 cache is ours and came from the `.pt` now present (if any): what
+    `download` checks before converting again."""
+    if not copy_is_ours(cache_dir, spec):
         return False
+    meta = cache_metadata(cache_dir / spec.cache_name) or {}
     sha = known_sha256(cache_dir, spec.source.name)
     return sha is None or sha == meta.get("text2img_source_sha256")
 

@@ -29,7 +29,6 @@ from text2img.engines.glide.cache import (
     CACHE_FORMAT,
     CheckpointSpec,
     Manifest,
-    cache_is_current,
     listing_fingerprint,
     record,
 )
@@ -58,7 +57,9 @@ def load_state_dict(
     """
     spec = (manifest or cache.default_manifest()).checkpoint(name)
     cached = cache_dir / spec.cache_name
-    if not cache_is_current(cache_dir, spec):
+    # a start needs only what it loads: an intact copy is used whatever became of the
+    # `.pt` (damaged, replaced, deleted); `download` is what re-converts a replaced one
+    if not cache.copy_is_ours(cache_dir, spec):
         if not (cache_dir / spec.source.name).exists():
             raise UserError(
                 f"the GLIDE {name} weights are not in {cache_dir}: run "
@@ -66,7 +67,7 @@ def load_state_dict(
                 f"(or set {CACHE_ENV} to where they are)"
             )
         with cache_lock(cache_dir):
-            if not cache_is_current(cache_dir, spec):
+            if not cache.copy_is_ours(cache_dir, spec):
                 convert(cache_dir, spec, expected, progress=True)
     header, data = cache.read_cache_file(cache_dir, spec)
     shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items()}

@@ -22,6 +22,7 @@ from text2img.engines.base import (
 from text2img.engines.devices import out_of_memory_as_error
 from text2img.engines.glide.pipeline import Pipeline, load_pipeline
 from text2img.engines.glide.spec import SamplingSettings
+from text2img.engines.prompt_cut import kept_prefix
 
 
 class GlideEngine(Engine):
@@ -62,7 +63,16 @@ class GlideEngine(Engine):
             images = self.pipeline.generate(
                 requests, settings, progress=progress, should_cancel=should_cancel
             )
-        return [GeneratedImage(image, r.seed) for image, r in zip(images, requests, strict=True)]
+        # both stages read the first `text_ctx` tokens of the prompt (128 in GLIDE)
+        limit = min(self.pipeline.base.cfg.text_ctx, self.pipeline.upsampler.cfg.text_ctx)
+
+        def count(text: str) -> int:
+            return len(self.pipeline.tokenizer.encode(text))
+
+        return [
+            GeneratedImage(image, r.seed, kept_prefix(r.prompt, count, limit))
+            for image, r in zip(images, requests, strict=True)
+        ]
 
 
 def load(

@@ -7,15 +7,20 @@ What we add around the library call, and why:
 - progress and cancellation through `callback_on_step_end` (after every UNet call, so
   `should_cancel` is checked before each next call; once more before the first);
 - chunks of at most `max_batch` images; the output guard (NaN / constant -> BadOutput);
-- steps: SDXL-Lightning ships one distilled UNet per step count. The 4-step UNet is loaded
-  at start; a request for 2 or 8 steps swaps the UNet's weights in place from the cache
-  (same architecture, strict load, ~5 GB read) and keeps them until another count is
-  asked for. Requests batch only with equal settings, so a swap happens between batches.
+- steps: SDXL-Lightning ships one distilled UNet per step count. A deployment serves 4
+  steps only unless $TEXT2IMG_SDXL_STEPS enables 2 and 8 (spec.enabled_steps). Then a
+  request for another count swaps the UNet's weights in place from the cache (same
+  architecture, ~5 GB read, tensor by tensor so the GPU never holds two UNets), hashed
+  while it is read, reported as the "load_unet" progress stage, cancellable between
+  tensors, and timed apart (`last_setup_seconds`) so it does not inflate batch-time
+  estimates. A swap that fails or is cancelled leaves the UNet marked unusable, and the
+  next batch loads the one it needs. Requests batch only with equal settings.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ from text2img.engines.base import (
 )
 from text2img.engines.devices import out_of_memory_as_error, resolve_device, resolve_dtype
 from text2img.engines.guard import check_batch
+from text2img.engines.prompt_cut import kept_prefix
 from text2img.engines.sdxl.spec import DEFAULT_STEPS, STEP_CHOICES, SdxlSettings
 from text2img.errors import UserError
 
@@ -67,7 +73,10 @@ class SdxlEngine(Engine):
         self.dtype = str(dtype).removeprefix("torch.")
         self.max_batch = max_batch
         self._cache_dir = cache_dir
-        self._steps_loaded = steps_loaded  # None: one UNet serves every step count (tiny)
+        # which distilled UNet the weights are: None = one UNet serves every step count
+        # (tiny), 0 = none (a swap failed or was cancelled half way: reload before use)
+        self._steps_loaded = steps_loaded
+        self.last_setup_seconds = 0.0  # of the last `generate`: UNet swap, not sampling
         self._lock = threading.Lock()  # the UNet swap and the pipeline call are one unit
 
     def generate(
@@ -82,10 +91,28 @@ class SdxlEngine(Engine):
         chunks = [requests[i : i + self.max_batch] for i in range(0, len(requests), self.max_batch)]
         out: list[GeneratedImage] = []
         with self._lock, out_of_memory_as_error():
-            self._use_steps(checked.steps)
+            t0 = time.perf_counter()
+            self._use_steps(checked.steps, progress, should_cancel)
+            self.last_setup_seconds = time.perf_counter() - t0
             for index, chunk in enumerate(chunks):
                 images = self._chunk(chunk, checked, progress, should_cancel, index, len(chunks))
-                out += [GeneratedImage(img, r.seed) for img, r in zip(images, chunk, strict=True)]
+                out += [
+                    GeneratedImage(img, r.seed, used)
+                    for img, r, used in zip(images, chunk, self._drawn(chunk), strict=True)
+                ]
+        return out
+
+    def _drawn(self, chunk: Sequence[ImageRequest]) -> list[str | None]:
+        """The text each image was drawn from when CLIP's 77 tokens cut the prompt, else None.
+
+        Both SDXL tokenizers truncate at their `model_max_length` (77 with the start and
+        end tokens); the shorter of the two kept texts is what both encoders saw."""
+        out: list[str | None] = []
+        for r in chunk:
+            tokenizers = (self.pipe.tokenizer, self.pipe.tokenizer_2)
+            kept = [_kept_text(tok, r.prompt) for tok in tokenizers]
+            cut = [k for k in kept if k is not None]
+            out.append(min(cut, key=len) if cut else None)
         return out
 
     def _check(self, requests: Sequence[ImageRequest], settings: EngineSettings) -> SdxlSettings:
@@ -101,22 +128,26 @@ class SdxlEngine(Engine):
         check_requests(requests)
         return settings
 
-    def _use_steps(self, steps: int) -> None:
+    def _use_steps(
+        self, steps: int, progress: ProgressFn | None, should_cancel: CancelFn | None
+    ) -> None:
         """Swap in the distilled UNet for `steps` (real weights only; call under the lock)."""
         if self._steps_loaded is None or self._steps_loaded == steps:
             return
-        from text2img.engines.sdxl import files
-        from text2img.engines.sdxl.loading import load_strict
+        from text2img.engines.sdxl import files, verify
+        from text2img.engines.sdxl.loading import RUN, swap_into
 
-        path = files.local_path(self._cache_dir, files.unet_file(steps))
+        hub_file = files.unet_file(steps)
+        path = files.local_path(self._cache_dir, hub_file)
         if not path.exists():
             raise UserError(
                 f"the {steps}-step UNet is not in the cache ({path}); run "
-                "`text2img download --model sdxl-lightning`"
+                f"`{RUN}` with TEXT2IMG_SDXL_STEPS set as the service has it"
             )
-        load_strict(
-            self.pipe.unet, path, self.torch_device, self.torch_dtype, f"the UNet {path.name}"
-        )
+        hub = files.hub_cache(self._cache_dir)
+        with verify.Hashing(hub, [(path, hub_file.label)], RUN):
+            self._steps_loaded = 0  # being overwritten: unusable until the hash matched
+            swap_into(self.pipe.unet, path, progress=progress, should_cancel=should_cancel)
         self._steps_loaded = steps
 
     def _latents(self, chunk: Sequence[ImageRequest], settings: SdxlSettings) -> torch.Tensor:
@@ -174,6 +205,13 @@ def latent_preview(latents: torch.Tensor) -> list[Image.Image]:
     bias = torch.tensor(_LATENT_RGB_BIAS, dtype=torch.float32, device=latents.device)
     rgb = torch.einsum("nchw,cr->nrhw", latents.float(), factors) + bias[None, :, None, None]
     return to_pil(((rgb + 1) / 2).clamp(0, 1))
+
+
+def _kept_text(tokenizer: Any, prompt: str) -> str | None:
+    """The part of `prompt` that `tokenizer` keeps: the pipeline truncates at
+    `model_max_length` tokens, the start and end tokens included."""
+    limit = int(tokenizer.model_max_length) - 2
+    return kept_prefix(prompt, lambda text: len(tokenizer.tokenize(text)), limit)
 
 
 def to_pil(batch: torch.Tensor) -> list[Image.Image]:

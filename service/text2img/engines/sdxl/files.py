@@ -79,6 +79,17 @@ FILES: tuple[HubFile, ...] = (
 )
 
 
+def wanted(steps: tuple[int, ...]) -> tuple[HubFile, ...]:
+    """The files a deployment serving these step counts downloads: everything but the
+    distilled UNets of the step counts it does not serve (5.1 GB each)."""
+    return tuple(f for f in FILES if f.part != "unet" or f in {unet_file(s) for s in steps})
+
+
+def start_files(steps: int) -> tuple[HubFile, ...]:
+    """What a start with the `steps` UNet reads (and so hashes): no licence, one UNet."""
+    return tuple(f for f in wanted((steps,)) if f.part != "licence")
+
+
 def default_cache_dir() -> Path:
     """The one weights cache every engine shares (`registry.default_cache_dir`)."""
     from text2img.engines.registry import default_cache_dir as shared

@@ -5,6 +5,8 @@ safetensors header checked key by key and shape by shape, then the tensors loade
 straight to the target device and assigned (`load_state_dict(strict=True, assign=True)`).
 Text encoders and tokenizers: transformers' `from_pretrained` on the pinned snapshot
 (`local_files_only`). The Euler scheduler gets SDXL-Lightning's "trailing" spacing.
+Every file a load reads is hashed against its Hub etag while it is read (`verify.Hashing`):
+nothing is returned, or swapped in, from a file whose bytes differ.
 """
 
 from __future__ import annotations
@@ -17,21 +19,33 @@ from typing import Any
 
 import torch
 
-from text2img.engines.sdxl import files
+from text2img.engines.base import CancelFn, Cancelled, Progress, ProgressFn
+from text2img.engines.sdxl import files, verify
 from text2img.engines.sdxl.configs import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
 from text2img.errors import UserError
 
 MAX_HEADER = 100 * 1024 * 1024  # safetensors caps its JSON header at 100 MB
+RUN = "text2img download --model sdxl-lightning"
 
 
 def read_listing(path: Path) -> dict[str, tuple[int, ...]]:
     """key -> shape from a safetensors header (8-byte length + JSON), without the data."""
-    with path.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if not 0 < length <= MAX_HEADER:
-            raise UserError(f"{path} is not a safetensors file (header length {length})")
-        header = json.loads(f.read(length))
-    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+    def damaged(why: str) -> UserError:
+        return UserError(
+            f"{path} is not a readable safetensors file ({why}): it is damaged; run `{RUN}` "
+            "to fetch it again"
+        )
+
+    try:
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if not 0 < length <= MAX_HEADER:
+                raise damaged(f"header length {length}")
+            header = json.loads(f.read(length))
+        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (struct.error, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise damaged(f"its header does not parse: {type(exc).__name__}") from None
 
 
 def check_listing(
@@ -84,6 +98,31 @@ def load_strict(
     return module.eval().requires_grad_(False)
 
 
+def swap_into(
+    unet: torch.nn.Module,
+    path: Path,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> None:
+    """Overwrite a loaded UNet's weights from `path`, tensor by tensor from the file's
+    mapping: the device never holds two UNets, and cancellation is polled between tensors.
+    The caller must treat the UNet as unusable until this returns and the hash matched."""
+    from safetensors import safe_open
+
+    check_listing(expected_listing(unet), read_listing(path), f"the UNet {path.name}")
+    params = unet.state_dict()
+    keys = sorted(params)
+    every = max(1, len(keys) // 20)
+    with safe_open(str(path), framework="pt", device="cpu") as f, torch.no_grad():
+        for i, key in enumerate(keys):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("generation cancelled while loading the UNet")
+            params[key].copy_(f.get_tensor(key))
+            if progress is not None and (i % every == 0 or i == len(keys) - 1):
+                progress(Progress("load_unet", i + 1, len(keys)))
+
+
 def _on(device: torch.device, module: torch.nn.Module) -> torch.nn.Module:
     """A transformers model moved to `device`, in eval mode, without gradients."""
     moved: torch.nn.Module = module.to(device)
@@ -101,7 +140,22 @@ def load_components(
 ) -> dict[str, Any]:
     """Every pipeline component from the cache, on `device` in `dtype`.
 
-    The architectures default to SDXL's; tests pass tiny ones with tiny cached files."""
+    The architectures default to SDXL's; tests pass tiny ones with tiny cached files.
+    Every file read is hashed meanwhile; UserError (with what to run) if one differs."""
+    hub = files.hub_cache(cache_dir)
+    entries = [(files.local_path(cache_dir, f), f.label) for f in files.start_files(steps)]
+    with verify.Hashing(hub, entries, RUN):  # raises on leaving if any byte differs
+        return _load(cache_dir, device, dtype, steps, unet_config, vae_config)
+
+
+def _load(
+    cache_dir: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    steps: int,
+    unet_config: Mapping[str, Any],
+    vae_config: Mapping[str, Any],
+) -> dict[str, Any]:
     from diffusers import EulerDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 

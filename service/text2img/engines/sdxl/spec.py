@@ -10,10 +10,12 @@ option for it, and one UNet call per step is the whole cost.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from text2img.engines.base import EngineSpec, InvalidSetting, Option, parse_size
+from text2img.errors import UserError
 
 NATIVE_SIZES = (
     "1024x1024",
@@ -27,6 +29,28 @@ NATIVE_SIZES = (
 DEFAULT_SIZE = "1024x1024"
 STEP_CHOICES = (2, 4, 8)  # ByteDance ships one distilled UNet per step count
 DEFAULT_STEPS = 4
+# Which step counts a deployment serves (and downloads): "4" unless it says otherwise,
+# e.g. TEXT2IMG_SDXL_STEPS=2,4,8. Each other count is its own 5.1 GB UNet, and switching
+# between counts re-reads one from disk (see docs: Models).
+STEPS_ENV = "TEXT2IMG_SDXL_STEPS"
+
+
+def enabled_steps() -> tuple[int, ...]:
+    """The step counts this deployment serves, from $TEXT2IMG_SDXL_STEPS (read at call time)."""
+    raw = os.environ.get(STEPS_ENV, "").strip()
+    if not raw:
+        return (DEFAULT_STEPS,)
+    try:
+        steps = sorted({int(part) for part in raw.replace(" ", "").split(",") if part})
+    except ValueError:
+        steps = []
+    if not steps or not set(steps) <= set(STEP_CHOICES) or DEFAULT_STEPS not in steps:
+        raise UserError(
+            f"{STEPS_ENV}={raw!r}: use a comma-separated subset of 2,4,8 that includes 4 "
+            f"(e.g. {STEPS_ENV}=2,4,8), or unset it to serve 4 steps only"
+        )
+    return tuple(steps)
+
 
 # Licences of the three repositories the weights come from (named at download and in the
 # README): SDXL 1.0 base's model card and ByteDance/SDXL-Lightning's both declare
@@ -79,6 +103,13 @@ class SdxlSettings:
 class SdxlSpec(EngineSpec):
     """The SDXL family's spec; `settings` validates size and steps."""
 
+    def public(self) -> dict[str, Any]:
+        """As the base, with the step counts this deployment serves (read at call time)."""
+        out = super().public()
+        if not self.random_weights:
+            out["options"]["steps"]["choices"] = list(enabled_steps())
+        return out
+
     def settings(self, **options: Any) -> SdxlSettings:
         self.check_option_names(options)
         size = self.resolve_size(options.get("size"))
@@ -92,6 +123,14 @@ class SdxlSpec(EngineSpec):
                 f"steps must be one of {choices} for model {self.name} (SDXL-Lightning "
                 f"ships one distilled UNet per step count), got {steps!r}",
             )
+        if not self.random_weights and steps not in enabled_steps():
+            served = ", ".join(str(s) for s in enabled_steps())
+            raise InvalidSetting(
+                "steps",
+                f"this server draws {self.name} with steps {served} only; steps={steps} "
+                f"needs its own 5.1 GB UNet: the operator enables it with {STEPS_ENV}=2,4,8 "
+                "and `text2img download --model sdxl-lightning`",
+            )
         width, height = parse_size(size)
         return SdxlSettings(width=width, height=height, steps=steps)
 
@@ -104,11 +143,23 @@ STEPS_OPTION = Option(
     label="ステップ数",
 )
 STAGES = {"denoise": "ノイズ除去"}  # the one `Progress.stage` the engine reports
+# sdxl-lightning also reports a step-count change (2/8 enabled) as its own stage;
+# tiny-sdxl has one UNet for every count and never does
+LIGHTNING_STAGES = {"load_unet": "UNetを読み込み中", **STAGES}
 
-# Bytes in the cache (sizes of the pinned files on the Hub, rounded up): three fp16
-# Lightning UNets (2, 4 and 8 steps, 5.14 GB each), both fp16 text encoders (0.25 GB +
+# Bytes in the cache (sizes of the pinned files on the Hub, rounded up): one fp16
+# Lightning UNet per served step count (5.14 GB each), both fp16 text encoders (0.25 GB +
 # 1.39 GB), the fp32 fp16-fix VAE (0.34 GB) and the small config/tokenizer files.
-DOWNLOAD_BYTES = 3 * 5_140_000_000 + 246_200_000 + 1_389_400_000 + 334_700_000 + 10_000_000
+UNET_BYTES = 5_140_000_000
+SHARED_BYTES = 246_200_000 + 1_389_400_000 + 334_700_000 + 10_000_000
+
+
+def download_bytes_for(steps: tuple[int, ...]) -> int:
+    """The cache's size for a deployment serving these step counts."""
+    return len(set(steps)) * UNET_BYTES + SHARED_BYTES
+
+
+DOWNLOAD_BYTES = download_bytes_for((DEFAULT_STEPS,))  # the default: 4 steps only
 
 SDXL_LIGHTNING = SdxlSpec(
     name="sdxl-lightning",
@@ -120,7 +171,7 @@ SDXL_LIGHTNING = SdxlSpec(
     default_size=DEFAULT_SIZE,
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
-    stages=STAGES,
+    stages=LIGHTNING_STAGES,
     download_bytes=DOWNLOAD_BYTES,
     gpu_max_batch=4,
     # what a start loads: both text encoders, the 4-step UNet and the VAE (2 and 8 steps

@@ -21,8 +21,8 @@ from typing import Any
 from tqdm import tqdm
 
 from text2img.engines.sdxl import files, verify
-from text2img.engines.sdxl.files import FILES, HubFile
-from text2img.engines.sdxl.spec import LICENCE
+from text2img.engines.sdxl.files import HubFile
+from text2img.engines.sdxl.spec import LICENCE, enabled_steps
 from text2img.errors import UserError
 
 MODEL = "sdxl-lightning"
@@ -43,49 +43,64 @@ def _say(message: str, enabled: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _wanted() -> tuple[HubFile, ...]:
+    return files.wanted(enabled_steps())
+
+
 def status(cache_dir: Path, *, deep: bool = True) -> list[verify.FileStatus]:
-    """One line per pinned file: ok, missing or damaged (hashing when `deep`)."""
+    """One line per file this deployment needs: ok, missing, damaged or unverified."""
     hub = files.hub_cache(cache_dir)
-    return [verify.check(hub, files.local_path(cache_dir, f), f.label, deep=deep) for f in FILES]
+    return [
+        verify.check(hub, files.local_path(cache_dir, f), f.label, deep=deep) for f in _wanted()
+    ]
 
 
-def require(cache_dir: Path | None, wanted: Sequence[HubFile] = FILES) -> None:
-    """UserError saying what to run unless every wanted file is present and intact.
+def require(cache_dir: Path | None, wanted: Sequence[HubFile] | None = None) -> None:
+    """UserError saying what to run unless every wanted file is present and has a Hub hash
+    to be checked against. Hashing itself happens while loading (`verify.Hashing`).
 
     Used by the engine's loader: the service never downloads on its own."""
     hub = files.hub_cache(cache_dir)
-    bad = [verify.check(hub, files.local_path(cache_dir, f), f.label, deep=False) for f in wanted]
-    bad = [s for s in bad if not s.ok]
+    bad = []
+    for f in wanted if wanted is not None else _wanted():
+        pointer = files.local_path(cache_dir, f)
+        if not pointer.exists():
+            bad.append(f"{f.label} is missing")
+        elif verify.expected_etag(hub, pointer, f.label) is None:
+            bad.append(f"{f.label} is a plain file with no recorded Hub hash")
     if bad:
-        listing = "; ".join(f"{s.name} is {s.state}" for s in bad[:3])
+        listing = "; ".join(bad[:3])
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        force = " --force" if any(s.state == "damaged" for s in bad) else ""
         raise UserError(
             f"the {MODEL} weights in {hub} are incomplete: {listing}{more}; "
-            f"run `{RUN}{force}` (with network access) first"
+            f"run `{RUN}` (with network access) first"
         )
 
 
 def ensure(cache_dir: Path, *, progress: bool = True, force: bool = False) -> None:
-    """Download what is missing or damaged, verify everything; quick when all is in place."""
+    """Download what is missing, damaged or unverifiable, verify everything; quick when all
+    is in place (a file whose size and mtime match its last verification is not re-hashed
+    here: loading hashes every byte it loads anyway)."""
     hub = files.hub_cache(cache_dir)
     # named even with --quiet: using the weights means accepting these licences
     _say(f"{MODEL}: weights licensed under {LICENCE}; using them means accepting them", True)
+    wanted = _wanted()
     todo: list[HubFile] = []
-    for hub_file in FILES:
+    for hub_file in wanted:
         pointer = files.local_path(cache_dir, hub_file)
         state = verify.check(hub, pointer, hub_file.label, deep=False)
-        if (force or state.state == "damaged") and pointer.exists():
-            if state.state == "damaged":
+        if (force or not state.ok) and (pointer.exists() or pointer.is_symlink()):
+            if state.state in ("damaged", "unverified"):
                 _say(
-                    f"{MODEL}: {hub_file.label} is damaged ({state.detail}); fetching it again",
+                    f"{MODEL}: {hub_file.label} is {state.state} ({state.detail}); "
+                    "fetching it again",
                     True,
                 )
             verify.remove(pointer)
         if force or not state.ok:
             todo.append(hub_file)
     if not todo:
-        _say(f"{MODEL}: all {len(FILES)} files present and verified in {hub}", progress)
+        _say(f"{MODEL}: all {len(wanted)} files present and verified in {hub}", progress)
         return
     if files.offline():
         names = ", ".join(f.label for f in todo[:3]) + (" …" if len(todo) > 3 else "")
