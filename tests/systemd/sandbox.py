@@ -67,6 +67,7 @@ class FakeGoogle:
     attributes: dict[str, str] = field(default_factory=default_attributes)
     secret_value: bytes = API_TOKEN.encode() + b"\n"
     secret_status: int = 200
+    secret_denials: int = 0  # answer 403 to this many secret reads first (IAM propagating)
     metadata_failures: int = 0  # answer 503 to this many metadata requests first
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     etag_counter: int = 1
@@ -174,6 +175,10 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}":
                 self._send(401, b'{"error": {"code": 401}}')
                 return
+            if fake.secret_denials > 0:
+                fake.secret_denials -= 1
+                self._send(403, b'{"error": {"code": 403, "status": "PERMISSION_DENIED"}}')
+                return
             if fake.secret_status != 200:
                 self._send(fake.secret_status, b'{"error": {"code": %d}}' % fake.secret_status)
                 return
@@ -217,6 +222,12 @@ STUBS: dict[str, str] = {
 case "$1" in
   login) cat >>"$STUB_DIR/docker-login.stdin"; echo "Login Succeeded" ;;
   pull)
+    n=$(cat "$STUB_DIR/pull-denials" 2>/dev/null || echo 0)
+    if [ "$n" -gt 0 ]; then
+      echo $((n - 1)) >"$STUB_DIR/pull-denials"
+      echo "Error response from daemon: Head \"https://${@: -1}\": denied: Permission" \
+        "\"artifactregistry.repositories.downloadArtifacts\" denied on resource" >&2; exit 1
+    fi
     n=$(cat "$STUB_DIR/pull-failures" 2>/dev/null || echo 0)
     if [ "$n" -gt 0 ]; then
       echo $((n - 1)) >"$STUB_DIR/pull-failures"
@@ -355,6 +366,9 @@ class Sandbox:
             "TEXT2IMG_RETRY_ATTEMPTS": "3",
             "TEXT2IMG_RETRY_DELAY": "0",
             "TEXT2IMG_NET_TIMEOUT": "30",
+            "TEXT2IMG_IAM_TIMEOUT": "3",
+            "TEXT2IMG_IAM_DELAY": "1",
+            "TEXT2IMG_PORT_WAIT": "1",
             **self.env_extra,
         }
 
@@ -392,6 +406,10 @@ class Sandbox:
 
     def set_pull_failures(self, n: int) -> None:
         (self.stub / "pull-failures").write_text(f"{n}\n")
+
+    def set_pull_denials(self, n: int) -> None:
+        """`docker pull` answers Artifact Registry's 403 ("denied: Permission ...") n times."""
+        (self.stub / "pull-denials").write_text(f"{n}\n")
 
     def remove_stub(self, name: str) -> None:
         (self.bin / name).unlink()
