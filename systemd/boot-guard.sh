@@ -49,7 +49,7 @@ holder() {
   while read -r line; do
     [[ $line =~ \(\"([^\"]+)\",pid=([0-9]+) ]] || continue
     name=${BASH_REMATCH[1]} pid=${BASH_REMATCH[2]}
-    unit=$(sed -n 's|^0::.*/\([^/]*\.\(service\|scope\)\)$|\1|p; s|^[0-9]*:name=systemd:.*/\([^/]*\.\(service\|scope\)\)$|\1|p' "/proc/$pid/cgroup" 2>/dev/null | head -n1)
+    unit=$(grep -oE '[^/]+\.(service|scope)$' "/proc/$pid/cgroup" 2>/dev/null | head -n1)
     cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-160)
     out+=("$name (pid $pid${unit:+, unit $unit}): ${cmd% }")
   done
@@ -67,10 +67,11 @@ port_in_use() {
   curl -sS -X PUT --max-time 5 -H 'Metadata-Flavor: Google' --data "$reason" "$ATTRIBUTE" \
     >/dev/null 2>&1 || log "warning: could not set the guest attribute text2img/boot-failure"
   mkdir -p "$STATE" && printf 'PORT_IN_USE\n' >"$STATE/boot-failure"
-  # no restart loop: the stop job replaces this start job (and its Restart=)
-  systemctl stop --no-block text2img.service
+  # No restart loop: a poweroff (or, paused, a stop job) replaces this start job and its
+  # Restart=. Either job ends this script too.
   if [[ -e /etc/text2img/autostop.paused ]]; then
     log "autostop is paused (/etc/text2img/autostop.paused): staying up for you to look"
+    systemctl stop --no-block text2img.service
   else
     log "powering off now (the next request boots it again and tries once more)"
     systemctl poweroff --no-block

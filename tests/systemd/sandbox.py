@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,12 +69,14 @@ class FakeGoogle:
     secret_value: bytes = API_TOKEN.encode() + b"\n"
     secret_status: int = 200
     secret_denials: int = 0  # answer 403 to this many secret reads first (IAM propagating)
+    secret_denied_until: float = 0.0  # and to every read before this time.monotonic()
     metadata_failures: int = 0  # answer 503 to this many metadata requests first
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     etag_counter: int = 1
     changed: threading.Condition = field(default_factory=threading.Condition)
     url: str = ""
     guest_attributes: dict[str, str] = field(default_factory=dict)
+    internal_ip: str = INTERNAL_IP  # network-interfaces/0/ip
 
     def set_attribute(self, key: str, value: str) -> None:
         with self.changed:
@@ -151,7 +154,7 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
                 body = {"access_token": ACCESS_TOKEN, "expires_in": 3599, "token_type": "Bearer"}
                 self._send(200, json.dumps(body).encode())
             elif path == "instance/network-interfaces/0/ip":
-                self._send(200, INTERNAL_IP.encode())
+                self._send(200, fake.internal_ip.encode())
             elif path == "instance/attributes/":
                 args = parse_qs(query)
                 with fake.changed:
@@ -175,8 +178,8 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}":
                 self._send(401, b'{"error": {"code": 401}}')
                 return
-            if fake.secret_denials > 0:
-                fake.secret_denials -= 1
+            if fake.secret_denials > 0 or time.monotonic() < fake.secret_denied_until:
+                fake.secret_denials = max(0, fake.secret_denials - 1)
                 self._send(403, b'{"error": {"code": 403, "status": "PERMISSION_DENIED"}}')
                 return
             if fake.secret_status != 200:
@@ -192,11 +195,14 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def fake_google() -> Iterator[FakeGoogle]:
+def fake_google(address: tuple[str, int] = ("127.0.0.1", 0)) -> Iterator[FakeGoogle]:
     fake = FakeGoogle()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server = ThreadingHTTPServer(address, _handler(fake))
     server.daemon_threads = True
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    # a client gone at shutdown (a long poll of the watcher) is not an error of the fake
+    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+    host, port = server.server_address[:2]
+    fake.url = f"http://{host}" if port == 80 else f"http://{host}:{port}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
