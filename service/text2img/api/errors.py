@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from text2img.api.jobs import JobError
+from text2img.api.failures import JobError
 
 log = logging.getLogger(__name__)
 

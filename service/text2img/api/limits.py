@@ -13,11 +13,10 @@ from starlette.responses import Response
 
 from text2img.api.errors import ApiError, error_response
 from text2img.auth import FailureThrottle
-from text2img.http_guard import GuardPolicy, Refusal
+from text2img.http_guard import MAX_BODY_BYTES, GuardPolicy, Refusal
 from text2img.settings import Settings
 
 OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})
-MAX_BODY_BYTES = 64 * 1024
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="text2img"'}
 
 
