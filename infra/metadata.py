@@ -35,6 +35,11 @@ VM_FILES = {
     "text2img-metadata-watch.service": "text2img-file-metadata-watch-service",
     "text2img-redeploy.service": "text2img-file-redeploy-service",
     "text2img.service": "text2img-file-text2img-service",
+    "boot-guard.sh": "text2img-file-boot-guard-sh",
+    "prefetch.sh": "text2img-file-prefetch-sh",
+    "text2img-prefetch.service": "text2img-file-prefetch-service",
+    "hold.sh": "text2img-file-hold-sh",
+    "text2img-hold.service": "text2img-file-hold-service",
 }
 
 

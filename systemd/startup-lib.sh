@@ -39,17 +39,39 @@ trap 'on_error $LINENO' ERR
 
 cleanup() {
   if [[ -n $WORK ]]; then rm -rf "$WORK"; fi
+  # the apt timers stopped at the start run again, once the packages are held
+  if ((HELD)); then thaw_apt; fi
 }
+HELD=0
 trap cleanup EXIT
 
 # retry DESCRIPTION COMMAND...: run COMMAND until it succeeds, with exponential back-off,
-# at most RETRY_ATTEMPTS times and not beyond NET_TIMEOUT seconds in total.
+# at most RETRY_ATTEMPTS times and not beyond NET_TIMEOUT seconds in total. A failure
+# with IAM_DENIED set (an HTTP 403; it says which grant is missing) is retried for up to
+# IAM_TIMEOUT seconds (600) instead: a fresh IAM grant takes minutes to apply
+# (Google: typically 2, sometimes 7 or more), and the first boot runs right after
+# `pulumi up` granted them. Each wait is logged; the end names the missing grant.
+IAM_DENIED=
 retry() {
   local desc=$1 attempt=1 delay=$RETRY_DELAY deadline=$((SECONDS + NET_TIMEOUT))
+  local iam_deadline=$((SECONDS + IAM_TIMEOUT)) iam_delay=${IAM_DELAY:-5} started=$SECONDS
   shift
+  IAM_DENIED=
   until "$@"; do
+    if [[ -n $IAM_DENIED ]]; then
+      if ((SECONDS + iam_delay > iam_deadline)); then
+        die "$desc: still refused (HTTP 403) after $((SECONDS - started))s: $IAM_DENIED. A grant made by pulumi up applies within minutes; check it exists (gcloud projects get-iam-policy), then re-run: sudo google_metadata_script_runner startup"
+      fi
+      log "$desc: refused (HTTP 403), perhaps an IAM grant still applying (it can take up to 7 minutes or more); waiting ${iam_delay}s, $((SECONDS - started))s of up to ${IAM_TIMEOUT}s so far"
+      sleep "$iam_delay"
+      iam_delay=$((iam_delay * 2))
+      if ((iam_delay > 60)); then iam_delay=60; fi
+      IAM_DENIED=
+      deadline=$((SECONDS + NET_TIMEOUT)) attempt=1
+      continue
+    fi
     if ((attempt >= RETRY_ATTEMPTS || SECONDS + delay > deadline)); then
-      log "$desc: giving up after $attempt attempt(s) in $((SECONDS + NET_TIMEOUT - deadline))s"
+      log "$desc: giving up after $attempt attempt(s) in $((SECONDS - started))s"
       return 1
     fi
     log "$desc: attempt $attempt failed; retrying in ${delay}s"
@@ -191,3 +213,63 @@ quiet_apt() {
   done
 }
 
+# freeze_apt: at first boot nothing orders apt-daily(-upgrade) after our holds yet (the
+# image's timers are persistent and fire soon after boot). Stop the timers first thing, so
+# no new upgrade starts while this script runs; hold_packages stops one that already runs
+# (unattended-upgrade stops at a safe point) before holding. The timers start again when
+# the script ends. From the next boot on, text2img-hold.service runs before them.
+APT_FROZEN=0
+freeze_apt() {
+  systemctl stop apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
+  APT_FROZEN=1
+}
+
+thaw_apt() {
+  if ((APT_FROZEN)); then
+    systemctl start apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
+    APT_FROZEN=0
+  fi
+}
+
+# apt and the packages' install scripts get the usual umask (not this script's 077):
+# apt reads keyrings and lists as an unprivileged user.
+apt_get() { (umask 022 && apt-get -o DPkg::Lock::Timeout=600 "$@"); }
+
+apt_install() {
+  quiet_apt
+  retry "apt-get update" apt_get update -q
+  retry "apt-get install $*" apt_get install -y -q --no-install-recommends "$@"
+}
+
+nvidia_repo() {
+  local keyring="$ROOT/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+  mkdir -p "$(dirname "$keyring")" "$ROOT/etc/apt/sources.list.d"
+  curl -fsSL --max-time 60 "$NVIDIA_REPO/gpgkey" -o "$WORK/nvidia.gpgkey" || return 1
+  gpg --batch --yes --dearmor -o "$keyring" "$WORK/nvidia.gpgkey" || return 1
+  # shellcheck disable=SC2016  # $(ARCH) is apt's variable, not the shell's
+  printf 'deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] %s/stable/deb/$(ARCH) /\n' \
+    "$NVIDIA_REPO" >"$ROOT/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+  chmod 0644 "$keyring" "$ROOT/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+}
+
+# Older digests of the same repository would fill the boot disk (several GB each).
+prune_old_images() {
+  local repo=${IMAGE%@*} ref
+  while read -r ref; do
+    if [[ $ref == "$IMAGE" || $ref == *"<none>"* ]]; then continue; fi
+    if docker image rm "$ref" >/dev/null 2>&1; then log "removed the old image $ref"; fi
+  done < <(docker image ls --digests --format '{{.Repository}}@{{.Digest}}' "$repo" 2>/dev/null || true)
+}
+
+# builtin_prefetch MODEL: the prefetch patterns of the engines this script knows, for a
+# VM whose metadata has no text2img-prefetch yet (EngineSpec.prefetch; a test compares).
+builtin_prefetch() {
+  case $1 in
+    glide) printf '%s\n' base.fp16.safetensors upsample.fp16.safetensors ;;
+    sdxl-lightning)
+      printf 'huggingface/models--*/snapshots/*/%s\n' text_encoder/model.fp16.safetensors \
+        text_encoder_2/model.fp16.safetensors sdxl_lightning_4step_unet.safetensors \
+        diffusion_pytorch_model.safetensors
+      ;;
+  esac
+}

@@ -6,10 +6,14 @@
 #
 # The units and programs it installs are the files in systemd/ of the repository; infra/
 # delivers each as one instance-metadata attribute (text2img-file-*, DEVELOPERS.md).
-# Steps: install those files and arm autostop -> read settings -> start reading the
-# weights into the page cache -> wait for the NVIDIA driver (power off fast if it never
-# loads) -> quiet apt, hold kernel + NVIDIA packages -> Docker + NVIDIA toolkit -> pull
-# the image by digest -> API token -> weights -> env files -> start text2img.service.
+# Steps: stop the apt timers -> install those files and arm autostop -> hold kernel +
+# NVIDIA packages -> read settings -> start reading the weights into the page cache ->
+# wait for the NVIDIA driver (power off fast if it never loads) -> Docker + NVIDIA toolkit
+# -> pull the image by digest -> API token -> weights -> env files -> start
+# text2img.service -> apt timers on again. On later boots systemd itself starts
+# text2img-hold (before apt-daily*), text2img-prefetch and text2img.service (whose
+# ExecStartPre, boot-guard.sh, turns Jupyter off and checks the port) without waiting
+# for this script.
 # A failing step is named in the log (journalctl -t text2img-startup); autostop is armed
 # first, so a broken VM still powers itself off after the boot grace period.
 #
@@ -23,6 +27,7 @@
 #   TEXT2IMG_CONSOLE                  where the poweroff reason goes (/dev/ttyS0, serial port 1)
 #   TEXT2IMG_NET_TIMEOUT              seconds one network step may keep retrying (900)
 #   TEXT2IMG_RETRY_ATTEMPTS / _DELAY  attempts per network step (8) / first back-off (2 s)
+#   TEXT2IMG_IAM_TIMEOUT / _DELAY     seconds to wait out HTTP 403s (600) / first wait (5 s)
 #   TEXT2IMG_LOCK_TIMEOUT             seconds to wait for a concurrent run to finish (7200)
 set -Eeuo pipefail
 umask 077
@@ -35,6 +40,8 @@ NVIDIA_REPO="${TEXT2IMG_NVIDIA_REPO:-https://nvidia.github.io/libnvidia-containe
 DRIVER_TIMEOUT="${TEXT2IMG_DRIVER_TIMEOUT:-180}"
 DRIVER_POLL="${TEXT2IMG_DRIVER_POLL:-5}"
 NET_TIMEOUT="${TEXT2IMG_NET_TIMEOUT:-900}"
+IAM_TIMEOUT="${TEXT2IMG_IAM_TIMEOUT:-600}"
+IAM_DELAY="${TEXT2IMG_IAM_DELAY:-5}"
 RETRY_ATTEMPTS="${TEXT2IMG_RETRY_ATTEMPTS:-8}"
 RETRY_DELAY="${TEXT2IMG_RETRY_DELAY:-2}"
 LOCK_TIMEOUT="${TEXT2IMG_LOCK_TIMEOUT:-7200}"
@@ -72,10 +79,11 @@ rm -f "$LIB_SH"
 # ---- the steps -------------------------------------------------------------------------
 
 # install_files: every file infra delivered (metadata key, destination, mode, group).
-# A group's flag (AUTOSTOP_CHANGED, WATCH_CHANGED, SERVICE_CHANGED) is 1 if a file changed.
+# A group's flag (AUTOSTOP_CHANGED, WATCH_CHANGED, SERVICE_CHANGED, HOLD_CHANGED) is 1 if a
+# file of the group changed.
 install_files() {
   local key dest mode group
-  AUTOSTOP_CHANGED=0 WATCH_CHANGED=0 SERVICE_CHANGED=0
+  AUTOSTOP_CHANGED=0 WATCH_CHANGED=0 SERVICE_CHANGED=0 HOLD_CHANGED=0
   while read -r key dest mode group; do
     retry "metadata $key" md_file "instance/attributes/$key" "$WORK/file"
     [[ $FOUND == 1 && -s $WORK/file ]] || die "metadata '$key' is missing or empty: it carries $dest (a file of systemd/ in the repository); run pulumi up"
@@ -89,6 +97,11 @@ text2img-file-metadata-watch-py /usr/local/lib/text2img/metadata_watch.py 0755 W
 text2img-file-metadata-watch-service /etc/systemd/system/text2img-metadata-watch.service 0644 WATCH_CHANGED
 text2img-file-redeploy-service /etc/systemd/system/text2img-redeploy.service 0644 WATCH_CHANGED
 text2img-file-text2img-service /etc/systemd/system/text2img.service 0644 SERVICE_CHANGED
+text2img-file-boot-guard-sh /usr/local/lib/text2img/boot-guard.sh 0755 SERVICE_CHANGED
+text2img-file-prefetch-sh /usr/local/lib/text2img/prefetch.sh 0755 SERVICE_CHANGED
+text2img-file-prefetch-service /etc/systemd/system/text2img-prefetch.service 0644 SERVICE_CHANGED
+text2img-file-hold-sh /usr/local/lib/text2img/hold.sh 0755 HOLD_CHANGED
+text2img-file-hold-service /etc/systemd/system/text2img-hold.service 0644 HOLD_CHANGED
 EOF
 }
 
@@ -99,7 +112,9 @@ arm_autostop() {
     printf '%s\n' "# defaults until the metadata has been read" |
       put_file 0600 "$ETC/autostop.env"
   fi
-  if ((AUTOSTOP_CHANGED | WATCH_CHANGED | SERVICE_CHANGED)); then systemctl daemon-reload; fi
+  if ((AUTOSTOP_CHANGED | WATCH_CHANGED | SERVICE_CHANGED | HOLD_CHANGED)); then
+    systemctl daemon-reload
+  fi
   ensure_enabled text2img-autostop.timer
   ensure_running text2img-autostop.timer "$AUTOSTOP_CHANGED"
 }
@@ -138,6 +153,8 @@ read_settings() {
   PORT=$REPLY
   md instance/attributes/text2img-model glide
   MODEL=$REPLY
+  md instance/attributes/text2img-prefetch ""
+  PREFETCH=$REPLY
   md instance/network-interfaces/0/ip ""
   BIND_IP=$REPLY
 
@@ -152,6 +169,11 @@ read_settings() {
   [[ -z $TRANSLATE_PROJECT || $TRANSLATE_PROJECT =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "metadata 'text2img-translate-project' is '$TRANSLATE_PROJECT', not a project id"
   [[ $MODEL =~ ^[a-z0-9][a-z0-9-]{0,39}$ ]] || die "metadata 'text2img-model' is '$MODEL', not a model name (glide, sdxl-lightning)"
   valid_port "$PORT" || die "metadata 'text2img-port' is '$PORT'; use a TCP port 1-65535"
+  local pattern_re='^[A-Za-z0-9._*?/-]+$' line
+  while IFS= read -r line; do
+    [[ -z $line || $line =~ $pattern_re && $line != /* && $line != *..* ]] ||
+      die "metadata 'text2img-prefetch' has the line '$line'; use find -path patterns relative to the model cache (letters, digits, . _ - / * ?), one a line"
+  done <<<"$PREFETCH"
   [[ $BIND_IP =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "the metadata server gave no internal IPv4 address (network-interfaces/0/ip is '$BIND_IP')"
   REGISTRY=${IMAGE%%/*}
   log "image $IMAGE; model $MODEL; idle $IDLE_MINUTES min; boot grace $GRACE_MINUTES min; port $BIND_IP:$PORT; translation $TRANSLATION"
@@ -167,31 +189,31 @@ TEXT2IMG_AUTOSTOP_PAUSE_FILE=/etc/text2img/autostop.paused
 EOF
 }
 
-# prefetch_weights: read the model's weights into the page cache in the background while
-# the driver and Docker come up, so the service's load reads memory, not a cold disk.
-# GLIDE loads its fp16 copies (top level); SDXL-Lightning's files sit in huggingface_hub's
-# layout under huggingface/ (snapshot symlinks to blobs), and only the 4-step UNet is read
-# at start (2 and 8 steps are loaded when first asked for).
-# Four files at a time: a persistent disk reaches its throughput only with reads in flight.
+# prefetch_weights: text2img-prefetch.service reads the model's weights into the page cache
+# before text2img.service starts, on every boot (systemd/prefetch.sh). Write what it
+# reads: the cache and the patterns (metadata text2img-prefetch, one `find -path` pattern
+# relative to the cache a line, from the engine's EngineSpec.prefetch; without it the
+# built-in selection for glide and sdxl-lightning). On this boot, when the service is not
+# running yet (first boot, a new model), start it now: it reads while the driver and
+# Docker come up.
 prefetch_weights() {
-  step prefetch "read the $MODEL weights into the page cache (background)"
+  step prefetch "read the $MODEL weights into the page cache (text2img-prefetch.service)"
+  local patterns
+  if [[ -n $PREFETCH ]]; then
+    patterns=$PREFETCH
+  else
+    patterns=$(builtin_prefetch "$MODEL")
+    log "metadata 'text2img-prefetch' is not set: the built-in selection for $MODEL"
+  fi
+  printf '%s\n' "$patterns" | put_file 0644 "$ETC/prefetch.patterns"
+  printf 'TEXT2IMG_PREFETCH_CACHE=%s\n' "$CACHE_DIR" | put_file 0644 "$ETC/prefetch.env"
+  ensure_enabled text2img-prefetch.service
   if systemctl is-active --quiet text2img.service; then
-    log "the service is running: nothing to prefetch"
+    log "the service is running: it read its weights already"
     return 0
   fi
-  local list="$RUN/prefetch.list" root="$ROOT$CACHE_DIR/huggingface"
-  local select=(-path '*/snapshots/*' -not -name '*_2step_*' -not -name '*_8step_*')
-  if [[ $MODEL == glide ]]; then root="$ROOT$CACHE_DIR" select=(-maxdepth 1); fi
-  find -L "$root" "${select[@]}" -type f -name '*.safetensors' -print0 2>/dev/null >"$list" || true
-  if [[ ! -s $list ]]; then
-    log "no cached weights yet (first boot): nothing to prefetch"
-    return 0
-  fi
-  systemctl reset-failed text2img-prefetch.service 2>/dev/null || true
-  systemd-run --unit=text2img-prefetch --collect --quiet --property=Nice=10 \
-    --property=StandardOutput=null -- /usr/bin/xargs -0 -r -P 4 -n 1 -a "$list" /bin/cat ||
+  systemctl start --no-block text2img-prefetch.service ||
     log "warning: could not start the prefetch (the service reads the weights itself)"
-  log "prefetching $(tr -cd '\0' <"$list" | wc -c) file(s) from $CACHE_DIR"
 }
 
 # gpu_failure REASON: the driver did not load. Say why on the serial console, leave a
@@ -205,7 +227,8 @@ gpu_failure() {
   curl -sS -X PUT --max-time 5 -H 'Metadata-Flavor: Google' --data "$reason" \
     "http://$METADATA_HOST/computeMetadata/v1/instance/guest-attributes/text2img/boot-failure" \
     >/dev/null 2>&1 || log "warning: could not set the guest attribute text2img/boot-failure"
-  touch "$STATE/boot-failure"
+  printf 'GPU_DRIVER\n' >"$STATE/boot-failure"
+  HELD=0 # powering off: the apt timers need not run again
   if [[ -e $ETC/autostop.paused ]]; then
     log "autostop is paused ($ETC/autostop.paused): staying up for you to look"
   else
@@ -225,7 +248,11 @@ wait_for_driver() {
     sleep "$DRIVER_POLL"
   done
   log "GPU: $out (kernel $(uname -r))"
-  if [[ -e $STATE/boot-failure ]]; then
+  # withdraw our own report (an empty marker is an older script's); PORT_IN_USE is the
+  # boot guard's to withdraw once the port is free
+  local cause
+  if [[ -e $STATE/boot-failure ]] && cause=$(<"$STATE/boot-failure") &&
+    [[ -z $cause || $cause == GPU_DRIVER ]]; then
     curl -sS -X DELETE --max-time 5 -H 'Metadata-Flavor: Google' \
       "http://$METADATA_HOST/computeMetadata/v1/instance/guest-attributes/text2img/boot-failure" \
       >/dev/null 2>&1 || true
@@ -233,46 +260,21 @@ wait_for_driver() {
   fi
 }
 
-# hold_packages: an automatic kernel upgrade can leave the NVIDIA module unbuildable or
-# unloaded at the next boot (GoogleCloudPlatform/compute-gpu-installation #25, #10, PR
-# #18). Hold the running kernel's packages and the NVIDIA driver's, so unattended-upgrades
-# and apt never move them; a new kernel comes with a new image (README).
+# hold_packages: hold the kernel and NVIDIA packages (systemd/hold.sh says which and why),
+# and enable text2img-hold.service, which apt-daily.service and apt-daily-upgrade.service
+# want and wait for on every later boot.
 hold_packages() {
   step hold "hold the kernel and NVIDIA driver packages (apt-mark hold)"
-  local wanted missing
-  wanted=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 2>/dev/null |
-    awk '$1 ~ /^[hi]i/ {print $2}' |
-    grep -E "^(linux-(image|modules|modules-extra|headers)-$(uname -r)|linux-(image|headers|modules)-gcp|linux-gcp|nvidia-.*|libnvidia-.*|cuda-drivers.*)$" || true)
-  missing=$(comm -23 <(sort <<<"$wanted") <(apt-mark showhold 2>/dev/null | sort) | grep . || true)
-  if [[ -z $missing ]]; then
-    log "kernel and NVIDIA packages already held ($(wc -w <<<"$wanted") packages)"
-    return 0
+  local hold="$ROOT/usr/local/lib/text2img/hold.sh" rc=0
+  ensure_enabled text2img-hold.service
+  "$hold" --check || rc=$?
+  if ((rc == 3)); then
+    quiet_apt
+    "$hold"
+  elif ((rc != 0)); then
+    die "systemd/hold.sh --check exited $rc"
   fi
-  quiet_apt
-  # shellcheck disable=SC2086  # one package name per word
-  apt-mark hold $missing >/dev/null
-  log "held: $(tr '\n' ' ' <<<"$missing")"
-}
-
-# apt and the packages' install scripts get the usual umask (not this script's 077):
-# apt reads keyrings and lists as an unprivileged user.
-apt_get() { (umask 022 && apt-get -o DPkg::Lock::Timeout=600 "$@"); }
-
-apt_install() {
-  quiet_apt
-  retry "apt-get update" apt_get update -q
-  retry "apt-get install $*" apt_get install -y -q --no-install-recommends "$@"
-}
-
-nvidia_repo() {
-  local keyring="$ROOT/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
-  mkdir -p "$(dirname "$keyring")" "$ROOT/etc/apt/sources.list.d"
-  curl -fsSL --max-time 60 "$NVIDIA_REPO/gpgkey" -o "$WORK/nvidia.gpgkey" || return 1
-  gpg --batch --yes --dearmor -o "$keyring" "$WORK/nvidia.gpgkey" || return 1
-  # shellcheck disable=SC2016  # $(ARCH) is apt's variable, not the shell's
-  printf 'deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] %s/stable/deb/$(ARCH) /\n' \
-    "$NVIDIA_REPO" >"$ROOT/etc/apt/sources.list.d/nvidia-container-toolkit.list"
-  chmod 0644 "$keyring" "$ROOT/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+  HELD=1
 }
 
 ensure_docker() {
@@ -310,7 +312,13 @@ login_and_pull() {
     *) log "$REGISTRY is not a Google registry: pulling without logging in" ;;
   esac
   local rc=0
-  docker pull --quiet "$IMAGE" || rc=$?
+  docker pull --quiet "$IMAGE" 2>"$WORK/pull.err" || rc=$?
+  cat "$WORK/pull.err" >&2
+  # Artifact Registry answers "denied: Permission ... denied" (HTTP 403) to an account
+  # without roles/artifactregistry.reader, also while a fresh grant is still applying
+  if ((rc != 0)) && grep -qiE 'denied|403 Forbidden' "$WORK/pull.err"; then
+    IAM_DENIED="the VM's service account needs roles/artifactregistry.reader on the repository of $IMAGE (pulumi up grants it)"
+  fi
   # the short-lived token is not left in /root/.docker/config.json
   docker logout "https://$REGISTRY" >/dev/null 2>&1 || true
   return "$rc"
@@ -333,7 +341,11 @@ secret_try() {
     curl -sS -K - -o "$WORK/secret.json" -w '%{http_code}' --max-time 20 "$url" 2>>"$WORK/curl.log" || true)
   case $code in
     200) ;;
-    403) die "Secret Manager refused $TOKEN_SECRET (HTTP 403): the VM's service account needs roles/secretmanager.secretAccessor on it (pulumi up grants it)" ;;
+    403)
+      # a fresh grant takes minutes to apply: retry waits it out, then says this
+      IAM_DENIED="the VM's service account needs roles/secretmanager.secretAccessor on $TOKEN_SECRET (pulumi up grants it)"
+      return 1
+      ;;
     404) die "Secret Manager has no enabled version of $TOKEN_SECRET (HTTP 404): check text2img-token-secret and that the secret has a version" ;;
     *)
       log "Secret Manager: HTTP $code"
@@ -418,15 +430,6 @@ EOF
   prune_old_images
 }
 
-# Older digests of the same repository would fill the boot disk (several GB each).
-prune_old_images() {
-  local repo=${IMAGE%@*} ref
-  while read -r ref; do
-    if [[ $ref == "$IMAGE" || $ref == *"<none>"* ]]; then continue; fi
-    if docker image rm "$ref" >/dev/null 2>&1; then log "removed the old image $ref"; fi
-  done < <(docker image ls --digests --format '{{.Repository}}@{{.Digest}}' "$repo" 2>/dev/null || true)
-}
-
 main() {
   mkdir -p "$RUN" "$ETC" "$STATE"
   chmod 0700 "$ETC"
@@ -436,17 +439,19 @@ main() {
   fi
   WORK=$(mktemp -d "$RUN/work.XXXXXX")
   log "starting (pid $$)"
+  freeze_apt
   arm_autostop
+  hold_packages
   start_watcher
   read_settings
   prefetch_weights
   wait_for_driver
-  hold_packages
   ensure_docker
   pull_image
   fetch_token
   download_weights
   install_service
+  thaw_apt
   STEP=finished
   log "done: text2img.service runs $IMAGE on $BIND_IP:$PORT"
 }

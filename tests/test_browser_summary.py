@@ -45,3 +45,20 @@ def test_no_line_when_nothing_was_skipped(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
     assert not [line for line in result.outlines if line.startswith("browser tests:")]
+
+
+def test_a_run_with_skipped_vm_twin_tests_ends_with_one_clear_line(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(HOOK.read_text(encoding="utf-8"))
+    pytester.makeini(INI)
+    twin = pytester.mkdir("tests").joinpath("vm_twin")
+    twin.mkdir()
+    twin.joinpath("test_boot.py").write_text(
+        "import pytest\n\ndef test_boot():\n    pytest.skip('missing debootstrap')\n"
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(skipped=1)
+    lines = [line for line in result.outlines if line.startswith("VM twin tests:")]
+    assert len(lines) == 1
+    assert lines[0].startswith("VM twin tests: 1 skipped (missing debootstrap); they need root")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class CloudTranslator:
         credentials: Any = None,
         timeout_s: float = 10.0,
         cache_size: int = 1024,
+        iam_wait_s: float = 600.0,
+        iam_first_delay_s: float = 5.0,
     ) -> None:
         from google.api_core import retry as retries
         from google.api_core.exceptions import ServiceUnavailable, TooManyRequests
@@ -177,6 +180,12 @@ class CloudTranslator:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.api_calls = 0
+        # Until the first success, a 403 may be a fresh IAM grant still applying (Google:
+        # typically 2 minutes, sometimes 7 or more): wait it out, up to iam_wait_s after
+        # start (the VM's first boot runs right after `pulumi up` granted the role).
+        self._iam_deadline = time.monotonic() + iam_wait_s
+        self._iam_first_delay_s = iam_first_delay_s
+        self._ever_succeeded = False
 
     def translate(self, text: str, mode: Mode = "auto") -> Translation:
         if mode == "never":
@@ -200,34 +209,50 @@ class CloudTranslator:
     def _call(self, text: str) -> Translation:
         from google.api_core import exceptions as gexc
 
-        self.api_calls += 1
-        try:
-            response = self._client.translate_text(
-                request={
-                    "parent": self.parent,
-                    "contents": [text],
-                    "mime_type": "text/plain",
-                    "target_language_code": "en",
-                },
-                retry=self._retry,
-                timeout=self.timeout_s,
-            )
-        except gexc.PermissionDenied as exc:
-            raise TranslationError(
-                f"Cloud Translation refused the request ({exc.message}); give the service "
-                "account roles/cloudtranslate.user and enable translate.googleapis.com"
-            ) from exc
-        except gexc.GoogleAPIError as exc:
-            message = getattr(exc, "message", None) or type(exc).__name__
-            raise TranslationError(
-                f"Cloud Translation failed ({message}); try again, or send English text "
-                "with translate 'never'"
-            ) from exc
-        except Exception as exc:  # transport errors (connection refused, DNS, TLS, timeout)
-            raise TranslationError(
-                f"cannot reach Cloud Translation ({type(exc).__name__}); try again, or send "
-                "English text with translate 'never'"
-            ) from exc
+        delay = self._iam_first_delay_s
+        while True:
+            self.api_calls += 1
+            try:
+                response = self._client.translate_text(
+                    request={
+                        "parent": self.parent,
+                        "contents": [text],
+                        "mime_type": "text/plain",
+                        "target_language_code": "en",
+                    },
+                    retry=self._retry,
+                    timeout=self.timeout_s,
+                )
+                break
+            except gexc.Forbidden as exc:  # HTTP 403 (PermissionDenied is one)
+                left = self._iam_deadline - time.monotonic()
+                if self._ever_succeeded or left <= 0:
+                    raise TranslationError(
+                        f"Cloud Translation refused the request ({exc.message}); give the "
+                        "service account roles/cloudtranslate.user and enable "
+                        "translate.googleapis.com"
+                    ) from exc
+                wait = min(delay, left)
+                log.warning(
+                    "Cloud Translation refused the first call (HTTP 403): perhaps the IAM grant "
+                    "is still applying; waiting %.0f s (%.0f s left to wait)",
+                    wait,
+                    left,
+                )
+                time.sleep(wait)
+                delay = min(delay * 2, 60.0)
+            except gexc.GoogleAPIError as exc:
+                message = getattr(exc, "message", None) or type(exc).__name__
+                raise TranslationError(
+                    f"Cloud Translation failed ({message}); try again, or send English text "
+                    "with translate 'never'"
+                ) from exc
+            except Exception as exc:  # transport errors (connection refused, DNS, TLS, timeout)
+                raise TranslationError(
+                    f"cannot reach Cloud Translation ({type(exc).__name__}); try again, or "
+                    "send English text with translate 'never'"
+                ) from exc
+        self._ever_succeeded = True
         if not response.translations or not response.translations[0].translated_text.strip():
             raise TranslationError("Cloud Translation returned no text; try rephrasing")
         first = response.translations[0]

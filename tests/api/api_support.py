@@ -36,6 +36,7 @@ class FakeTranslate:
 
     url: str = ""
     fail: bool = False
+    denials: int = 0  # answer 403 PERMISSION_DENIED to this many calls first
     requests: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 

@@ -64,6 +64,11 @@ def fake_translate() -> Iterator[FakeTranslate]:
                     404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}
                 )
                 return
+            if fake.denials > 0:
+                fake.denials -= 1
+                error = {"code": 403, "message": "denied", "status": "PERMISSION_DENIED"}
+                self._send(403, {"error": error})
+                return
             if fake.fail:
                 self._send(
                     500,
@@ -94,6 +99,7 @@ def fake_translate() -> Iterator[FakeTranslate]:
 @pytest.fixture
 def translate_ok(fake_translate: FakeTranslate) -> Iterator[FakeTranslate]:
     fake_translate.fail = False
+    fake_translate.denials = 0
     fake_translate.requests.clear()
     fake_translate.paths.clear()
     yield fake_translate

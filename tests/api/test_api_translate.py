@@ -87,6 +87,33 @@ def test_api_failure_is_a_clear_error_never_a_pass_through(translate_ok: FakeTra
         cloud(translate_ok).translate("猫")
 
 
+def test_a_403_before_the_first_success_is_waited_out(
+    translate_ok: FakeTranslate, caplog: pytest.LogCaptureFixture
+) -> None:
+    translate_ok.denials = 2  # the grant applies after two refusals
+    translator = cloud(translate_ok, iam_wait_s=30, iam_first_delay_s=0.05)
+    with caplog.at_level("WARNING", logger="text2img.translate"):
+        assert translator.translate("猫").text == "cat"
+    assert translator.api_calls == 3
+    waits = [r.getMessage() for r in caplog.records if "HTTP 403" in r.getMessage()]
+    assert len(waits) == 2  # each wait is logged
+    # once it has worked, a 403 is a real refusal: no more waiting
+    translate_ok.denials = 1
+    with pytest.raises(TranslationError, match=r"roles/cloudtranslate\.user"):
+        translator.translate("赤いりんご")
+    assert translator.api_calls == 4
+
+
+def test_a_403_that_outlasts_the_wait_gives_up_naming_the_role(
+    translate_ok: FakeTranslate,
+) -> None:
+    translate_ok.denials = 10**6
+    translator = cloud(translate_ok, iam_wait_s=0.3, iam_first_delay_s=0.05)
+    with pytest.raises(TranslationError, match=r"roles/cloudtranslate\.user"):
+        translator.translate("猫")
+    assert translator.api_calls >= 3  # it retried before giving up
+
+
 def test_unreachable_endpoint_is_a_clear_error() -> None:
     translator = CloudTranslator(
         "p", endpoint="http://127.0.0.1:9", timeout_s=2, credentials=AnonymousCredentials()

@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,12 +68,15 @@ class FakeGoogle:
     attributes: dict[str, str] = field(default_factory=default_attributes)
     secret_value: bytes = API_TOKEN.encode() + b"\n"
     secret_status: int = 200
+    secret_denials: int = 0  # answer 403 to this many secret reads first (IAM propagating)
+    secret_denied_until: float = 0.0  # and to every read before this time.monotonic()
     metadata_failures: int = 0  # answer 503 to this many metadata requests first
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     etag_counter: int = 1
     changed: threading.Condition = field(default_factory=threading.Condition)
     url: str = ""
     guest_attributes: dict[str, str] = field(default_factory=dict)
+    internal_ip: str = INTERNAL_IP  # network-interfaces/0/ip
 
     def set_attribute(self, key: str, value: str) -> None:
         with self.changed:
@@ -150,7 +154,7 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
                 body = {"access_token": ACCESS_TOKEN, "expires_in": 3599, "token_type": "Bearer"}
                 self._send(200, json.dumps(body).encode())
             elif path == "instance/network-interfaces/0/ip":
-                self._send(200, INTERNAL_IP.encode())
+                self._send(200, fake.internal_ip.encode())
             elif path == "instance/attributes/":
                 args = parse_qs(query)
                 with fake.changed:
@@ -174,6 +178,10 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}":
                 self._send(401, b'{"error": {"code": 401}}')
                 return
+            if fake.secret_denials > 0 or time.monotonic() < fake.secret_denied_until:
+                fake.secret_denials = max(0, fake.secret_denials - 1)
+                self._send(403, b'{"error": {"code": 403, "status": "PERMISSION_DENIED"}}')
+                return
             if fake.secret_status != 200:
                 self._send(fake.secret_status, b'{"error": {"code": %d}}' % fake.secret_status)
                 return
@@ -187,11 +195,14 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def fake_google() -> Iterator[FakeGoogle]:
+def fake_google(address: tuple[str, int] = ("127.0.0.1", 0)) -> Iterator[FakeGoogle]:
     fake = FakeGoogle()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server = ThreadingHTTPServer(address, _handler(fake))
     server.daemon_threads = True
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    # a client gone at shutdown (a long poll of the watcher) is not an error of the fake
+    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+    host, port = server.server_address[:2]
+    fake.url = f"http://{host}" if port == 80 else f"http://{host}:{port}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -217,6 +228,12 @@ STUBS: dict[str, str] = {
 case "$1" in
   login) cat >>"$STUB_DIR/docker-login.stdin"; echo "Login Succeeded" ;;
   pull)
+    n=$(cat "$STUB_DIR/pull-denials" 2>/dev/null || echo 0)
+    if [ "$n" -gt 0 ]; then
+      echo $((n - 1)) >"$STUB_DIR/pull-denials"
+      echo "Error response from daemon: Head \"https://${@: -1}\": denied: Permission" \
+        "\"artifactregistry.repositories.downloadArtifacts\" denied on resource" >&2; exit 1
+    fi
     n=$(cat "$STUB_DIR/pull-failures" 2>/dev/null || echo 0)
     if [ "$n" -gt 0 ]; then
       echo $((n - 1)) >"$STUB_DIR/pull-failures"
@@ -355,6 +372,9 @@ class Sandbox:
             "TEXT2IMG_RETRY_ATTEMPTS": "3",
             "TEXT2IMG_RETRY_DELAY": "0",
             "TEXT2IMG_NET_TIMEOUT": "30",
+            "TEXT2IMG_IAM_TIMEOUT": "3",
+            "TEXT2IMG_IAM_DELAY": "1",
+            "TEXT2IMG_PORT_WAIT": "1",
             **self.env_extra,
         }
 
@@ -392,6 +412,10 @@ class Sandbox:
 
     def set_pull_failures(self, n: int) -> None:
         (self.stub / "pull-failures").write_text(f"{n}\n")
+
+    def set_pull_denials(self, n: int) -> None:
+        """`docker pull` answers Artifact Registry's 403 ("denied: Permission ...") n times."""
+        (self.stub / "pull-denials").write_text(f"{n}\n")
 
     def remove_stub(self, name: str) -> None:
         (self.bin / name).unlink()

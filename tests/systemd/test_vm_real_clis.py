@@ -38,7 +38,11 @@ def test_docker_command_lines_are_valid(sandbox: Sandbox, tmp_path: Path) -> Non
     assert sandbox.run().returncode == 0
     recorded = sandbox.calls("docker")
     unit = sandbox.path("/etc/systemd/system/text2img.service").read_text()
-    from_unit = unit_commands(unit, env_file(sandbox.path("/etc/text2img/unit.env")))
+    everything = unit_commands(unit, env_file(sandbox.path("/etc/text2img/unit.env")))
+    assert [c[0] for c in everything if "docker" not in c[0]] == [
+        "/usr/local/lib/text2img/boot-guard.sh"
+    ]
+    from_unit = [c for c in everything if c[0] == "/usr/bin/docker"]
     assert [c[1] for c in from_unit] == ["rm", "run", "stop"]
 
     service_env = str(sandbox.path("/etc/text2img/service.env"))

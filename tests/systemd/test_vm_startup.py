@@ -36,11 +36,13 @@ UNIT_FILES = [
     "text2img-autostop.timer",
     "text2img-metadata-watch.service",
     "text2img-redeploy.service",
+    "text2img-prefetch.service",
+    "text2img-hold.service",
 ]
+PROGRAMS = ["autostop.py", "metadata_watch.py", "boot-guard.sh", "prefetch.sh", "hold.sh"]
 # where startup.sh installs each file of systemd/
 INSTALLED = {
-    "autostop.py": ("/usr/local/lib/text2img/autostop.py", 0o755),
-    "metadata_watch.py": ("/usr/local/lib/text2img/metadata_watch.py", 0o755),
+    **{name: (f"/usr/local/lib/text2img/{name}", 0o755) for name in PROGRAMS},
     **{name: (f"/etc/systemd/system/{name}", 0o644) for name in UNIT_FILES},
 }
 
@@ -59,6 +61,7 @@ def restarts(sandbox: Sandbox) -> list[tuple[str, str]]:
         (verb, unit)
         for verb, unit in systemctl_verbs(sandbox.calls("systemctl"))
         if verb in {"start", "restart", "stop", "daemon-reload"}
+        and not unit.startswith("apt-daily")  # stopped and started again every run
     ]
 
 
@@ -162,7 +165,11 @@ def test_first_boot_writes_units_env_files_and_starts_the_service(sandbox: Sandb
     journal = sandbox.journal()
     for step in ("arm-autostop", "metadata", "nvidia-driver", "docker", "pull", "secret"):
         assert f"step {step}:" in journal
-    assert all(c[1:3] == ["-t", "text2img-startup"] for c in sandbox.calls("logger"))
+    # the startup script logs as text2img-startup; the hold program it runs as text2img-hold
+    assert {tuple(c[1:3]) for c in sandbox.calls("logger")} == {
+        ("-t", "text2img-startup"),
+        ("-t", "text2img-hold"),
+    }
 
 
 def test_no_secret_is_printed_or_passed_on_a_command_line(sandbox: Sandbox) -> None:
@@ -218,7 +225,11 @@ def test_a_stopped_service_is_started_again(sandbox: Sandbox) -> None:
     (sandbox.stub / "active" / "text2img.service").unlink()
     sandbox.clear_calls()
     assert sandbox.run().returncode == 0
-    assert restarts(sandbox) == [("start", "text2img.service")]
+    # the weights are read into the page cache first (the unit orders it before the service)
+    assert restarts(sandbox) == [
+        ("start", "text2img-prefetch.service"),
+        ("start", "text2img.service"),
+    ]
 
 
 def test_a_driver_that_never_loads_powers_off_fast_with_the_reason(sandbox: Sandbox) -> None:
@@ -303,8 +314,10 @@ def test_apt_waits_for_a_held_lists_lock_at_first_boot(sandbox: Sandbox) -> None
     assert result.returncode == 0, result.stderr
     assert "waiting for apt-daily/unattended-upgrades to release apt's locks" in result.stderr
     calls = sandbox.calls()
-    stop = next(i for i, c in enumerate(calls) if c[:2] == ["systemctl", "stop"])
-    assert "apt-daily.service" in calls[stop]
+    freeze = calls.index(["systemctl", "stop", "apt-daily.timer", "apt-daily-upgrade.timer"])
+    stop_apt = ["systemctl", "stop", "apt-daily.service"]
+    stop = next(i for i, c in enumerate(calls) if c[:3] == stop_apt)
+    assert freeze < stop  # no timer starts a new run while this one waits
     assert "unattended-upgrades.service" in calls[stop]
     first_apt = next(i for i, c in enumerate(calls) if c[0] == "apt-get")
     assert stop < first_apt
@@ -346,60 +359,13 @@ def test_missing_file_attribute_is_refused_with_what_to_do(sandbox: Sandbox) -> 
     assert "run pulumi up" in result.stderr
 
 
-def test_sdxl_model_reaches_serve_download_and_the_prefetch(sandbox: Sandbox) -> None:
+def test_sdxl_model_reaches_serve_and_download(sandbox: Sandbox) -> None:
     sandbox.google.attributes.update(rendered_metadata(model="sdxl-lightning"))
     result = sandbox.run()
     assert result.returncode == 0, result.stderr
     download = next(c for c in sandbox.calls("docker") if c[1] == "run" and "download" in c)
     assert download[-6:-3] == ["download", "--model", "sdxl-lightning"]
     assert env_file(sandbox.path("/etc/text2img/unit.env"))["TEXT2IMG_MODEL"] == "sdxl-lightning"
-    assert "nothing to prefetch" in result.stderr  # first boot: no weights yet
-
-    # a later boot with the weights cached: they are read while the driver comes up
-    # huggingface_hub's layout under <cache>/huggingface: snapshot symlinks to blobs
-    hub = sandbox.path("/var/lib/text2img/models/huggingface")
-    cache = hub.parent
-    wanted = []
-    for repo, name in [
-        ("models--ByteDance--SDXL-Lightning", "sdxl_lightning_4step_unet.safetensors"),
-        ("models--ByteDance--SDXL-Lightning", "sdxl_lightning_2step_unet.safetensors"),
-        ("models--ByteDance--SDXL-Lightning", "sdxl_lightning_8step_unet.safetensors"),
-        ("models--x--base", "text_encoder/model.fp16.safetensors"),
-    ]:
-        blob = hub / repo / "blobs" / name.replace("/", "-")
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(b"w" * 1024)
-        link = hub / repo / "snapshots" / "rev" / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(blob)
-        if "_2step_" not in name and "_8step_" not in name:
-            wanted.append(str(link))
-    (cache / "base.pt").write_bytes(b"not read")
-    (sandbox.stub / "active" / "text2img.service").unlink()  # a fresh boot
-    sandbox.clear_calls()
-    result = sandbox.run()
-    assert result.returncode == 0, result.stderr
-    run = sandbox.calls("systemd-run")
-    assert len(run) == 1
-    assert "--unit=text2img-prefetch" in run[0]
-    assert "--property=StandardOutput=null" in run[0]
-    listed = sandbox.path("/run/text2img/prefetch.list").read_text().split("\0")
-    assert sorted(p for p in listed if p) == sorted(wanted)  # the 4-step UNet, not 2/8
-    calls = sandbox.calls()
-    assert calls.index(run[0]) < next(i for i, c in enumerate(calls) if c[0] == "nvidia-smi")
-
-
-def test_glide_prefetches_only_its_fp16_copies(sandbox: Sandbox) -> None:
-    cache = sandbox.path("/var/lib/text2img/models")
-    cache.mkdir(parents=True)
-    for name in ("base.pt", "base.fp16.safetensors", "upsample.fp16.safetensors"):
-        (cache / name).write_bytes(b"w")
-    assert sandbox.run().returncode == 0
-    listed = sandbox.path("/run/text2img/prefetch.list").read_text().split("\0")
-    assert sorted(Path(p).name for p in listed if p) == [
-        "base.fp16.safetensors",
-        "upsample.fp16.safetensors",
-    ]
 
 
 def test_failing_pull_is_retried_then_succeeds(sandbox: Sandbox) -> None:
@@ -470,7 +436,6 @@ def test_defaults_apply_when_optional_metadata_is_absent(sandbox: Sandbox) -> No
 @pytest.mark.parametrize(
     ("status", "message"),
     [
-        (403, "needs roles/secretmanager.secretAccessor"),
         (404, "no enabled version"),
     ],
 )
@@ -484,6 +449,45 @@ def test_secret_manager_refusal_fails_at_once_with_the_fix(
     assert message in result.stderr
     secret_calls = [r for r in sandbox.google.requests if r[1].endswith(":access")]
     assert len(secret_calls) == 1  # not retried: retrying cannot fix a permission
+
+
+def test_a_403_while_the_grant_applies_is_waited_out(sandbox: Sandbox) -> None:
+    sandbox.env_extra["TEXT2IMG_IAM_TIMEOUT"] = "30"
+    sandbox.google.secret_denials = 2  # then the grant is in force
+    sandbox.set_pull_denials(2)
+    result = sandbox.run()
+    assert result.returncode == 0, result.stderr
+    secret_calls = [r for r in sandbox.google.requests if r[1].endswith(":access")]
+    assert len(secret_calls) == 3
+    waits = [x for x in result.stderr.splitlines() if "refused (HTTP 403)" in x]
+    assert len(waits) == 4  # each wait is logged: two for the pull, two for the secret
+    assert sum("docker pull: refused" in x for x in waits) == 2
+    assert "waiting 1s, " in waits[0]
+    assert "waiting 2s, " in waits[1]  # backing off
+    assert "API token fetched" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "grant"),
+    [
+        ("secret", "roles/secretmanager.secretAccessor on projects/my-proj/secrets/"),
+        ("pull", "roles/artifactregistry.reader on the repository of"),
+    ],
+)
+def test_a_403_that_lasts_gives_up_naming_the_grant(
+    sandbox: Sandbox, where: str, grant: str
+) -> None:
+    if where == "secret":
+        sandbox.google.secret_denials = 10**6
+    else:
+        sandbox.set_pull_denials(10**6)
+    sandbox.env_extra["TEXT2IMG_IAM_TIMEOUT"] = "5"  # 600 s on the VM
+    result = sandbox.run()
+    assert result.returncode == 1
+    assert f"FAILED in step '{where}'" in result.stderr
+    assert "still refused (HTTP 403) after " in result.stderr
+    assert grant in result.stderr
+    assert result.stderr.count("refused (HTTP 403), perhaps an IAM grant") >= 2
 
 
 def test_multiline_secret_is_refused_without_printing_it(sandbox: Sandbox) -> None:

@@ -21,12 +21,20 @@ UNITS = [
     "text2img-metadata-watch.service",
     "text2img-redeploy.service",
     "text2img.service",
+    "text2img-prefetch.service",
+    "text2img-hold.service",
 ]
+SCRIPTS = ["boot-guard.sh", "prefetch.sh", "hold.sh"]  # installed, run by the units
 
 BIN = Path(sys.executable).parent
 # Programs the units run that this test machine lacks; the VM has them (docker.io,
 # python3 and the Google guest agent). Stand-ins are put into the verify root.
-VM_BINARIES = {"/usr/bin/docker", "/usr/bin/python3", "/usr/bin/google_metadata_script_runner"}
+VM_BINARIES = {
+    "/usr/bin/docker",
+    "/usr/bin/python3",
+    "/usr/bin/google_metadata_script_runner",
+    *(f"/usr/local/lib/text2img/{name}" for name in SCRIPTS),
+}
 
 
 def test_startup_script_is_shellcheck_clean() -> None:
@@ -40,6 +48,7 @@ def test_startup_script_is_shellcheck_clean() -> None:
             "--severity=style",
             str(STARTUP),
             str(SYSTEMD / "startup-lib.sh"),
+            *(str(SYSTEMD / name) for name in SCRIPTS),
         ],
         capture_output=True,
         text=True,
@@ -58,7 +67,7 @@ def test_startup_script_is_the_boot_steps_only() -> None:
 
 def test_systemd_holds_each_thing_as_the_file_it_is() -> None:
     names = sorted(p.name for p in SYSTEMD.iterdir())
-    programs = ["autostop.py", "metadata_watch.py", "startup.sh", "startup-lib.sh"]
+    programs = ["autostop.py", "metadata_watch.py", "startup.sh", "startup-lib.sh", *SCRIPTS]
     assert names == sorted([*UNITS, *programs])
     assert len(STARTUP.read_text().splitlines()) < 460  # the boot steps; helpers in the lib
 
