@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import pulumi
 
 from text2img.engines import registry
+from text2img.errors import UserError
 
 NAMESPACE = "text2img"
 
@@ -44,14 +45,28 @@ def served_models() -> tuple[str, ...]:
     return tuple(name for name in registry.ENGINES if not registry.get_spec(name).random_weights)
 
 
-def weights_gb(model: str) -> float:
+# The Pulumi config key that sets each deployment variable an engine may read
+# (EngineSpec.deploy_env); the VM gets them as metadata `text2img-model-env`.
+DEPLOY_ENV_KEYS = {"TEXT2IMG_SDXL_STEPS": "sdxlSteps"}
+
+
+def model_env(s: Settings) -> dict[str, str]:
+    """The deployment variables the served model reads, from their config keys."""
+    values = {"sdxlSteps": s.sdxl_steps}
+    spec = registry.get_spec(s.model)
+    return {
+        name: values[DEPLOY_ENV_KEYS[name]] for name in spec.deploy_env if name in DEPLOY_ENV_KEYS
+    }
+
+
+def weights_gb(model: str, env: Mapping[str, str] | None = None) -> float:
     """GB (10^9 bytes) the model's weights take in the cache, from its engine spec."""
-    return registry.get_spec(model).download_bytes / 1e9
+    return registry.get_spec(model).download_bytes_for_env(env or {}) / 1e9
 
 
-def auto_disk_size_gb(model: str) -> int:
+def auto_disk_size_gb(model: str, env: Mapping[str, str] | None = None) -> int:
     """The boot disk size (GB) that holds the OS, the service images and `model`'s weights."""
-    needed = DISK_BASE_GB + 3 * weights_gb(model)
+    needed = DISK_BASE_GB + 3 * weights_gb(model, env)
     return max(DISK_MIN_AUTO_GB, -(-int(needed * 10) // 100) * 10)
 
 
@@ -141,6 +156,7 @@ class Settings:
     gpu_region: str = "asia-southeast1"
     max_gpus: int = 3
     gpu_zonal_redundancy: bool = False
+    sdxl_steps: str = "4"  # sdxl-lightning: TEXT2IMG_SDXL_STEPS on the VM
 
     @property
     def on_cloud_run(self) -> bool:
@@ -211,6 +227,17 @@ def validate(s: Settings) -> list[str]:
     models = served_models()
     if s.model not in models:
         bad("model", f"{s.model!r} is not one of {', '.join(models)}")
+    else:
+        try:
+            registry.get_spec(s.model).download_bytes_for_env(model_env(s))
+        except UserError as exc:
+            bad("sdxlSteps", f"{s.sdxl_steps!r}: {exc}")
+        if s.on_cloud_run and model_env(s).get("TEXT2IMG_SDXL_STEPS", "4") != "4":
+            bad(
+                "sdxlSteps",
+                f"{s.sdxl_steps!r}: backend cloudrun bakes the 4-step UNet only into its "
+                "image (docs/backends.md); use `pulumi config set sdxlSteps 4` or backend vm",
+            )
     if s.boot_disk_snapshot and not _IMAGE_FAMILY_RE.match(s.boot_disk_snapshot):
         bad("bootDiskSnapshot", f"{s.boot_disk_snapshot!r} is not a snapshot name")
     if s.disk_size_gb and not 50 <= s.disk_size_gb <= 2000:  # 0: auto, invalid model
@@ -276,7 +303,12 @@ def validate(s: Settings) -> list[str]:
 def advisories(s: Settings) -> list[str]:
     """Valid but probably unintended settings: reported as warnings, not errors."""
     notes = []
-    needed = auto_disk_size_gb(s.model) if s.model in served_models() else 0
+    needed = 0
+    if s.model in served_models():
+        try:
+            needed = auto_disk_size_gb(s.model, model_env(s))
+        except UserError:
+            needed = 0  # reported as an error already
     if s.disk_size_gb < needed:
         notes.append(
             f"{NAMESPACE}:diskSizeGb: {s.disk_size_gb} GB may be too small for model "
@@ -393,6 +425,7 @@ def read_settings(get: Callable[[str], str | None]) -> Settings:
         gpu_region=text("gpuRegion"),
         max_gpus=integer("maxGpus"),
         gpu_zonal_redundancy=boolean("gpuZonalRedundancy"),
+        sdxl_steps=text("sdxlSteps"),
     )
     # keys with a default in Pulumi.yaml are always present under the CLI; only `project`
     # (no default) can be missing there.
@@ -406,7 +439,11 @@ def read_settings(get: Callable[[str], str | None]) -> Settings:
     }
     missing = [k for k in missing if k not in optional_empty]
     if settings.disk_size_gb == 0 and settings.model in served_models():  # auto (the default)
-        settings = replace(settings, disk_size_gb=auto_disk_size_gb(settings.model))
+        try:
+            size = auto_disk_size_gb(settings.model, model_env(settings))
+        except UserError:
+            size = auto_disk_size_gb(settings.model)  # the bad value is reported below
+        settings = replace(settings, disk_size_gb=size)
     if missing:
         errors = [
             f"{NAMESPACE}:{key}: not set (`pulumi config set {key} <value>`; "

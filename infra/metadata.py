@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pulumi
 
-from infra.config import Settings
+from infra.config import Settings, model_env
 from text2img.engines import registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +135,9 @@ def instance_metadata(
         # model cache, one a line; EngineSpec.prefetch): the VM reads them into the page
         # cache before the service starts
         "text2img-prefetch": "\n".join(registry.get_spec(settings.model).prefetch),
+        # the deployment variables the model reads (EngineSpec.deploy_env), KEY=VALUE a line:
+        # the startup script passes them to `text2img download` and the service
+        "text2img-model-env": "\n".join(f"{k}={v}" for k, v in model_env(settings).items()),
         # the startup script reports a driver that never loaded as the guest attribute
         # text2img/boot-failure, which the gateway reads (start_failed, GPU_DRIVER)
         "enable-guest-attributes": "TRUE",

@@ -155,6 +155,8 @@ read_settings() {
   MODEL=$REPLY
   md instance/attributes/text2img-prefetch ""
   PREFETCH=$REPLY
+  md instance/attributes/text2img-model-env ""
+  MODEL_ENV=$REPLY
   md instance/network-interfaces/0/ip ""
   BIND_IP=$REPLY
 
@@ -174,6 +176,14 @@ read_settings() {
     [[ -z $line || $line =~ $pattern_re && $line != /* && $line != *..* ]] ||
       die "metadata 'text2img-prefetch' has the line '$line'; use find -path patterns relative to the model cache (letters, digits, . _ - / * ?), one a line"
   done <<<"$PREFETCH"
+  local env_re='^TEXT2IMG_[A-Z0-9_]+=[A-Za-z0-9,._-]*$'
+  MODEL_ENV_ARGS=()
+  while IFS= read -r line; do
+    [[ -z $line ]] && continue
+    [[ $line =~ $env_re ]] ||
+      die "metadata 'text2img-model-env' has the line '$line'; use TEXT2IMG_NAME=value lines (letters, digits, , . _ -), as pulumi up writes them"
+    MODEL_ENV_ARGS+=(--env "$line")
+  done <<<"$MODEL_ENV"
   [[ $BIND_IP =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "the metadata server gave no internal IPv4 address (network-interfaces/0/ip is '$BIND_IP')"
   REGISTRY=${IMAGE%%/*}
   log "image $IMAGE; model $MODEL; idle $IDLE_MINUTES min; boot grace $GRACE_MINUTES min; port $BIND_IP:$PORT; translation $TRANSLATION"
@@ -375,7 +385,8 @@ fetch_token() {
 
 download_weights() {
   step weights "make sure the model weights are in $CACHE_DIR"
-  local marker="$STATE/weights.ok" want="image=$IMAGE model=$MODEL cache=$CACHE_DIR"
+  local marker="$STATE/weights.ok"
+  local want="image=$IMAGE model=$MODEL cache=$CACHE_DIR env=${MODEL_ENV//$'\n'/,}"
   if [[ -f $marker && $(<"$marker") == "$want" ]]; then
     log "weights already verified for this image, model and cache"
     return 0
@@ -397,7 +408,7 @@ download_weights() {
   log "running text2img download --model $MODEL (several GB on the first boot; a quick check later)"
   docker rm --force text2img-download >/dev/null 2>&1 || true
   retry "weights download" docker run --rm --name text2img-download --pull never \
-    --volume "$CACHE_DIR:/models" --entrypoint text2img "$IMAGE" download --model "$MODEL" --cache-dir /models --quiet
+    --volume "$CACHE_DIR:/models" "${MODEL_ENV_ARGS[@]}" --entrypoint text2img "$IMAGE" download --model "$MODEL" --cache-dir /models --quiet
   printf '%s\n' "$want" | put_file 0644 "$marker"
 }
 
@@ -422,6 +433,7 @@ TEXT2IMG_DEVICE=cuda
 TEXT2IMG_TRANSLATION=$TRANSLATION
 TEXT2IMG_TRANSLATE_PROJECT=$TRANSLATE_PROJECT
 TEXT2IMG_TRUST_FORWARDED=true
+${MODEL_ENV}
 EOF
   env_changed=$((env_changed | CHANGED))
   ensure_enabled text2img.service

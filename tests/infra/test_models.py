@@ -104,3 +104,31 @@ def test_disk_size_and_prefetch_come_from_the_spec(model: str) -> None:
 
 def test_small_models_get_the_minimum_disk() -> None:
     assert auto_disk_size_gb("glide") == DISK_MIN_AUTO_GB  # 80 + 3 x 4.7 = 94.1
+
+
+def test_sdxl_steps_size_the_disk_and_reach_the_vm() -> None:
+    """sdxlSteps enables the 2- and 8-step UNets: 2 x 5.14 GB more weights, the automatic
+    disk follows, and the VM gets TEXT2IMG_SDXL_STEPS for the download and the service."""
+    four = run_program("dev", {"model": "sdxl-lightning"})
+    all_steps = run_program("dev", {"model": "sdxl-lightning", "sdxlSteps": "2,4,8"})
+    assert four.one(DISK).inputs["size"] == 110  # 80 + 3 x 7.13 GB = 101.4 -> 110
+    assert all_steps.one(DISK).inputs["size"] == 140  # 80 + 3 x 17.41 GB = 132.2 -> 140
+    assert four.one(INSTANCE).inputs["metadata"]["text2img-model-env"] == ("TEXT2IMG_SDXL_STEPS=4")
+    assert all_steps.one(INSTANCE).inputs["metadata"]["text2img-model-env"] == (
+        "TEXT2IMG_SDXL_STEPS=2,4,8"
+    )
+    # GLIDE reads no deployment variable: nothing is passed on
+    glide = run_program("dev", {"model": "glide", "sdxlSteps": "2,4,8"})
+    assert glide.one(INSTANCE).inputs["metadata"]["text2img-model-env"] == ""
+
+
+@pytest.mark.parametrize("value", ["3", "2,8", "four", "2,4,16"])
+def test_bad_sdxl_steps_stop_the_preview_naming_the_key(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"text2img:sdxlSteps: .*subset of 2,4,8 that includes 4"):
+        run_program("dev", {"model": "sdxl-lightning", "sdxlSteps": value})
+
+
+def test_the_cloud_run_backend_refuses_other_step_counts() -> None:
+    config = {"model": "sdxl-lightning", "backend": "cloudrun", "sdxlSteps": "2,4,8"}
+    with pytest.raises(ConfigError, match=r"text2img:sdxlSteps: .*bakes the 4-step UNet only"):
+        run_program("dev", config)

@@ -368,6 +368,23 @@ def test_sdxl_model_reaches_serve_and_download(sandbox: Sandbox) -> None:
     assert env_file(sandbox.path("/etc/text2img/unit.env"))["TEXT2IMG_MODEL"] == "sdxl-lightning"
 
 
+def test_sdxl_steps_reach_the_download_and_the_service(sandbox: Sandbox) -> None:
+    sandbox.google.attributes.update(rendered_metadata(model="sdxl-lightning", sdxlSteps="2,4,8"))
+    assert sandbox.run().returncode == 0
+    download = next(c for c in sandbox.calls("docker") if c[1] == "run" and "download" in c)
+    at = download.index("--env")
+    assert download[at : at + 2] == ["--env", "TEXT2IMG_SDXL_STEPS=2,4,8"]
+    assert env_file(sandbox.path("/etc/text2img/service.env"))["TEXT2IMG_SDXL_STEPS"] == "2,4,8"
+
+
+def test_a_bad_model_env_line_is_refused(sandbox: Sandbox) -> None:
+    sandbox.google.set_attribute("text2img-model-env", "LD_PRELOAD=/tmp/x.so")
+    result = sandbox.run()
+    assert result.returncode == 1
+    assert "metadata 'text2img-model-env' has the line 'LD_PRELOAD=/tmp/x.so'" in result.stderr
+    assert not [c for c in sandbox.calls("docker") if c[1] == "run"]
+
+
 def test_failing_pull_is_retried_then_succeeds(sandbox: Sandbox) -> None:
     sandbox.set_pull_failures(2)
     result = sandbox.run()

@@ -189,11 +189,20 @@ class EngineSpec(ABC):
     # reads them into the page cache before the service starts (instance metadata
     # `text2img-prefetch`, one pattern a line)
     prefetch: tuple[str, ...] = ()
+    # environment variables a deployment may set for this engine (`text2img download` and
+    # the service both read them; the VM gets them as instance metadata
+    # `text2img-model-env`, KEY=VALUE a line)
+    deploy_env: tuple[str, ...] = ()
     # the `Progress.stage` names `generate` reports, in order -> a short Japanese label
     stages: Mapping[str, str] = field(default_factory=dict)
     # images one sampling batch takes on one GPU (T4 16 GB / L4 24 GB, fp16): the engine's
     # CUDA batch limit, and the requests one Cloud Run GPU instance is given at once
     gpu_max_batch: int = 1
+
+    def download_bytes_for_env(self, env: Mapping[str, str]) -> int:
+        """Bytes the weights take in the cache for a deployment with this environment
+        (`deploy_env` values); UserError naming the variable when a value is not valid."""
+        return self.download_bytes
 
     @property
     def option_names(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,12 @@ STEPS_ENV = "TEXT2IMG_SDXL_STEPS"
 
 def enabled_steps() -> tuple[int, ...]:
     """The step counts this deployment serves, from $TEXT2IMG_SDXL_STEPS (read at call time)."""
-    raw = os.environ.get(STEPS_ENV, "").strip()
+    return parse_steps(os.environ.get(STEPS_ENV, ""))
+
+
+def parse_steps(raw: str) -> tuple[int, ...]:
+    """A TEXT2IMG_SDXL_STEPS value -> the step counts served; UserError when not valid."""
+    raw = raw.strip()
     if not raw:
         return (DEFAULT_STEPS,)
     try:
@@ -102,6 +108,12 @@ class SdxlSettings:
 @dataclass(frozen=True)
 class SdxlSpec(EngineSpec):
     """The SDXL family's spec; `settings` validates size and steps."""
+
+    def download_bytes_for_env(self, env: Mapping[str, str]) -> int:
+        """The cache's size for the step counts `env` enables (4 only when unset)."""
+        if self.random_weights:
+            return 0
+        return download_bytes_for(parse_steps(env.get(STEPS_ENV, "")))
 
     def public(self) -> dict[str, Any]:
         """As the base, with the step counts this deployment serves (read at call time)."""
@@ -173,6 +185,7 @@ SDXL_LIGHTNING = SdxlSpec(
     size_aliases=SIZE_ALIASES,
     stages=LIGHTNING_STAGES,
     download_bytes=DOWNLOAD_BYTES,
+    deploy_env=(STEPS_ENV,),
     gpu_max_batch=4,
     # what a start loads: both text encoders, the 4-step UNet and the VAE (2 and 8 steps
     # are loaded when first asked for); snapshot entries are links into blobs/
