@@ -110,6 +110,27 @@ def test_full_queue_refuses_with_a_retry_after(make):
     assert exc.value.retry_after >= 10  # two batches waiting at the 10 s first guess
 
 
+def test_a_weights_swap_is_left_out_of_the_retry_after_estimate(make):
+    """SDXL's UNet swap takes seconds once; charging it to every waiting batch would tell
+    refused clients to wait several times too long."""
+    scheduler, engine = make(queue_limit=2, engine=SwatchEngine(setup_s=1.5))
+    scheduler.start()
+    first = job()
+    scheduler.submit(first)
+    wait_for(lambda: first.finished)
+    engine.setup_s, engine.hold = 0.0, threading.Event()  # the next batch stays running
+    running = job()
+    scheduler.submit(running)
+    wait_for(lambda: running.state is JobState.RUNNING)
+    scheduler.submit(job())
+    scheduler.submit(job())
+    with pytest.raises(QueueFull) as exc:
+        scheduler.submit(job())
+    # 1.5 batches ahead at the measured sampling time (milliseconds), not at 1.5 s each
+    assert exc.value.retry_after == 1
+    engine.hold.set()
+
+
 def test_cancelling_a_waiting_job_drops_it_and_a_running_one_stops(make):
     scheduler, engine, _gate = held(make)
     running, waiting = job("run", coats=5), job("wait")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,7 @@ class SwatchEngine(Engine):
     batches: list[list[ImageRequest]] = field(default_factory=list)
     settings_seen: list[EngineSettings] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)  # a batch has begun
+    setup_s: float = 0.0  # seconds each generate spends "swapping weights" first
 
     def generate(
         self,
@@ -114,6 +116,9 @@ class SwatchEngine(Engine):
         self.batches.append(list(requests))
         self.settings_seen.append(settings)
         self.started.set()
+        t0 = time.perf_counter()
+        time.sleep(self.setup_s)
+        self.last_setup_seconds = time.perf_counter() - t0
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc

@@ -363,7 +363,8 @@ class Scheduler:
             log.exception("generation failed for %d image(s)", len(items))
             self._fail(jobs, _INTERNAL)
             return
-        seconds = self._report(len(items), t0, "ok")
+        # a weights swap is a one-off, not what each waiting batch will cost
+        seconds = max(0.0, self._report(len(items), t0, "ok") - self.engine.last_setup_seconds)
         self._batch_seconds = (
             seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
         )

@@ -269,6 +269,9 @@ class Engine(ABC):
     device: str  # "cuda" | "cpu" (torch.device type)
     dtype: str  # "float16" | "float32" | "bfloat16"
     max_batch: int  # images per sampling batch this device handles
+    # seconds of the last `generate` spent preparing weights (SDXL's UNet swap), not
+    # sampling: the queue leaves them out of its batch-time estimate (Retry-After)
+    last_setup_seconds: float = 0.0
 
     @property
     def name(self) -> str:
