@@ -140,10 +140,11 @@ def error_response(
     *,
     type_: str = "invalid_request_error",
     headers: Mapping[str, str] | None = None,
-    **extra: object,
+    extra: Mapping[str, object] | None = None,
 ) -> JSONResponse:
-    """OpenAI's error shape: `{"error": {"message", "type", "param", "code", ...}}`."""
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code, **extra}}
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code", **extra}}`."""
+    error = {"message": message, "type": type_, "param": None, "code": code, **(extra or {})}
+    body = {"error": error}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
