@@ -1,5 +1,5 @@
-"""The README names only error codes that the service or the gateway really answers, and
-the web page has Japanese words for each of them."""
+"""The README and docs/ name only error codes that the service or the gateway really
+answers, and the web page has Japanese words for each of them."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ CODE = re.compile(r"`([a-z][a-z0-9]*(?:_[a-z0-9]+)*)`")
 
 
 def readme_codes() -> dict[str, str]:
-    """code -> the README line naming it, from every table row that starts with a status
-    (the API's "Errors" table, the operator's "Troubleshooting" table)."""
+    """code -> the doc line naming it, from every table row that starts with a status
+    (docs/api.md's "Errors" table, docs/operations.md's "Troubleshooting" table, ...)."""
     found: dict[str, str] = {}
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    lines = [line for page in pages for line in page.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if not line.startswith("|") or not re.match(r"^[1-5]\d\d\b", cells[0]):
             continue

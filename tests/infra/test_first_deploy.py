@@ -235,8 +235,10 @@ def deployed_settings_keys() -> list[str]:
 
 def test_readme_checks_the_service_by_paths_cloud_run_passes() -> None:
     """Cloud Run reserves some paths ending in z: the public URL is probed elsewhere."""
-    readme = (PROJECT_FILE.parent / "README.md").read_text()
-    deploy = readme.split("<!-- section:deploy -->", 1)[1].split("<!-- /section:deploy -->")[0]
+    root = PROJECT_FILE.parent
+    deploy_doc = (root / "docs" / "deploy.md").read_text()
+    deploy = deploy_doc.split("<!-- section:deploy -->", 1)[1].split("<!-- /section:deploy -->")[0]
+    readme = "\n".join(p.read_text() for p in [root / "README.md", *(root / "docs").glob("*.md")])
     assert '$(pulumi stack output url)/v1/ready"' in deploy
     assert '$(pulumi stack output url)/v1/status"' in deploy
     assert not re.search(r"(run\.app|output url\)?)/(healthz|readyz)", readme)

@@ -1,5 +1,5 @@
-"""infra/pricing.py is the one price table: the README's cost tables and the stack's cost
-outputs both come from it."""
+"""infra/pricing.py is the one price table: the cost tables of docs/costs.md, the README's
+summary and the stack's cost outputs all come from it."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from infra_harness import PROJECT_FILE, ROOT, Plan
 from infra import pricing
 
 README = ROOT / "README.md"
+COSTS = ROOT / "docs" / "costs.md"
 PlanFor = Callable[..., Plan]
 
 
 def costs_section() -> str:
-    text = README.read_text()
+    text = COSTS.read_text()
     return text.split("<!-- section:costs -->", 1)[1].split("<!-- /section:costs -->", 1)[0]
 
 
@@ -28,9 +29,24 @@ def generated_block() -> str:
 
 def test_readme_cost_tables_are_the_price_table() -> None:
     assert generated_block() == pricing.readme_tables(), (
-        "README Costs differs from infra/pricing.py: paste `python -m infra.pricing` "
+        "docs/costs.md differs from infra/pricing.py: paste `python -m infra.pricing` "
         "between the pricing markers"
     )
+
+
+def test_the_readme_summary_quotes_the_table() -> None:
+    """The README's short cost tables are rows of the generated ones, word for word."""
+    readme = README.read_text()
+    section = readme.split("## Costs", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert any(row.startswith("| **total** |") for row in rows), rows
+    assert any(row.startswith("| boot disk") for row in rows), rows
+    generated = pricing.readme_tables().splitlines()
+    for row in rows:
+        assert row in generated, f"README cost row not in infra/pricing.py's tables: {row}"
+    example = next(line for line in generated if line.startswith("Example:"))
+    for amount in re.findall(r"\*\*\$\d+/month\*\*", example):
+        assert amount in " ".join(section.split()), amount
 
 
 def test_readme_prose_quotes_the_table() -> None:
@@ -50,7 +66,7 @@ def test_readme_prose_quotes_the_table() -> None:
 def test_no_unqualified_one_third_spot_claim() -> None:
     """Spot is ~1/3 of the price only in some regions: nobody may say so flatly."""
     spot = yaml.safe_load(PROJECT_FILE.read_text())["config"]["spot"]["description"]
-    for text in (README.read_text(), spot):
+    for text in (README.read_text(), COSTS.read_text(), spot):
         for claim in re.findall(r"[^\n]*(?:1/3|a third) of the price[^\n]*", text):
             assert "Tokyo" in claim, claim
 
