@@ -84,8 +84,8 @@ def verify_cost(cache_dir: Path, shapes: dict[str, list[int]]) -> int:
     import torch
     from safetensors import safe_open
 
+    from text2img.engines.fetch.disk import CHUNK, hash_threads
     from text2img.engines.glide.convert import load_state_dict
-    from text2img.engines.glide.files import CHUNK, hash_threads
 
     torch.set_num_threads(1)
     cached = cache_dir / "base.fp16.safetensors"
@@ -151,9 +151,9 @@ def main() -> int:
         pt = tmp / "base.pt"
         torch.save(sd, pt)
         del sd
+        from text2img.engines.fetch.disk import sha256_file
         from text2img.engines.glide import cache as glide_cache
         from text2img.engines.glide.convert import load_state_dict
-        from text2img.engines.glide.files import sha256_file
 
         # stands in for `text2img download`, the only thing that may vouch for a .pt
         glide_cache.record(tmp, "base.pt", sha256_file(pt), "download")

@@ -15,18 +15,26 @@ import pulumi_gcp as gcp  # noqa: E402
 from infra import pricing  # noqa: E402
 from infra.api_token import create_token  # noqa: E402
 from infra.apis import enable_apis  # noqa: E402
-from infra.config import load_settings  # noqa: E402
+from infra.config import ConfigError, load_settings  # noqa: E402
 from infra.gateway import create_gateway  # noqa: E402
 from infra.iam import grant_vm_access, service_account  # noqa: E402
 from infra.images import build_images  # noqa: E402
 from infra.metadata import instance_metadata, read_startup_script  # noqa: E402
 from infra.naming import Names  # noqa: E402
 from infra.network import create_network  # noqa: E402
+from infra.preflight import PreflightError, in_program  # noqa: E402
+from infra.propagation import VM_GRANT_WAIT, wait_for_grants  # noqa: E402
 from infra.registry import create_repository, image_base  # noqa: E402
 from infra.replacements import deployed_settings, warn_before_replacing  # noqa: E402
 from infra.server import GpuServer, ServerArgs  # noqa: E402
 
 settings = load_settings()
+if settings.preflight:  # seconds, before anything is created (infra/preflight.py)
+    try:
+        for note in in_program(settings, dry_run=pulumi.runtime.is_dry_run()):
+            pulumi.log.warn(note.text)
+    except PreflightError as exc:
+        raise ConfigError(str(exc)) from None
 names = Names(stack=pulumi.get_stack(), project=settings.project)
 warn_before_replacing(settings)  # compares with the last `pulumi up` of this stack
 startup_script = read_startup_script()
@@ -39,14 +47,11 @@ images = build_images(settings, names, image_base(settings, repo), repo, apis)
 
 vm_account = service_account("vm", "text2img GPU VM", settings, names, apis)
 vm_grants = grant_vm_access(settings, vm_account, repo, token, apis)
+# the VM's first boot reads the secret, pulls the image and translates: its grants must
+# have propagated, not only exist, when it is created (infra/propagation.py)
+vm_grants_active = wait_for_grants("vm-grants-propagation", vm_grants, VM_GRANT_WAIT)
 
 after_apis = pulumi.InvokeOutputOptions(depends_on=apis)
-boot_image = gcp.compute.get_image_output(
-    project=settings.image_project,
-    family=None if settings.image_name else settings.image_family,
-    name=settings.image_name or None,
-    opts=after_apis,
-)
 project_number = gcp.organizations.get_project_output(
     project_id=settings.project, opts=after_apis
 ).number
@@ -59,7 +64,6 @@ server = GpuServer(
         subnet=network.vm_subnet,
         network_tag=network.vm_tag,
         service_account_email=vm_account.email,
-        boot_image=boot_image.self_link,
         metadata=instance_metadata(
             settings,
             startup_script=startup_script,
@@ -67,7 +71,7 @@ server = GpuServer(
             token_secret=token.secret.id,
         ),
         project_number=project_number,
-        deps=[*apis, *vm_grants, network.nat, *network.firewalls],
+        deps=[*apis, *vm_grants, vm_grants_active, network.nat, *network.firewalls],
     ),
 )
 

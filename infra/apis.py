@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pulumi_gcp as gcp
+from typing import TYPE_CHECKING
 
 from infra.config import Settings
+
+if TYPE_CHECKING:  # the preflight (scripts/vm) reads the list without the provider SDK
+    import pulumi_gcp as gcp
 
 BASE_APIS = (
     "cloudresourcemanager.googleapis.com",  # project IAM bindings, project lookup
@@ -34,6 +37,8 @@ def required_apis(settings: Settings) -> list[str]:
 
 def enable_apis(settings: Settings) -> list[gcp.projects.Service]:
     """One Service per API; left enabled on destroy (other workloads may use them)."""
+    import pulumi_gcp as gcp
+
     return [
         gcp.projects.Service(
             f"api-{api.split('.')[0]}",

@@ -9,9 +9,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pulumi
+
+from text2img.engines import registry
 
 NAMESPACE = "text2img"
 
@@ -26,20 +29,29 @@ KNOWN_GPU_ZONES = {
     ("nvidia-tesla-t4", "asia-northeast1"): ("a", "c"),
     ("nvidia-tesla-t4", "us-central1"): ("a", "b", "c", "f"),
 }
-# Models the VM can serve (text2img.engines.registry names without the random-weight
-# `tiny` twins, which draw noise) and the GB their cached weights take on the boot disk.
-MODEL_WEIGHTS_GB = {"glide": 4.7, "sdxl-lightning": 17.3}  # sdxl: three step-count UNets
 # Boot disk when diskSizeGb is 0 (auto): the DLVM image (50 GB) + two service images during
-# a roll-out (30 GB) + three times the weights (the cache, a download beside it, margin),
-# rounded up to 10 GB, and never below 100 GB (the kit's size before models were chosen:
-# a boot disk cannot shrink). A larger size grows the disk in place (infra/server.py).
+# a roll-out (30 GB) + three times the model's weights (the cache, a download beside it,
+# margin), rounded up to 10 GB, and never below 100 GB (the kit's size before models were
+# chosen: a boot disk cannot shrink). A larger size grows the disk in place (infra/server.py).
+# The weights' size is the engine's own declaration (EngineSpec.download_bytes).
 DISK_BASE_GB = 80
 DISK_MIN_AUTO_GB = 100
 
 
+def served_models() -> tuple[str, ...]:
+    """The models the VM can serve: every registered engine except the random-weight
+    twins (`tiny`, ...), which draw noise. Read from the registry each time (torch-free)."""
+    return tuple(name for name in registry.ENGINES if not registry.get_spec(name).random_weights)
+
+
+def weights_gb(model: str) -> float:
+    """GB (10^9 bytes) the model's weights take in the cache, from its engine spec."""
+    return registry.get_spec(model).download_bytes / 1e9
+
+
 def auto_disk_size_gb(model: str) -> int:
     """The boot disk size (GB) that holds the OS, the service images and `model`'s weights."""
-    needed = DISK_BASE_GB + 3 * MODEL_WEIGHTS_GB.get(model, max(MODEL_WEIGHTS_GB.values()))
+    needed = DISK_BASE_GB + 3 * weights_gb(model)
     return max(DISK_MIN_AUTO_GB, -(-int(needed * 10) // 100) * 10)
 
 
@@ -105,9 +117,10 @@ class Settings:
     gateway_max_instances: int
     subnet_cidr: str
     gateway_egress_cidr: str
-    # issue 11 (first deploy on a fresh project)
     build_region: str
     flow_logs: bool
+    boot_disk_snapshot: str = ""  # the boot disk is created from this snapshot (vm move)
+    preflight: bool = True  # check quota, billing, zone, policies before creating anything
 
     @property
     def has_schedule(self) -> bool:
@@ -171,9 +184,12 @@ def validate(s: Settings) -> list[str]:
         bad("imageFamily", f"{s.image_family!r} is not an image family name")
     if s.image_name and not _IMAGE_FAMILY_RE.match(s.image_name):
         bad("imageName", f"{s.image_name!r} is not an image name")
-    if s.model not in MODEL_WEIGHTS_GB:
-        bad("model", f"{s.model!r} is not one of {', '.join(MODEL_WEIGHTS_GB)}")
-    if not 50 <= s.disk_size_gb <= 2000:
+    models = served_models()
+    if s.model not in models:
+        bad("model", f"{s.model!r} is not one of {', '.join(models)}")
+    if s.boot_disk_snapshot and not _IMAGE_FAMILY_RE.match(s.boot_disk_snapshot):
+        bad("bootDiskSnapshot", f"{s.boot_disk_snapshot!r} is not a snapshot name")
+    if s.disk_size_gb and not 50 <= s.disk_size_gb <= 2000:  # 0: auto, invalid model
         bad(
             "diskSizeGb",
             f"{s.disk_size_gb} is outside 50-2000 (the DLVM image needs 50; 0 = auto)",
@@ -226,8 +242,8 @@ def validate(s: Settings) -> list[str]:
 def advisories(s: Settings) -> list[str]:
     """Valid but probably unintended settings: reported as warnings, not errors."""
     notes = []
-    needed = auto_disk_size_gb(s.model)
-    if s.model in MODEL_WEIGHTS_GB and s.disk_size_gb < needed:
+    needed = auto_disk_size_gb(s.model) if s.model in served_models() else 0
+    if s.disk_size_gb < needed:
         notes.append(
             f"{NAMESPACE}:diskSizeGb: {s.disk_size_gb} GB may be too small for model "
             f"{s.model} ({needed} GB suggested; set diskSizeGb to 0 for the automatic size)"
@@ -253,8 +269,8 @@ def advisories(s: Settings) -> list[str]:
     return notes
 
 
-def _get(cfg: pulumi.Config, key: str, missing: list[str]) -> str:
-    value = cfg.get(key)
+def _get(get: Callable[[str], str | None], key: str, missing: list[str]) -> str:
+    value = get(key)
     if value is None:
         missing.append(key)
         return ""
@@ -278,13 +294,22 @@ def _as_bool(key: str, raw: str, errors: list[str]) -> bool:
 
 
 def load_settings() -> Settings:
-    """Read every key once, convert, validate; raise ConfigError listing all problems."""
-    cfg = pulumi.Config(NAMESPACE)
+    """Read every key once from the stack config, convert, validate; raise ConfigError
+    listing all problems; log the advisories as warnings."""
+    settings = read_settings(pulumi.Config(NAMESPACE).get)
+    for note in advisories(settings):
+        pulumi.log.warn(note)
+    return settings
+
+
+def read_settings(get: Callable[[str], str | None]) -> Settings:
+    """The settings from `get(key)` (a key's value, None when unset): the stack config
+    under Pulumi, Pulumi.yaml's defaults plus `pulumi config` for scripts/vm."""
     missing: list[str] = []
     errors: list[str] = []
 
     def text(key: str) -> str:
-        return _get(cfg, key, missing).strip()
+        return _get(get, key, missing).strip()
 
     def integer(key: str) -> int:
         raw = text(key)
@@ -323,12 +348,21 @@ def load_settings() -> Settings:
         gateway_egress_cidr=text("gatewayEgressCidr"),
         build_region=text("buildRegion"),
         flow_logs=boolean("flowLogs"),
+        boot_disk_snapshot=text("bootDiskSnapshot"),
+        preflight=boolean("preflight") if get("preflight") is not None else True,
     )
     # keys with a default in Pulumi.yaml are always present under the CLI; only `project`
     # (no default) can be missing there.
-    optional_empty = {"imageName", "scheduleStart", "scheduleStop", "serviceImage", "gatewayImage"}
+    optional_empty = {
+        "imageName",
+        "scheduleStart",
+        "scheduleStop",
+        "serviceImage",
+        "gatewayImage",
+        "bootDiskSnapshot",
+    }
     missing = [k for k in missing if k not in optional_empty]
-    if settings.disk_size_gb == 0:  # auto: sized for the model (Pulumi.yaml's default)
+    if settings.disk_size_gb == 0 and settings.model in served_models():  # auto (the default)
         settings = replace(settings, disk_size_gb=auto_disk_size_gb(settings.model))
     if missing:
         errors = [
@@ -340,6 +374,4 @@ def load_settings() -> Settings:
         errors.extend(validate(settings))
     if errors:
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
-    for note in advisories(settings):
-        pulumi.log.warn(note)
     return settings

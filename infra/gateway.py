@@ -3,9 +3,16 @@
 Its service account can only read the token secret, get and start THIS VM (custom role
 bound on the instance) and read zone operations (to follow its own start call). It
 reaches the VM's internal IP through Direct VPC egress from its own subnet, which is the
-only source the firewall admits to the service port. Invocation is open to allUsers on
-purpose: browsers and OpenAI SDKs cannot send Google identity tokens, so the gateway
-checks the kit's own bearer token first, before it does anything else.
+only source the firewall admits to the service port.
+
+Anyone may invoke it, on purpose: browsers and OpenAI SDKs cannot send Google identity
+tokens, so the gateway checks the kit's own bearer token first, before it does anything
+else. The service is made public by turning Cloud Run's invoker IAM check off
+(`invoker_iam_disabled`), not by granting roles/run.invoker to `allUsers`: Google
+recommends this way, and names the organization policy that forbids public members
+(Domain Restricted Sharing, `iam.allowedPolicyMemberDomains`) as the case for it
+(cloud.google.com/run/docs/authenticating/public; docs/gcp-facts.md §12). So no IAM policy
+of the stack names `allUsers` or `allAuthenticatedUsers`.
 """
 
 from __future__ import annotations
@@ -109,6 +116,8 @@ def create_gateway(
         project=settings.project,
         location=settings.region,
         ingress="INGRESS_TRAFFIC_ALL",
+        # public without an `allUsers` binding; the gateway's token check comes first
+        invoker_iam_disabled=True,
         deletion_protection=False,
         labels=names.labels,
         template=gcp.cloudrunv2.ServiceTemplateArgs(
@@ -163,13 +172,5 @@ def create_gateway(
         ),
         # the revision reads the secret at deploy time: version and access must exist first
         opts=pulumi.ResourceOptions(depends_on=[*deps, token.version, *grants, grants_active]),
-    )
-    gcp.cloudrunv2.ServiceIamMember(
-        "gateway-public-invoker",
-        project=settings.project,
-        location=settings.region,
-        name=service.name,
-        role="roles/run.invoker",
-        member="allUsers",
     )
     return Gateway(service, account)

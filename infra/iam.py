@@ -118,7 +118,7 @@ def grant_vm_access(
     repo: gcp.artifactregistry.Repository,
     token: Token,
     deps: Sequence[pulumi.Resource],
-) -> list[pulumi.Resource]:
+) -> list[pulumi.CustomResource]:
     """The VM may pull from this one repository, read this one secret, write logs and
     metrics, and (translation on) call Cloud Translation; nothing else."""
     principal = member(account)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pulumi
 
 from infra.config import Settings
+from text2img.engines import registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SCRIPT = REPO_ROOT / "systemd" / "startup.sh"
@@ -125,6 +126,10 @@ def instance_metadata(
         "text2img-translation": "on" if settings.translation else "off",
         "text2img-port": str(settings.service_port),
         "text2img-model": settings.model,
+        # the files a start of this model reads (`find -path` patterns relative to the
+        # model cache, one a line; EngineSpec.prefetch): the VM reads them into the page
+        # cache before the service starts
+        "text2img-prefetch": "\n".join(registry.get_spec(settings.model).prefetch),
         # the startup script reports a driver that never loaded as the guest attribute
         # text2img/boot-failure, which the gateway reads (start_failed, GPU_DRIVER)
         "enable-guest-attributes": "TRUE",

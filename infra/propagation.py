@@ -15,7 +15,11 @@ stack's calls:
     account secretAccessor: "Permission denied on secret ... for Revision service account"
     (hashicorp/terraform-provider-google#13786);
   * a Cloud Build run by a service account granted a minute earlier: "does not have
-    storage.objects.get" on the staging bucket.
+    storage.objects.get" on the staging bucket;
+  * the VM's first boot right after its grants: the startup script reads the token from
+    Secret Manager, pulls from Artifact Registry and calls Cloud Translation, and a 403
+    there costs a boot. The VM is therefore created only after a delay that
+    starts when its grants exist; the startup script also retries a 403 with back-off.
 
 A `pulumiverse_time.Sleep` after the grants and before the dependent resource makes the
 wait part of the graph: it runs once, when the grants are created (or change), not on
@@ -37,6 +41,9 @@ import pulumiverse_time as time
 SCHEDULE_AGENT_WAIT = "120s"
 # resource-level grants used by one later call (secret, bucket, repository)
 GRANT_WAIT = "60s"
+# the VM's grants (secret, repository, translation, logging): the VM is created after
+# this; on a first deploy it overlaps with the image build, which takes far longer
+VM_GRANT_WAIT = "120s"
 
 
 class Grant(Protocol):

@@ -26,7 +26,9 @@ from infra.config import NAMESPACE, Settings
 
 OUTPUT = "deployed_settings"
 _KEEPS_DISK = (
-    "replaces the VM; its boot disk, with the cached weights and the pulled image, is kept"
+    "replaces the VM; its boot disk, with the cached weights and the pulled image, is kept. "
+    "The old VM is deleted first: if the new one cannot be created (no GPU capacity, "
+    "quota), there is no VM until the next successful `pulumi up`"
 )
 # key -> what a change replaces (Pulumi.yaml's descriptions say the same)
 REPLACING_KEYS: dict[str, str] = {
@@ -36,7 +38,12 @@ REPLACING_KEYS: dict[str, str] = {
     ),
     "zone": (
         "replaces the VM and its boot disk (disks are zonal): the model weights are "
-        "downloaded and the image pulled again"
+        "downloaded and the image pulled again, unless `scripts/vm move --zone Z` set "
+        "bootDiskSnapshot"
+    ),
+    "bootDiskSnapshot": (
+        "replaces the boot disk with one created from that snapshot (or, emptied, from the "
+        "image: weights downloaded again); `scripts/vm move` sets it together with `zone`"
     ),
     "spot": _KEEPS_DISK,
     "gpuType": _KEEPS_DISK,
@@ -53,6 +60,7 @@ def deployed_settings(settings: Settings) -> dict[str, Any]:
         "gpuType": settings.gpu_type,
         "gpuCount": settings.gpu_count,
         "diskSizeGb": settings.disk_size_gb,
+        "bootDiskSnapshot": settings.boot_disk_snapshot,
     }
 
 
@@ -62,6 +70,8 @@ def _shown(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if value == "":
+        return '""'
     return str(value)
 
 

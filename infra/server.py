@@ -45,10 +45,28 @@ class ServerArgs:
     subnet: gcp.compute.Subnetwork
     network_tag: str
     service_account_email: pulumi.Input[str]
-    boot_image: pulumi.Input[str]
     metadata: Mapping[str, pulumi.Input[str]]
     project_number: pulumi.Input[str]
     deps: Sequence[pulumi.Resource]
+
+
+def boot_disk_source(settings: Settings) -> dict[str, str | None]:
+    """What a new boot disk is created from: `bootDiskSnapshot` when set (scripts/vm
+    move), else `imageName`, else the image family. The family is handed to Compute as
+    `projects/P/global/images/family/F`, which the provider resolves to the newest image
+    when it creates the disk and at no other time: the program makes no image lookup, so a
+    family deprecated after the disk exists cannot fail a later `pulumi up`
+    (images.getFromFamily returns only non-deprecated images)."""
+    if settings.boot_disk_snapshot:
+        return {
+            "image": None,
+            "snapshot": f"projects/{settings.project}/global/snapshots/"
+            f"{settings.boot_disk_snapshot}",
+        }
+    images = f"projects/{settings.image_project}/global/images"
+    if settings.image_name:
+        return {"image": f"{images}/{settings.image_name}", "snapshot": None}
+    return {"image": f"{images}/family/{settings.image_family}", "snapshot": None}
 
 
 def scheduling(settings: Settings) -> gcp.compute.InstanceSchedulingArgs:
@@ -133,12 +151,14 @@ class GpuServer(pulumi.ComponentResource):
             )
             instance_deps.append(agent_grant)
 
+        source = boot_disk_source(s)
         self.boot_disk = gcp.compute.Disk(
             f"{name}-boot-disk",
             name=names.resource("boot"),
             project=s.project,
             zone=s.zone,
-            image=args.boot_image,
+            image=source["image"],
+            snapshot=source["snapshot"],
             size=s.disk_size_gb,
             type="pd-balanced",
             labels=names.labels,
@@ -148,8 +168,10 @@ class GpuServer(pulumi.ComponentResource):
                 pulumi.ResourceOptions(
                     depends_on=list(args.deps),
                     # a newer image in the family must not replace the disk (and its cached
-                    # weights) on every `pulumi up`
-                    ignore_changes=["image"],
+                    # weights) on every `pulumi up`. Pulumi sends an ignored property's old
+                    # value even when the disk is replaced (a new zone), so a disk made from
+                    # a snapshot must not ignore it: image and snapshot exclude each other
+                    ignore_changes=[] if source["snapshot"] else ["image"],
                     delete_before_replace=True,
                 ),
             ),
@@ -241,5 +263,9 @@ class GpuServer(pulumi.ComponentResource):
 
     @property
     def boot_image(self) -> pulumi.Output[str]:
-        """The image the boot disk was created from (may be older than the family's newest)."""
-        return self.boot_disk.image.apply(lambda image: image or "")
+        """The image the boot disk was created from (may be older than the family's newest;
+        the provider records the resolved image, a preview shows the family), or the
+        snapshot it was restored from."""
+        return pulumi.Output.all(self.boot_disk.image, self.boot_disk.snapshot).apply(
+            lambda parts: parts[0] or parts[1] or ""
+        )

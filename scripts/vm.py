@@ -1,6 +1,7 @@
 """`scripts/vm`: start, stop and watch the GPU VM.
 
     scripts/vm status | start [--wait] | stop | wait [--timeout S] | deploy | logs | ssh
+    scripts/vm preflight [--zone Z] | move --zone Z
 
 The VM (project, zone, name), the gateway URL, the token and the hourly cost estimate come
 from `pulumi stack output --json --show-secrets`, or from flags / environment variables
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 
 # a sibling module: scripts/ is on sys.path when this file runs as a script
+from vm_infra import STACK_COMMANDS, add_stack_commands
 from vm_target import Target, VmError, instances_client, operations_client, resolve_target
 
 from text2img import gce as compute
@@ -381,11 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("-n", "--lines", type=int, default=200, help="lines (200)")
         if name == "ssh":
             cmd.add_argument("ssh_args", nargs=argparse.REMAINDER, help="-- ssh arguments")
+    add_stack_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in STACK_COMMANDS:
+        try:
+            return STACK_COMMANDS[args.command][0](args)
+        except (VmError, ComputeFailure) as exc:
+            print(f"scripts/vm {args.command}: error: {exc}", file=sys.stderr)
+            return 1
     func, _, needs_endpoint = COMMANDS[args.command]
     args.needs_endpoint = needs_endpoint or getattr(args, "wait", False) is True
     try:

@@ -1,3 +1,3 @@
-"""text2img: a private text-to-image service (GLIDE) on a Google Cloud T4 GPU."""
+"""text2img: a private text-to-image service (GLIDE, SDXL-Lightning) on a Google Cloud T4 GPU."""
 
 __version__ = "0.1.0"

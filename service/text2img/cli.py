@@ -1,4 +1,4 @@
-"""`text2img` command line: serve | generate | download | bench."""
+"""`text2img` command line: serve | generate | download."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ COMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="text2img",
-        description="Your own text-to-image service (GLIDE): generate images, download "
-        "the weights, or serve the web UI and OpenAI-compatible API.",
+        description="Your own text-to-image service (GLIDE, SDXL-Lightning): generate "
+        "images, download the weights, or serve the web UI and OpenAI-compatible API.",
     )
     parser.add_argument("--version", action="version", version=f"text2img {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

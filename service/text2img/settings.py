@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from text2img.engines.registry import MODEL_NAMES
+from text2img.engines import registry
 
 
 class Settings(BaseSettings):
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
 
     # engine
     model: str = "glide"
-    """A registry name (text2img.engines.registry.MODEL_NAMES)."""
+    """A registry name (text2img.engines.registry.names())."""
     model_cache: Path | None = None
     device: Literal["cuda", "cpu"] | None = None
     # None = the device's default (CUDA float16, CPU float32); bfloat16 is a CPU option
@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in MODEL_NAMES:
-            raise ValueError(f"unknown model {value!r}; use one of {', '.join(MODEL_NAMES)}")
+        if value not in registry.names():
+            raise ValueError(f"unknown model {value!r}; use one of {', '.join(registry.names())}")
         return value
 
     # translation (Cloud Translation v3)

@@ -26,7 +26,6 @@ from text2img.settings import Settings
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "always", "never"]
-MODES: tuple[Mode, ...] = ("auto", "always", "never")
 TRANSLATE_SCOPE = "https://www.googleapis.com/auth/cloud-translation"
 
 

@@ -34,12 +34,6 @@ def tiny_engine() -> Engine:
     return load_engine("tiny", device="cpu")
 
 
-@pytest.fixture(scope="session")
-def tiny_pipeline(tiny_engine: Engine) -> Engine:
-    """The older name of `tiny_engine` (tests written before the engine interface)."""
-    return tiny_engine
-
-
 # -- fake Cloud Translation v3 (REST) --------------------------------------------------------
 
 
@@ -110,12 +104,12 @@ def translate_ok(fake_translate: FakeTranslate) -> Iterator[FakeTranslate]:
 
 
 @pytest.fixture
-def make_client(tiny_pipeline: Engine) -> Iterator[Callable[..., TestClient]]:
-    """An in-process client of a fresh app (lifespan run) sharing the tiny pipeline."""
+def make_client(tiny_engine: Engine) -> Iterator[Callable[..., TestClient]]:
+    """An in-process client of a fresh app (lifespan run) sharing the tiny engine."""
     clients: list[TestClient] = []
 
-    def make(pipeline: Any = None, **overrides: Any) -> TestClient:
-        app = create_app(make_settings(**overrides), pipeline=pipeline or tiny_pipeline)
+    def make(engine: Any = None, **overrides: Any) -> TestClient:
+        app = create_app(make_settings(**overrides), engine=engine or tiny_engine)
         client = TestClient(app)
         client.__enter__()
         clients.append(client)
@@ -128,12 +122,12 @@ def make_client(tiny_pipeline: Engine) -> Iterator[Callable[..., TestClient]]:
 
 
 @pytest.fixture
-def live(tiny_pipeline: Engine) -> Iterator[Callable[..., str]]:
+def live(tiny_engine: Engine) -> Iterator[Callable[..., str]]:
     """Start real servers: live(**settings) -> base URL (stopped after the test)."""
     stack: list[Any] = []
 
-    def start(pipeline: Any = None, **overrides: Any) -> str:
-        app = create_app(make_settings(**overrides), pipeline=pipeline or tiny_pipeline)
+    def start(engine: Any = None, **overrides: Any) -> str:
+        app = create_app(make_settings(**overrides), engine=engine or tiny_engine)
         ctx = serve(app)
         url = ctx.__enter__()
         stack.append(ctx)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from text2img.api.app import create_app
 from text2img.api.state import Activity
-from text2img.engines.base import Engine as Pipeline
+from text2img.engines.base import Engine
 from text2img.errors import UserError
 
 from api_support import make_settings, wait_ready  # isort: skip
@@ -95,21 +95,21 @@ def test_repeated_failures_are_throttled(make_client: Callable[..., TestClient])
     assert client.get("/healthz").status_code == 200
 
 
-def test_readyz_while_loading_and_after(tiny_pipeline: Pipeline) -> None:
+def test_readyz_while_loading_and_after(tiny_engine: Engine) -> None:
     import threading
 
     gate = threading.Event()
 
     class SlowLoad:
         def __getattr__(self, name: str) -> object:
-            return getattr(tiny_pipeline, name)
+            return getattr(tiny_engine, name)
 
-    app = create_app(make_settings(), pipeline=tiny_pipeline)
+    app = create_app(make_settings(), engine=tiny_engine)
     service = app.state.service
     original = service.start_loading
 
-    def gated(load: Callable[[], Pipeline]) -> None:
-        def slow() -> Pipeline:
+    def gated(load: Callable[[], Engine]) -> None:
+        def slow() -> Engine:
             gate.wait(10)
             return load()
 

@@ -46,8 +46,11 @@ def test_models_lists_the_served_engine_with_its_spec(make_client: Callable[...,
         "description": "Sampling steps of the 64x64 base model.",
         "minimum": 1,
         "maximum": 250,
+        "label": "ステップ数",
     }
     assert model["options"]["sampler"]["choices"] == ["ancestral", "ddim", "dpm++2m"]
+    assert model["options"]["upsample_steps"]["label"] == "アップサンプルのステップ数"
+    assert model["stages"] == {"base": "ベース", "upsample": "アップサンプル"}
 
 
 def decode(item: dict[str, Any]) -> Image.Image:
@@ -124,7 +127,7 @@ def other_engine(inner: Engine) -> Renamed:
 def test_options_the_engine_lacks_and_other_models_are_400s(
     make_client: Callable[..., TestClient], tiny_engine: Engine
 ):
-    client = make_client(pipeline=other_engine(tiny_engine))
+    client = make_client(engine=other_engine(tiny_engine))
     r = client.post(
         "/v1/images/generations", json={"prompt": "a", "upsample_steps": 3}, headers=AUTH
     )
@@ -152,7 +155,7 @@ def test_a_refused_output_is_a_500_bad_output_not_an_image(
     make_client: Callable[..., TestClient], tiny_engine: Engine
 ):
     engine = other_engine(tiny_engine)
-    client = make_client(pipeline=engine)
+    client = make_client(engine=engine)
     engine.fail = BadOutput("the model produced NaN/inf values: run `text2img download --check`")
     r = client.post("/v1/images/generations", json={"prompt": "a", **FAST}, headers=AUTH)
     assert r.status_code == 500

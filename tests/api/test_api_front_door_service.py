@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from serve_process import serving
 
 from tests.fakes.raw_http import header_flood
-from text2img.api.schemas import MAX_SEED
+from text2img.api.schemas import MAX_REQUEST_SEED
 from text2img.front_door import CSP
 
 MiB = 1024 * 1024
@@ -23,11 +23,11 @@ def test_the_seeds_of_a_batch_wrap_instead_of_leaving_the_range(
     make_client: Callable[..., TestClient],
 ) -> None:
     client = make_client()
-    body = {"prompt": "a red cube", "n": 3, "seed": MAX_SEED, **FAST64}
+    body = {"prompt": "a red cube", "n": 3, "seed": MAX_REQUEST_SEED, **FAST64}
     batch = client.post("/v1/images/generations", json=body, headers=AUTH)
     assert batch.status_code == 200, batch.text
     seeds = [image["seed"] for image in batch.json()["data"]]
-    assert seeds == [MAX_SEED, 0, 1]
+    assert seeds == [MAX_REQUEST_SEED, 0, 1]
     # each returned seed is accepted again (draws the same image: test_api_scheduling)
     for seed in seeds:
         again = client.post(

@@ -20,8 +20,8 @@ SCHEMA = schemathesis.openapi.from_dict(create_app(make_settings()).openapi())
 
 
 @pytest.fixture(scope="module")
-def open_url(tiny_pipeline: Any) -> Iterator[str]:
-    app = create_app(make_settings(auth_max_failures=1000), pipeline=tiny_pipeline)
+def open_url(tiny_engine: Any) -> Iterator[str]:
+    app = create_app(make_settings(auth_max_failures=1000), engine=tiny_engine)
     with serve(app) as url:
         with httpx.Client(base_url=url) as client:
             wait_ready(client)

@@ -18,7 +18,7 @@ from text2img.engines.base import Engine, EngineSettings, ImageRequest
 
 
 class SlowGPU:
-    """The real tiny pipeline, made slow: every batch takes at least `batch_s` seconds,
+    """The real tiny engine, made slow: every batch takes at least `batch_s` seconds,
     and none starts while `gate` is closed (so the queue can be filled meanwhile)."""
 
     def __init__(self, inner: Engine, batch_s: float) -> None:
@@ -42,8 +42,8 @@ class SlowGPU:
         return images
 
 
-async def test_retry_after_grows_with_the_queue(tiny_pipeline: Engine) -> None:
-    gpu = SlowGPU(tiny_pipeline, batch_s=1.0)
+async def test_retry_after_grows_with_the_queue(tiny_engine: Engine) -> None:
+    gpu = SlowGPU(tiny_engine, batch_s=1.0)
     app = create_app(make_settings(queue_limit=5, batch_window_s=0), engine=gpu)  # type: ignore[arg-type]
     async with running(app) as client:
         scheduler = app.state.service.scheduler

@@ -13,25 +13,22 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 from api_support import AUTH, FAST, FAST64, make_settings
 from fastapi import FastAPI
 
 from tests.numerics.image_compare import drift, record
 from text2img.api.app import create_app
-from text2img.engines.base import Engine as Pipeline
-from text2img.engines.base import EngineSettings as SamplingSettings
-from text2img.engines.base import ImageRequest
+from text2img.engines.base import Engine, EngineSettings, ImageRequest, OutOfMemory
 
 # Long enough that only cancellation or the time limit ends it (minutes on the tiny model).
 HEAVY = {"size": "256x256", "steps": 250, "upsample_steps": 250}
 
 
 class FaultyGPU:
-    """The real tiny pipeline behind a fault injector: raises CUDA out-of-memory for
+    """The real tiny engine behind a fault injector: raises out-of-memory for
     batches above `oom_above` images, or `fail_next` once. Everything else is real."""
 
-    def __init__(self, inner: Pipeline, oom_above: int = 64) -> None:
+    def __init__(self, inner: Engine, oom_above: int = 64) -> None:
         self.inner = inner
         self.spec = inner.spec
         self.name = inner.name
@@ -41,14 +38,14 @@ class FaultyGPU:
         self.fail_next: Exception | None = None
         self.calls: list[int] = []
 
-    def generate(self, requests: Sequence[ImageRequest], settings: SamplingSettings,
+    def generate(self, requests: Sequence[ImageRequest], settings: EngineSettings,
                  **kwargs: Any) -> list[Any]:  # fmt: skip
         self.calls.append(len(requests))
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
         if len(requests) > self.oom_above:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            raise OutOfMemory("CUDA out of memory. Tried to allocate 2 GiB")
         return self.inner.generate(requests, settings, **kwargs)
 
 
@@ -75,9 +72,9 @@ def metric(text: str, name: str) -> float:
     return total
 
 
-async def test_16_clients_against_a_queue_of_4(tiny_pipeline: Pipeline) -> None:
+async def test_16_clients_against_a_queue_of_4(tiny_engine: Engine) -> None:
     before = set(threading.enumerate())
-    app = create_app(make_settings(queue_limit=4), pipeline=tiny_pipeline)
+    app = create_app(make_settings(queue_limit=4), engine=tiny_engine)
     async with running(app) as client:
 
         async def one(i: int) -> httpx.Response:
@@ -109,9 +106,9 @@ async def test_16_clients_against_a_queue_of_4(tiny_pipeline: Pipeline) -> None:
     assert leaked == []
 
 
-async def test_compatible_requests_share_a_sampling_batch(tiny_pipeline: Pipeline) -> None:
-    gpu = FaultyGPU(tiny_pipeline)
-    app = create_app(make_settings(), pipeline=gpu)  # type: ignore[arg-type]
+async def test_compatible_requests_share_a_sampling_batch(tiny_engine: Engine) -> None:
+    gpu = FaultyGPU(tiny_engine)
+    app = create_app(make_settings(), engine=gpu)  # type: ignore[arg-type]
     async with running(app) as client:
         bodies = [{"prompt": f"dog {i}", "n": 1, **FAST64} for i in range(5)]
         bodies.append({"prompt": "other", "n": 1, **FAST64, "guidance_scale": 7.0})
@@ -125,8 +122,8 @@ async def test_compatible_requests_share_a_sampling_batch(tiny_pipeline: Pipelin
     assert max(gpu.calls) >= 4, gpu.calls
 
 
-async def test_seed_i_draws_the_same_image_alone_or_in_a_batch(tiny_pipeline: Pipeline) -> None:
-    app = create_app(make_settings(), pipeline=tiny_pipeline)
+async def test_seed_i_draws_the_same_image_alone_or_in_a_batch(tiny_engine: Engine) -> None:
+    app = create_app(make_settings(), engine=tiny_engine)
     async with running(app) as client:
         three = await client.post(
             "/v1/images/generations", json={"prompt": "a fox", "n": 3, "seed": 40, **FAST64}
@@ -154,9 +151,9 @@ async def test_seed_i_draws_the_same_image_alone_or_in_a_batch(tiny_pipeline: Pi
     assert seeds[1] == seeds[0] + 1
 
 
-async def test_out_of_memory_retries_smaller_batches_then_503(tiny_pipeline: Pipeline) -> None:
-    gpu = FaultyGPU(tiny_pipeline, oom_above=1)
-    app = create_app(make_settings(), pipeline=gpu)  # type: ignore[arg-type]
+async def test_out_of_memory_retries_smaller_batches_then_503(tiny_engine: Engine) -> None:
+    gpu = FaultyGPU(tiny_engine, oom_above=1)
+    app = create_app(make_settings(), engine=gpu)  # type: ignore[arg-type]
     async with running(app) as client:
         r = await client.post(
             "/v1/images/generations", json={"prompt": "a cat", "n": 4, "seed": 1, **FAST64}
@@ -175,9 +172,9 @@ async def test_out_of_memory_retries_smaller_batches_then_503(tiny_pipeline: Pip
         assert r.status_code == 200
 
 
-async def test_the_worker_survives_a_failing_batch(tiny_pipeline: Pipeline) -> None:
-    gpu = FaultyGPU(tiny_pipeline)
-    app = create_app(make_settings(), pipeline=gpu)  # type: ignore[arg-type]
+async def test_the_worker_survives_a_failing_batch(tiny_engine: Engine) -> None:
+    gpu = FaultyGPU(tiny_engine)
+    app = create_app(make_settings(), engine=gpu)  # type: ignore[arg-type]
     async with running(app) as client:
         gpu.fail_next = RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
         r = await client.post("/v1/images/generations", json={"prompt": "a cat", **FAST64})
@@ -189,8 +186,8 @@ async def test_the_worker_survives_a_failing_batch(tiny_pipeline: Pipeline) -> N
         assert r.status_code == 200
 
 
-async def test_per_request_time_limit(tiny_pipeline: Pipeline) -> None:
-    app = create_app(make_settings(request_timeout_s=1.0), pipeline=tiny_pipeline)
+async def test_per_request_time_limit(tiny_engine: Engine) -> None:
+    app = create_app(make_settings(request_timeout_s=1.0), engine=tiny_engine)
     async with running(app) as client:
         t0 = time.monotonic()
         running_one = client.post("/v1/images/generations", json={"prompt": "a", **HEAVY})
@@ -256,8 +253,8 @@ def test_a_client_that_goes_away_is_dropped_or_cancelled(live: Callable[..., str
         assert metric(metrics, 'text2img_sampling_batches_total{outcome="ok"}') == 0
 
 
-async def test_shutdown_cancels_work_and_leaves_no_threads(tiny_pipeline: Pipeline) -> None:
-    app = create_app(make_settings(), pipeline=tiny_pipeline)
+async def test_shutdown_cancels_work_and_leaves_no_threads(tiny_engine: Engine) -> None:
+    app = create_app(make_settings(), engine=tiny_engine)
     async with running(app) as client:
         job = (await client.post("/v1/jobs", json={"prompt": "x", **HEAVY})).json()
         await wait_for(lambda: app.state.service.scheduler.jobs_in_flight == 1)

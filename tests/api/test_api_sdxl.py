@@ -62,7 +62,7 @@ def decode(b64: str) -> tuple[bytes, Image.Image]:
 def test_sdk_draws_two_1024_images_in_each_format(
     live: Callable[..., str], tiny_sdxl: Engine
 ) -> None:
-    client = sdk(live(pipeline=tiny_sdxl, model="tiny-sdxl"))
+    client = sdk(live(engine=tiny_sdxl, model="tiny-sdxl"))
     models = client.models.list().data
     assert [m.id for m in models] == ["tiny-sdxl"]
     assert "1024x1024" in (models[0].model_extra or {})["sizes"]
@@ -95,7 +95,7 @@ def test_sdk_draws_two_1024_images_in_each_format(
 def test_openai_sizes_are_drawn_at_the_nearest_native_size(
     make_client: Callable[..., TestClient], tiny_sdxl: Engine
 ) -> None:
-    client = make_client(pipeline=tiny_sdxl, model="tiny-sdxl")
+    client = make_client(engine=tiny_sdxl, model="tiny-sdxl")
     r = client.post("/v1/images/generations", headers=AUTH,
                     json={"prompt": "a wide valley", "size": "1536x1024", **FAST})  # fmt: skip
     assert r.status_code == 200, r.text
@@ -117,7 +117,7 @@ def test_an_sdxl_server_refuses_what_it_cannot_draw(
     make_client: Callable[..., TestClient], tiny_sdxl: Engine,
     body: dict[str, Any], param: str, code: str | None,
 ) -> None:  # fmt: skip
-    client = make_client(pipeline=tiny_sdxl, model="tiny-sdxl")
+    client = make_client(engine=tiny_sdxl, model="tiny-sdxl")
     r = client.post("/v1/images/generations", json={"prompt": "x", **body}, headers=AUTH)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
@@ -131,7 +131,7 @@ def test_an_sdxl_server_refuses_what_it_cannot_draw(
 def test_progress_events_per_step_then_done(
     make_client: Callable[..., TestClient], tiny_sdxl: Engine
 ) -> None:
-    client = make_client(pipeline=tiny_sdxl, model="tiny-sdxl")
+    client = make_client(engine=tiny_sdxl, model="tiny-sdxl")
     job = client.post("/v1/jobs", json={"prompt": "a boat", "steps": 8, "size": "768x1344"},
                       headers=AUTH)  # fmt: skip
     assert job.status_code == 202, job.text
@@ -141,13 +141,16 @@ def test_progress_events_per_step_then_done(
     fractions = [e["progress"]["fraction"] for k, e in events if k == "progress"]
     assert fractions == sorted(fractions)
     assert len(set(fractions)) >= 3  # per step, not only start and end
+    # the stages shown are the ones the spec labels for the web UI
+    stages = {e["progress"]["stage"] for k, e in events if k == "progress"} - {"queued"}
+    assert stages == set(tiny_sdxl.spec.stages) == {"denoise"}
 
 
 def test_compatible_requests_share_a_batch_and_a_cancel_frees_the_engine(
     make_client: Callable[..., TestClient], tiny_sdxl: Engine
 ) -> None:
     engine = Recorder(tiny_sdxl)
-    client = make_client(pipeline=engine, model="tiny-sdxl", batch_window_s=1.0)
+    client = make_client(engine=engine, model="tiny-sdxl", batch_window_s=1.0)
     body = {"prompt": "a cat", "size": "1024x1024", **FAST}
     a = client.post("/v1/jobs", json={**body, "seed": 1}, headers=AUTH).json()
     b = client.post("/v1/jobs", json={**body, "seed": 2}, headers=AUTH).json()

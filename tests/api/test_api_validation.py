@@ -182,10 +182,10 @@ SCHEMA = schemathesis.openapi.from_dict(_fast_schema())
 
 
 @pytest.fixture(scope="module")
-def fuzz_url(tiny_pipeline: Any) -> Iterator[str]:
+def fuzz_url(tiny_engine: Any) -> Iterator[str]:
     from api_support import serve
 
-    app = create_app(make_settings(queue_limit=64), pipeline=tiny_pipeline)
+    app = create_app(make_settings(queue_limit=64), engine=tiny_engine)
     with serve(app) as url:
         import httpx
         from api_support import wait_ready

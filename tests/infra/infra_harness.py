@@ -1,6 +1,11 @@
 """Runs the real Pulumi program (infra/__main__.py) under pulumi.runtime.set_mocks and
 records every resource registration: type, name, parent, inputs, dependencies.
 
+Only Pulumi's public testing API is used: `set_mocks` (with its `monitor` argument, a
+MockMonitor subclass that also keeps what `Mocks.new_resource` is not given: parent,
+dependencies, resource options) and the `pulumi.runtime.test` decorator, which runs the
+program and waits for every registration and output.
+
 Config defaults are loaded from Pulumi.yaml, because the SDK applies them only under the
 CLI, not under mocks.
 """
@@ -12,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import runpy
 import sys
 from collections.abc import Iterator, Mapping
@@ -23,9 +29,6 @@ from typing import Any
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime.settings import SETTINGS
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "infra" / "__main__.py"
@@ -86,6 +89,9 @@ class StackState:
     randoms: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     references: list[str] = field(default_factory=list)  # stacks read by StackReference
+    invokes: list[str] = field(default_factory=list)  # provider functions the program called
+    # what the image lookup answers from now on, e.g. for a deprecated family
+    image_lookup_error: str | None = None
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -137,6 +143,16 @@ class Mocks(pulumi.runtime.Mocks):
             image = state["environment"]["T2I_IMAGE"]
             state["stdout"] = f"{image}@sha256:{_fake_digest(image)}\n"
         elif typ == "gcp:compute/disk:Disk":
+            # like the provider: a family is resolved to its newest image at creation and
+            # the disk records the image it was made from (Compute's sourceImage)
+            family = re.fullmatch(
+                r"projects/([^/]+)/global/images/family/[^/]+", state.get("image") or ""
+            )
+            if family:
+                state["image"] = (
+                    "https://www.googleapis.com/compute/v1/projects/"
+                    f"{family.group(1)}/global/images/{IMAGE_NAME}"
+                )
             state["selfLink"] = (
                 "https://www.googleapis.com/compute/v1/projects/"
                 f"{state['project']}/zones/{state['zone']}/disks/{name}"
@@ -146,7 +162,10 @@ class Mocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        self.state.invokes.append(args.token)
         if args.token == "gcp:compute/getImage:getImage":
+            if self.state.image_lookup_error:
+                raise RuntimeError(self.state.image_lookup_error)
             name = args.args.get("name") or IMAGE_NAME
             link = (
                 "https://www.googleapis.com/compute/v1/projects/"
@@ -253,6 +272,9 @@ def run_program(
     values = project_defaults()
     if project is not None:
         values["project"] = project
+    # the preflight calls Google's APIs; tests turn it on with a fake endpoint
+    # (tests/infra/test_preflight.py)
+    values["preflight"] = False
     values.update(overrides or {})
     state = state if state is not None else StackState()
     monitor = RecordingMonitor(Mocks(stack, state))
@@ -272,21 +294,26 @@ def run_program(
     pulumi.runtime.set_all_config(
         {f"text2img:{key}": config_value(value) for key, value in values.items()}, []
     )
-    SETTINGS.rpc_manager.clear()
-    SETTINGS.outputs.clear()
     # the file as the program sees it now (it may be edited while the tests run)
     script_path = Path(os.environ.get(STARTUP_ENV) or ROOT / "systemd" / "startup.sh")
     script = script_path.read_text() if script_path.is_file() else None
     exported: dict[str, Any] = {}
-    with _patched_export(exported):
-        _sync_await(run_pulumi_func(_run_main))
-
     outputs: dict[str, Any] = {}
     secret: set[str] = set()
-    for key, value in exported.items():
-        out = pulumi.Output.from_input(value)
-        outputs[key] = _sync_await(out.future())
-        if _sync_await(out.is_secret()):
-            secret.add(key)
+
+    async def collect() -> None:
+        for key, value in exported.items():
+            out = pulumi.Output.from_input(value)
+            outputs[key] = await out.future()
+            if await out.is_secret():
+                secret.add(key)
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        _run_main()
+        return collect()
+
+    with _patched_export(exported):
+        program()
     state.outputs = dict(outputs)
     return Plan(stack, monitor.registrations, outputs, secret, capture.warnings, script)

@@ -25,9 +25,7 @@ SCRIPT = textwrap.dedent(
     config = {{f"text2img:{{k}}": h.config_value(v) for k, v in values.items()}}
     pulumi.runtime.set_all_config(config)
     pulumi.export = lambda name, value: None
-    from pulumi.runtime.stack import run_pulumi_func
-    from pulumi.runtime.sync_await import _sync_await
-    _sync_await(run_pulumi_func(lambda: runpy.run_path(".", run_name="__main__")) )
+    pulumi.runtime.test(lambda: runpy.run_path(".", run_name="__main__"))()
     import secrets, token
     assert secrets.__file__.startswith(sys.base_prefix), secrets.__file__
     assert sys.modules["infra.config"].__file__.startswith({infra!r})

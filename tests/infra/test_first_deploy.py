@@ -103,6 +103,33 @@ def test_gateway_deploys_after_its_secret_grant_propagated(plan: Plan) -> None:
     assert delay.urn in service.dependencies
 
 
+@pytest.mark.parametrize("translation", [True, False])
+def test_vm_is_created_after_its_grants_propagated(plan_for: PlanFor, translation: bool) -> None:
+    """The first boot reads the token secret, pulls from the repository and (translation
+    on) calls Cloud Translation: the VM waits for a delay that starts when those grants
+    exist (a fresh grant typically takes 2 minutes to apply)."""
+    plan = plan_for(translation=translation)
+    delay = named(plan, "vm-grants-propagation")
+    wanted = {
+        "vm-token-accessor",
+        "vm-repo-reader",
+        "vm-logging-logWriter",
+        "vm-monitoring-metricWriter",
+    }
+    if translation:
+        wanted.add("vm-cloudtranslate-user")
+    grants = {r.urn: r.name for r in plan.resources if r.name in wanted}
+    assert set(grants.values()) == wanted
+    assert set(delay.dependencies) == set(grants)
+    assert seconds(delay.inputs["createDuration"]) >= 120
+    triggers = " ".join(delay.inputs["triggers"].values())
+    assert "roles/secretmanager.secretAccessor serviceAccount:t2i-dev-vm@" in triggers
+    assert "roles/artifactregistry.reader serviceAccount:t2i-dev-vm@" in triggers
+    assert ("roles/cloudtranslate.user" in triggers) is translation
+    vm = plan.one("gcp:compute/instance:Instance")
+    assert delay.urn in vm.dependencies
+
+
 def test_schedule_delay_is_long_enough_and_only_with_a_schedule(plan_for: PlanFor) -> None:
     plan = plan_for(scheduleStop="0 23 * * *")
     delay = named(plan, "server-schedule-agent-propagation")
@@ -164,7 +191,11 @@ def test_boot_disk_is_its_own_resource_and_outlives_a_replaced_vm(plan_for: Plan
     assert disk.inputs["size"] == 150  # Disk.size grows in place; initialize_params is ForceNew
     assert disk.inputs["type"] == "pd-balanced"
     assert disk.inputs["zone"] == vm.inputs["zone"]
-    assert disk.inputs["image"].endswith("/common-cu129-ubuntu-2204-nvidia-580-v20260416")
+    # the family, resolved by Compute when the disk is created (no lookup in the program)
+    assert disk.inputs["image"] == (
+        "projects/deeplearning-platform-release/global/images/family/"
+        "common-cu129-ubuntu-2204-nvidia-580"
+    )
     assert "image" in disk.ignore_changes  # a newer image in the family replaces nothing
     assert vm.inputs["bootDisk"]["source"].endswith(f"/disks/{disk.inputs['name']}")
     assert vm.inputs["bootDisk"]["autoDelete"] is False
@@ -200,6 +231,7 @@ def test_changing_spot_on_an_existing_stack_warns_before_replacing() -> None:
     assert "changed from false to true" in notes[0]
     assert "replaces the VM" in notes[0]
     assert "boot disk" in notes[0]
+    assert "The old VM is deleted first" in notes[0]  # a failed create leaves no VM
     assert "`pulumi config set spot false`" in notes[0]
     assert len(changed.warnings) == 1  # nothing else changed (gpuCount 1 == 1.0)
 
@@ -211,7 +243,9 @@ def test_zone_change_and_disk_shrink_warn_but_disk_growth_does_not() -> None:
     assert grown.warnings == []
     moved = run_program("dev", {"zone": "asia-northeast1-c", "diskSizeGb": 150}, state=state)
     assert any(
-        w.startswith("text2img:zone:") and "replaces the VM and its boot disk" in w
+        w.startswith("text2img:zone:")
+        and "replaces the VM and its boot disk" in w
+        and "scripts/vm move --zone Z" in w
         for w in moved.warnings
     )
     assert any(

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from infra_harness import Plan, run_program
 from pulumi.runtime import rpc
 
@@ -25,7 +27,7 @@ CONFIG = {"scheduleStart": "0 9 * * 1-5", "scheduleStop": "0 23 * * *"}
 
 def _normalize(value: Any) -> Any:
     if isinstance(value, dict):
-        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+        if rpc.is_rpc_secret(value):
             return "<secret>"
         files = {key: name for name, key in VM_FILES.items()}
         return {
@@ -56,8 +58,21 @@ def render(plan: Plan) -> str:
 
 def test_planned_resources_match_the_reviewed_snapshot() -> None:
     text = render(run_program("dev", CONFIG))
-    if os.environ.get(UPDATE_ENV) == "1" or not SNAPSHOT.exists():
+    if os.environ.get(UPDATE_ENV) == "1":
         SNAPSHOT.write_text(text)
+    # a missing snapshot fails: writing it here would pass a run that reviewed nothing
+    assert SNAPSHOT.exists(), f"{SNAPSHOT} is missing; create it with {UPDATE_ENV}=1 and review it"
     assert text == SNAPSHOT.read_text(), (
         f"the planned resources changed; review and set {UPDATE_ENV}=1 to accept"
     )
+
+
+def test_a_missing_snapshot_fails_and_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "snapshot.txt"
+    monkeypatch.setattr(sys.modules[__name__], "SNAPSHOT", missing)
+    monkeypatch.delenv(UPDATE_ENV, raising=False)
+    with pytest.raises(AssertionError, match="is missing; create it with"):
+        test_planned_resources_match_the_reviewed_snapshot()
+    assert not missing.exists()

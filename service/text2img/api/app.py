@@ -78,15 +78,12 @@ def create_app(
     settings: Settings | None = None,
     *,
     engine: Engine | None = None,
-    pipeline: Engine | None = None,
     translator: Translator | None = None,
     on_load_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """The service. `engine` skips loading (e.g. one tiny engine shared by tests;
-    `pipeline` is its older name); `on_load_failure` is called with the message when the
-    model cannot be loaded."""
+    """The service. `engine` skips loading (e.g. one tiny engine shared by tests);
+    `on_load_failure` is called with the message when the model cannot be loaded."""
     settings = settings or get_settings()
-    engine = engine or pipeline
     service = ServiceState(
         settings=settings,
         token=load_token(settings.api_token, settings.api_token_file),
@@ -139,8 +136,10 @@ def create_app(
     )
     app.state.service = service
     install_error_handlers(app)
-    for module in (system, models, images, translations, jobs, ui):
+    for module in (system, models, translations, ui):
         app.include_router(module.router)
+    for build in (images.router, jobs.router):  # their bodies carry the engine's options
+        app.include_router(build(service.spec))
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:

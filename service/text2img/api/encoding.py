@@ -12,7 +12,6 @@ import io
 from PIL import Image
 
 FORMATS = ("png", "jpeg", "webp")
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 DEFAULT_COMPRESSION = 100
 
 

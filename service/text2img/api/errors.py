@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from text2img import front_door
-from text2img.api.jobs import JobError
+from text2img.api.failures import JobError
 
 log = logging.getLogger(__name__)
 

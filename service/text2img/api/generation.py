@@ -9,8 +9,9 @@ import secrets
 from text2img.api.errors import ApiError
 from text2img.api.jobs import Job
 from text2img.api.scheduler import QueueFull, Scheduler, SchedulerStopped
-from text2img.api.schemas import MAX_SEED, ImageData, ImageGenerationRequest
+from text2img.api.schemas import MAX_REQUEST_SEED, ImageData, ImageGenerationRequest
 from text2img.api.state import ServiceState
+from text2img.engines import registry
 from text2img.engines.base import EngineSettings, EngineSpec, InvalidSetting
 from text2img.translate import Mode, Translation, TranslationError, TranslationRefused
 
@@ -61,6 +62,14 @@ def engine_settings(spec: EngineSpec, body: ImageGenerationRequest) -> tuple[str
             param="output_compression",
             code="unsupported_parameter",
         )
+    for key in body.model_extra or {}:
+        if key not in registry.options_by_name():  # not an option of any model: a typo
+            raise ApiError(
+                400,
+                f"{key}: is not a field this endpoint accepts (check the spelling)",
+                param=key,
+                code="invalid_value",
+            )
     options = body.engine_options()
     try:
         spec.check_option_names(options)
@@ -87,14 +96,13 @@ async def create_job(
     if scheduler.queue_depth >= scheduler.queue_limit:  # refuse before paying to translate
         raise _queue_full(state, scheduler, scheduler.retry_after())
     translation = await translate(state, body.prompt, body.translate, "prompt")
-    first = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    first = body.seed if body.seed is not None else secrets.randbelow(MAX_REQUEST_SEED + 1)
     job = Job(
         prompt=translation.text,
-        original_prompt=body.prompt,
         settings=settings,
         # image i uses seed+i, wrapping past the largest accepted seed to 0 so that every
         # returned seed can be sent again (4294967295 with n=3: 4294967295, 0, 1)
-        seeds=[(first + i) % (MAX_SEED + 1) for i in range(body.n)],
+        seeds=[(first + i) % (MAX_REQUEST_SEED + 1) for i in range(body.n)],
         timeout_s=state.settings.request_timeout_s,
         size=size,
         output_format=body.output_format,
@@ -123,10 +131,15 @@ def _queue_full(state: ServiceState, scheduler: Scheduler, retry_after: int) -> 
 
 
 def image_data(job: Job) -> list[ImageData]:
+    """Each image with the text actually drawn: the engine's cut of the prompt when it
+    had to shorten it (then `prompt_truncated`), else the whole English prompt."""
     return [
         ImageData(
-            b64_json=base64.b64encode(data).decode("ascii"), revised_prompt=job.prompt, seed=seed
+            b64_json=base64.b64encode(data).decode("ascii"),
+            revised_prompt=used if used is not None else job.prompt,
+            prompt_truncated=used is not None,
+            seed=seed,
         )
-        for data, seed in zip(job.images, job.seeds, strict=True)
+        for data, used, seed in zip(job.images, job.prompts_used, job.seeds, strict=True)
         if data is not None
     ]

@@ -29,15 +29,21 @@ class JobState(StrEnum):
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
-@dataclass(frozen=True)
-class JobError:
-    """An OpenAI-style error the HTTP layer returns as is."""
+class FailureKind(StrEnum):
+    """Why the queue gave up on a job; `api.failures` turns each into an HTTP answer."""
 
-    status: int
-    message: str
-    type: str = "server_error"
-    code: str | None = None
-    param: str | None = None
+    TIMEOUT = "timeout"  # ran past its time limit
+    OUT_OF_MEMORY = "out_of_memory"  # even one image did not fit on the device
+    BAD_OUTPUT = "bad_output"  # the engine refused its own output (NaN or constant)
+    INVALID = "invalid"  # the engine refused the request's settings
+    INTERNAL = "internal"  # anything else (logged)
+    SHUTDOWN = "shutdown"  # the service is stopping
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    detail: str = ""  # the engine's own message, where it has one
 
 
 @dataclass
@@ -60,11 +66,10 @@ class JobProgress:
 class Job:
     """n images of one English prompt under one set of sampling settings."""
 
-    prompt: str  # the English text drawn (revised_prompt)
+    prompt: str  # the English text asked for (revised_prompt unless an engine cut it)
     settings: EngineSettings
     seeds: list[int]
     timeout_s: float
-    original_prompt: str = ""
     size: str = ""  # the size drawn ("WxH"), as the response states it
     output_format: str = "png"  # png | jpeg | webp
     output_compression: int | None = None  # 0-100 for jpeg/webp; None: the format's default
@@ -72,7 +77,7 @@ class Job:
     created: float = field(default_factory=time.time)
     state: JobState = JobState.QUEUED
     progress: JobProgress = field(default_factory=JobProgress)
-    error: JobError | None = None
+    failure: Failure | None = None
     started_at: float | None = None
     finished_at: float | None = None
     # worker bookkeeping (guarded by the scheduler's lock)
@@ -80,9 +85,12 @@ class Job:
     done_count: int = 0
     cancel_requested: bool = False
     images: list[bytes | None] = field(default_factory=list)
+    # per image: the text actually drawn when the engine cut the prompt, else None
+    prompts_used: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = [None] * len(self.seeds)
+        self.prompts_used = [None] * len(self.seeds)
         self.deadline = time.monotonic() + self.timeout_s
         self.submitted_at = time.monotonic()
         self.seq = 0
@@ -135,38 +143,18 @@ class Job:
             await self.wait_change(self.seq, min(left, 1.0))
         return True
 
-    def finish(self, state: JobState, error: JobError | None = None) -> bool:
+    def finish(self, state: JobState, failure: Failure | None = None) -> bool:
         """Move to a final state once; False if it was already final."""
         with self._lock:
             if self.finished:
                 return False
             self.state = state
-            self.error = error
+            self.failure = failure
             self.finished_at = time.time()
             if state is JobState.SUCCEEDED:
                 self.progress = JobProgress("done", self.progress.total, self.progress.total, 1.0)
         self.notify()
         return True
-
-    def summary(self) -> dict[str, Any]:
-        """The job as the job API shows it (without images)."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "object": "image.job",
-            "status": self.state.value,
-            "created": int(self.created),
-            "n": self.n,
-            "revised_prompt": self.prompt,
-            "progress": self.progress.as_dict(),
-        }
-        if self.error is not None:
-            out["error"] = {
-                "message": self.error.message,
-                "type": self.error.type,
-                "param": self.error.param,
-                "code": self.error.code,
-            }
-        return out
 
 
 class JobRegistry:

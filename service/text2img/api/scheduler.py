@@ -1,16 +1,20 @@
 """The GPU worker: one thread, a bounded FIFO queue, batching of compatible jobs.
 
-- `submit` refuses a job when `queue_limit` jobs already wait (QueueFull, HTTP 429).
+Knows neither torch nor HTTP: it drives an `engines.base.Engine` and records why a job
+failed as a `jobs.Failure` (`api.failures` decides what a client is told).
+
+- `submit` refuses a job when `queue_limit` jobs already wait (QueueFull).
 - The worker takes the oldest waiting job and fills one sampling batch, up to the
   engine's `max_batch` images, with images of later jobs whose engine settings
   are equal (a job larger than a batch is spread over several batches).
 - A batch is cancelled (the engine checks `should_cancel` before every model call)
   once every job in it was cancelled or ran past its time limit.
-- CUDA out of memory: the batch is retried in halves, and later batches are capped at
-  the size that worked; one image out of memory fails its job with a clear 503.
+- Out of memory (the engine raises `OutOfMemory`): the batch is retried in halves, and
+  later batches are capped at the size that worked; one image out of memory fails its job.
 - A batch the engine's output guard refuses (BadOutput: NaN or constant images) fails its
-  jobs with 500 `bad_output` saying what to run.
-- Any other failure fails the jobs of that batch; the worker itself never dies.
+  jobs; any other failure fails the jobs of that batch; the worker itself never dies.
+- Images are encoded off the worker thread (`api.encoder`, `encode_threads` default 1),
+  and the next batch starts at once; a job succeeds when its last image is encoded.
 """
 
 from __future__ import annotations
@@ -19,15 +23,13 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
-from text2img.api.encoding import encode_image
-from text2img.api.jobs import Job, JobError, JobProgress, JobState
-from text2img.engines.base import BadOutput, Cancelled, Engine, ImageRequest, Progress
+from text2img.api.encoder import Encode, Encoder
+from text2img.api.jobs import Failure, FailureKind, Job, JobProgress, JobState
+from text2img.engines.base import BadOutput, Cancelled, Engine, ImageRequest, OutOfMemory, Progress
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,10 @@ class BatchRecord:
     outcome: str  # "ok" | "cancelled" | "oom" | "error"
 
 
+_SHUTDOWN = Failure(FailureKind.SHUTDOWN)
+_INTERNAL = Failure(FailureKind.INTERNAL)
+
+
 class Scheduler:
     """Owns the engine; the only thread that ever calls `engine.generate`."""
 
@@ -68,8 +74,10 @@ class Scheduler:
         engine: Engine,
         *,
         queue_limit: int,
+        encode: Encode,
         max_batch: int | None = None,
         batch_window_s: float = 0.03,
+        encode_threads: int = 1,
         on_batch: Callable[[BatchRecord], None] | None = None,
         on_job_finished: Callable[[Job, JobState], None] | None = None,
     ) -> None:
@@ -82,10 +90,13 @@ class Scheduler:
         self._queue: deque[Job] = deque()
         self._running: list[Job] = []
         self._cond = threading.Condition()
+        self._encoder = Encoder(encode, encode_threads, self._cond, self._delivered)
         self._stopping = False
         self._draining = False
         self._thread: threading.Thread | None = None
         self._batch_seconds = 0.0  # moving average of a sampling batch, for Retry-After
+        # shown between two batches of one job: the engine's first stage
+        self._next_stage = next(iter(engine.spec.stages), "queued")
 
     # -- public, any thread ------------------------------------------------------------
 
@@ -94,10 +105,10 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel everything waiting or running and join the worker."""
+        """Cancel everything waiting, running or being encoded, and join the threads."""
         with self._cond:
             self._stopping = True
-            pending = list(self._queue) + list(self._running)
+            pending = [*self._queue, *self._running, *self._encoder.pending]
             self._queue.clear()
             self._cond.notify_all()
         for job in pending:
@@ -108,10 +119,11 @@ class Scheduler:
             if self._thread.is_alive():
                 log.error("the GPU worker did not stop within %.0f s", timeout)
             self._thread = None
+        self._encoder.shutdown()
 
     def begin_shutdown(self) -> None:
-        """Refuse new jobs and fail the waiting ones (503 shutting_down) now; the batch
-        being drawn runs on, and the worker exits after it (`alive` turns False)."""
+        """Refuse new jobs and fail the waiting ones (shutdown) now; the batch being drawn
+        runs on and is encoded, and then `alive` turns False."""
         with self._cond:
             self._draining = True
             waiting = [j for j in self._queue if j.state is JobState.QUEUED]
@@ -124,7 +136,10 @@ class Scheduler:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The worker runs, or images it drew are still being encoded."""
+        worker = self._thread is not None and self._thread.is_alive()
+        with self._cond:
+            return worker or bool(self._encoder.pending)
 
     @property
     def queue_depth(self) -> int:
@@ -134,16 +149,19 @@ class Scheduler:
 
     @property
     def jobs_in_flight(self) -> int:
-        """Jobs with at least one image being drawn or left to draw after a started batch."""
+        """Jobs with images being drawn, encoded, or left to draw after a started batch."""
         with self._cond:
-            running = {j.id for j in self._running if not j.finished}
-            running |= {j.id for j in self._queue if j.state is JobState.RUNNING}
-            return len(running)
+            return len(self._in_flight())
 
     @property
     def busy(self) -> bool:
         with self._cond:
-            return bool(self._queue) or any(not j.finished for j in self._running)
+            return bool(self._queue) or bool(self._in_flight())
+
+    def _in_flight(self) -> set[str]:
+        ids = {j.id for j in self._running if not j.finished}
+        ids |= {j.id for j in self._encoder.pending if not j.finished}
+        return ids | {j.id for j in self._queue if j.state is JobState.RUNNING}
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the time to draw what is queued ahead
@@ -173,11 +191,9 @@ class Scheduler:
         """Ask for the job to stop; a queued job is dropped before it runs."""
         with self._cond:
             job.cancel_requested = True
-            if job in self._queue and job.state is JobState.QUEUED:
+            dropped = job in self._queue and job.state is JobState.QUEUED
+            if dropped:
                 self._queue.remove(job)
-                dropped = True
-            else:
-                dropped = False
             self._cond.notify_all()
         if dropped:
             self._finish(job, JobState.CANCELLED, None)
@@ -192,7 +208,7 @@ class Scheduler:
             if waiting:
                 self._queue.remove(job)
         if waiting:
-            self._finish(job, JobState.FAILED, _timeout_error(job))
+            self._finish(job, JobState.FAILED, Failure(FailureKind.TIMEOUT))
 
     def queue_position(self, job: Job) -> int | None:
         """0-based position among waiting jobs, None when not waiting."""
@@ -271,7 +287,7 @@ class Scheduler:
             if job.cancel_requested:
                 self._finish(job, JobState.CANCELLED, None)
             else:
-                self._finish(job, JobState.FAILED, _timeout_error(job))
+                self._finish(job, JobState.FAILED, Failure(FailureKind.TIMEOUT))
 
     def _live(self, job: Job) -> bool:
         """False once the job no longer wants images (cancelled, timed out, failed)."""
@@ -281,7 +297,7 @@ class Scheduler:
             self._finish(job, JobState.CANCELLED, None)
             return False
         if time.monotonic() > job.deadline:
-            self._finish(job, JobState.FAILED, _timeout_error(job))
+            self._finish(job, JobState.FAILED, Failure(FailureKind.TIMEOUT))
             return False
         return True
 
@@ -297,13 +313,12 @@ class Scheduler:
 
     def _run_chunk(self, items: list[_Item]) -> None:
         jobs = list(dict.fromkeys(i.job for i in items))
-        per_job = {job.id: sum(1 for i in items if i.job is job) for job in jobs}
+        per_job = Counter(i.job for i in items)
         requests = [ImageRequest(prompt=i.job.prompt, seed=i.job.seeds[i.index]) for i in items]
 
         def progress(p: Progress) -> None:
-            batch_fraction = p.fraction
             for job in jobs:
-                done = job.done_count + batch_fraction * per_job[job.id]
+                done = job.done_count + p.fraction * per_job[job]
                 job.progress = JobProgress(p.stage, p.step, p.total, min(done / job.n, 0.999))
                 job.notify()
 
@@ -320,59 +335,50 @@ class Scheduler:
             for job in jobs:
                 self._live(job)  # finishes cancelled / timed-out jobs
             return
-        except torch.cuda.OutOfMemoryError:
+        except OutOfMemory:
             self._report(len(items), t0, "oom")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
             if len(items) > 1:
                 smaller = max(1, len(items) // 2)
                 if smaller < self.max_batch:
-                    log.warning(
-                        "CUDA out of memory at %d images; batches capped at %d", len(items), smaller
-                    )
+                    log.warning("out of memory at %d images; batches capped at %d",
+                                len(items), smaller)  # fmt: skip
                     self.max_batch = smaller
                 self._run(items, smaller)
                 return
-            for job in jobs:
-                self._finish(job, JobState.FAILED, _OOM)
+            self._fail(jobs, Failure(FailureKind.OUT_OF_MEMORY))
             return
         except BadOutput as exc:
             self._report(len(items), t0, "error")
             log.error("the engine refused its own output: %s", exc)
-            error = JobError(500, str(exc), "server_error", "bad_output")
-            for job in jobs:
-                self._finish(job, JobState.FAILED, error)
+            self._fail(jobs, Failure(FailureKind.BAD_OUTPUT, str(exc)))
             return
-        except ValueError as exc:
+        except ValueError as exc:  # InvalidSetting: settings the engine refuses
             self._report(len(items), t0, "error")
-            error = JobError(400, str(exc), "invalid_request_error", "invalid_settings")
-            for job in jobs:
-                self._finish(job, JobState.FAILED, error)
+            self._fail(jobs, Failure(FailureKind.INVALID, str(exc)))
             return
         except Exception:
             self._report(len(items), t0, "error")
             log.exception("generation failed for %d image(s)", len(items))
-            for job in jobs:
-                self._finish(job, JobState.FAILED, _INTERNAL)
+            self._fail(jobs, _INTERNAL)
             return
         seconds = self._report(len(items), t0, "ok")
         self._batch_seconds = (
             seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
         )
-        for item, generated in zip(items, images, strict=True):
-            if not item.job.finished:
-                job = item.job
-                job.images[item.index] = encode_image(
-                    generated.image, job.output_format, job.output_compression
-                )
+        self._encoder.submit([(i.job, i.index) for i in items], images)  # counts them drawn
         for job in jobs:
-            job.done_count += per_job[job.id]
-            if job.done_count >= job.n and not job.finished:
-                self._finish(job, JobState.SUCCEEDED, None)
-            elif not job.finished:
+            if job.done_count < job.n and not job.finished:
                 fraction = job.done_count / job.n
-                job.progress = JobProgress("base", 0, job.progress.total, fraction)
+                job.progress = JobProgress(self._next_stage, 0, job.progress.total, fraction)
                 job.notify()
+
+    def _fail(self, jobs: list[Job], failure: Failure) -> None:
+        for job in jobs:
+            self._finish(job, JobState.FAILED, failure)
+
+    def _delivered(self, job: Job, ok: bool) -> None:
+        """The encoder has every image of `job` (ok), or could not encode one."""
+        self._finish(job, JobState.SUCCEEDED if ok else JobState.FAILED, None if ok else _INTERNAL)
 
     def _report(self, images: int, t0: float, outcome: str) -> float:
         seconds = time.perf_counter() - t0
@@ -380,7 +386,7 @@ class Scheduler:
             self._on_batch(BatchRecord(images, seconds, outcome))
         return seconds
 
-    def _finish(self, job: Job, state: JobState, error: JobError | None) -> None:
+    def _finish(self, job: Job, state: JobState, failure: Failure | None) -> None:
         """Finish a job once; the hook runs before anyone waiting on the job wakes up."""
         with self._cond:
             if job.finished:
@@ -391,33 +397,4 @@ class Scheduler:
                 self._queue.remove(job)
             if self._on_job_finished is not None:
                 self._on_job_finished(job, state)
-            job.finish(state, error)
-
-
-def _timeout_error(job: Job) -> JobError:
-    return JobError(
-        504,
-        f"the request ran past the service's time limit of {job.timeout_s:.0f} s "
-        "(TEXT2IMG_REQUEST_TIMEOUT_S); ask for fewer images or steps, or retry when the "
-        "queue is shorter",
-        "timeout",
-        "request_timeout",
-    )
-
-
-_OOM = JobError(
-    503,
-    "the GPU ran out of memory even for a single image; retry later, or use a smaller "
-    "size or fewer steps",
-    "server_error",
-    "gpu_out_of_memory",
-)
-_INTERNAL = JobError(
-    500,
-    "image generation failed inside the service; see the service log",
-    "server_error",
-    "generation_failed",
-)
-_SHUTDOWN = JobError(
-    503, "the service is shutting down; retry in a moment", "unavailable", "shutting_down"
-)
+            job.finish(state, failure)

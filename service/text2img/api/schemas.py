@@ -1,24 +1,48 @@
-"""Request and response bodies; every field bounded."""
+"""Request and response bodies; every field bounded.
+
+The generation body is OpenAI's fields plus the served engine's options: `request_model`
+builds it from the engine's spec (types here, ranges and choices enforced by the spec),
+so a new engine's options reach the API and its OpenAPI schema without an edit here.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    create_model,
+    field_validator,
+)
+
+from text2img.engines.base import EngineSpec, Option
 
 MAX_PROMPT = 1000
-MAX_SEED = 2**32 - 1
+# the largest seed a request may name; image i draws seed+i, wrapping to 0 past it
+MAX_REQUEST_SEED = 2**32 - 1
+MAX_TEXT_OPTION = 64
 # Strict numbers: JSON true, "2" or 2.0 are not integers, "3" is not a number; NaN and
 # infinity are refused by name. Ranges of engine options are the engine's (its spec).
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # strict float takes ints
-# the request fields that are engine options (checked by the served engine's spec)
-ENGINE_OPTIONS = ("steps", "guidance_scale", "sampler", "upsample_steps")
+_OPTION_TYPES: dict[type, Any] = {
+    int: StrictInt,
+    float: Number,
+    str: Annotated[str, Field(max_length=MAX_TEXT_OPTION)],
+}
 
 
 class ImageGenerationRequest(BaseModel):
-    """OpenAI Images API `images.generate`, plus this service's extensions."""
+    """OpenAI Images API `images.generate`, plus this service's extensions.
 
-    model_config = ConfigDict(extra="forbid")
+    The served engine's options are added by `request_model`; any other field is kept
+    (extra="allow") so that `generation.engine_settings` can name it in its 400.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     prompt: str = Field(
         min_length=1,
@@ -53,19 +77,12 @@ class ImageGenerationRequest(BaseModel):
     user: str | None = Field(default=None, max_length=256, description="Accepted, ignored.")
     quality: str | None = Field(default=None, max_length=32, description="Accepted, ignored.")
     style: str | None = Field(default=None, max_length=32, description="Accepted, ignored.")
-    # extensions
-    guidance_scale: Number | None = Field(
-        default=None, description="Classifier-free guidance scale (range: GET /v1/models)."
-    )
-    sampler: str | None = Field(
-        default=None, max_length=32, description="Sampler, where the model has a choice."
-    )
-    steps: StrictInt | None = Field(default=None, description="Sampling steps.")
-    upsample_steps: StrictInt | None = Field(
-        default=None, description="Steps of GLIDE's 64->256 upsampler (GLIDE only)."
-    )
+    # extensions (and the engine's options, from its spec)
     seed: StrictInt | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i; random when omitted."
+        default=None,
+        ge=0,
+        le=MAX_REQUEST_SEED,
+        description="Image i uses seed+i; random when omitted.",
     )
     translate: Literal["auto", "always", "never"] = Field(
         default="auto",
@@ -80,13 +97,54 @@ class ImageGenerationRequest(BaseModel):
         return value.strip()
 
     def engine_options(self) -> dict[str, Any]:
-        """The engine options this request sets (None = the engine's default)."""
-        return {k: v for k in ENGINE_OPTIONS if (v := getattr(self, k)) is not None}
+        """The engine options this request sets (None = the engine's default), and any
+        field no model here declares (the spec refuses those by name)."""
+        common = ImageGenerationRequest.model_fields
+        values = {k: getattr(self, k) for k in type(self).model_fields if k not in common}
+        values.update(self.model_extra or {})
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def _option_field(option: Option) -> tuple[Any, Any]:
+    """(type, Field) of one engine option: its strict type, its limits shown in the schema."""
+    shown = {k: v for k, v in option.public().items() if k in ("default", "minimum", "maximum")}
+    if option.choices is not None:
+        shown["enum"] = list(option.choices)
+    return _OPTION_TYPES[option.kind] | None, Field(
+        default=None,
+        description=f"{option.description} (omitted: the model's default)",
+        json_schema_extra=shown,
+    )
+
+
+_MODELS: dict[tuple[Option, ...], type[ImageGenerationRequest]] = {}
+
+
+def request_model(spec: EngineSpec) -> type[ImageGenerationRequest]:
+    """The generation body for an engine: the common fields plus its options."""
+    key = tuple(spec.options)
+    if key not in _MODELS:
+        clash = [o.name for o in spec.options if o.name in ImageGenerationRequest.model_fields]
+        if clash:
+            raise ValueError(f"engine {spec.name}: options {clash} shadow request fields")
+        fields = {o.name: _option_field(o) for o in spec.options}
+        _MODELS[key] = create_model(  # type: ignore[call-overload]
+            "ImageGenerationRequest",
+            __base__=ImageGenerationRequest,
+            __doc__=ImageGenerationRequest.__doc__,
+            **fields,
+        )
+    return _MODELS[key]
 
 
 class ImageData(BaseModel):
     b64_json: str = Field(description="The image in output_format, base64-encoded.")
     revised_prompt: str = Field(description="The English text actually drawn.")
+    prompt_truncated: bool = Field(
+        default=False,
+        description="True when the model read only the start of the prompt (revised_prompt "
+        "is that part).",
+    )
     seed: int = Field(description="The seed of this image (reproduces it).")
 
 

@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from text2img.api.encoding import encode_image
 from text2img.api.jobs import Job, JobRegistry, JobState
 from text2img.api.metrics import Metrics
 from text2img.api.scheduler import Scheduler
@@ -18,6 +20,9 @@ from text2img.engines.registry import get_spec
 from text2img.errors import UserError
 from text2img.settings import Settings
 from text2img.translate import Translator
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,11 @@ class Activity:
                 return 0.0
             since = max(self.started_at, self.last_activity_at or self.started_at)
             return max(0.0, self._clock() - since)
+
+
+def encode_job_image(job: Job, image: Image.Image) -> bytes:
+    """The scheduler's encoder: an image in the format its job asked for."""
+    return encode_image(image, job.output_format, job.output_compression)
 
 
 @dataclass
@@ -107,6 +117,7 @@ class ServiceState:
             scheduler = Scheduler(
                 engine,
                 queue_limit=self.settings.queue_limit,
+                encode=encode_job_image,
                 max_batch=self.settings.max_batch,
                 batch_window_s=self.settings.batch_window_s,
                 on_batch=self.metrics.record_batch,

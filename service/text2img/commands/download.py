@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from text2img.engines import registry
+from text2img.engines.fetch.disk import human_size
 from text2img.errors import UserError
 
 HELP = "download and verify a model's weights (resumes; quick when all is in place)"
@@ -21,7 +22,7 @@ HELP = "download and verify a model's weights (resumes; quick when all is in pla
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        choices=registry.MODEL_NAMES,
+        choices=registry.names(),
         default=None,
         help=f"which model's weights (default: $TEXT2IMG_MODEL, else {registry.DEFAULT_MODEL})",
     )
@@ -56,23 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _model(args: argparse.Namespace) -> str:
-    name = args.model or os.environ.get("TEXT2IMG_MODEL") or registry.DEFAULT_MODEL
-    if name not in registry.MODEL_NAMES:
-        raise UserError(f"TEXT2IMG_MODEL={name!r}: use one of {', '.join(registry.MODEL_NAMES)}")
+def chosen_model(flag: str | None) -> str:
+    """--model, else $TEXT2IMG_MODEL (as `serve` reads it), else the default model."""
+    name = flag or os.environ.get("TEXT2IMG_MODEL") or registry.DEFAULT_MODEL
+    if name not in registry.names():
+        raise UserError(f"TEXT2IMG_MODEL={name!r}: use one of {', '.join(registry.names())}")
     return str(name)
 
 
-def _human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 def run(args: argparse.Namespace) -> int:
-    name = _model(args)
+    name = chosen_model(args.model)
     spec = registry.get_spec(name)
     module = registry.weights_module(name)
     if module is None:
@@ -112,5 +106,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         for st in statuses:
             print(st.line())
-    print(f"{name} weights ready in {cache_dir} ({_human_size(total)} on disk)")
+    print(f"{name} weights ready in {cache_dir} ({human_size(total)} on disk)")
     return 0

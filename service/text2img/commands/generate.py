@@ -1,4 +1,5 @@
-"""`text2img generate`: draw images from a prompt on this machine and write PNGs + a grid."""
+"""`text2img generate`: draw images from a prompt on this machine and write PNGs (+ a grid
+when there are several). The engine options' flags come from the registered specs."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from text2img.commands.download import chosen_model
 from text2img.commands.prompt_language import english_prompt
 from text2img.engines import registry
+from text2img.engines.base import MAX_SEED, ImageRequest, InvalidSetting, Option, Progress
 from text2img.errors import UserError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-HELP = "draw images from a prompt on this machine (writes PNGs and a grid)"
+HELP = "draw images from a prompt on this machine (writes PNGs, and a grid for several)"
 
 
 def random_weights_banner(model: str) -> str:
@@ -29,11 +32,35 @@ def random_weights_banner(model: str) -> str:
     )
 
 
-def _default_help(option: str) -> str:
-    """ "(default N)" from the default model's spec, so --help never drifts from it."""
-    spec = registry.get_spec(registry.DEFAULT_MODEL)
-    defaults = {o.name: o.default for o in spec.options}
-    return f"(default {defaults[option]} for {spec.name}; other models: their own)"
+def _option_help(owners: list[tuple[str, Option]]) -> str:
+    """What --help says of one option: the default model's description and default (so it
+    never drifts from the spec), its limits, and which models take it."""
+    by_model = dict(owners)
+    model = registry.DEFAULT_MODEL if registry.DEFAULT_MODEL in by_model else owners[0][0]
+    option = by_model[model]
+    limits = ""
+    if option.choices is not None:
+        limits = f"; {model}: one of {', '.join(str(c) for c in option.choices)}"
+    elif option.minimum is not None and option.maximum is not None:
+        limits = f"; {model}: {option.minimum:g}-{option.maximum:g}"
+    takers = "" if len(by_model) == len(registry.names()) else f"; only {', '.join(by_model)}"
+    return (
+        f"{option.description.rstrip('.')}{limits}{takers} "
+        f"(default {option.default} for {model}; other models: their own)"
+    )
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of any registered engine (`--name-with-dashes`, typed like the
+    option's default); the chosen model's spec checks the values."""
+    options = registry.options_by_name()
+    for name, owners in options.items():
+        option = owners[0][1]
+        flags = [f"--{n.replace('_', '-')}" for n in (name, *option.aliases)]
+        parser.add_argument(
+            *flags, dest=name, type=option.kind, default=None, help=_option_help(owners)
+        )
+    parser.set_defaults(_engine_options=tuple(options))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,10 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the PNGs (default ./out)")  # fmt: skip
     parser.add_argument(
         "--model",
-        choices=registry.MODEL_NAMES,
-        default=registry.DEFAULT_MODEL,
+        choices=registry.names(),
+        default=None,
         help="glide, sdxl-lightning (real weights, downloaded once) or tiny, tiny-sdxl "
-        f"(random weights, smoke tests) (default {registry.DEFAULT_MODEL})",
+        f"(random weights, smoke tests) (default: $TEXT2IMG_MODEL or {registry.DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--size",
@@ -60,34 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="WIDTHxHEIGHT, one of the model's sizes (glide: 64x64 = base model only, "
         "256x256 = base + upsampler; a bare 64 or 256 works too) (default: the model's)",
     )
-    parser.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=None,
-        help=f"classifier-free guidance scale {_default_help('guidance_scale')}",
-    )
-    parser.add_argument(
-        "--sampler",
-        "--base-sampler",
-        dest="sampler",
-        default=None,
-        help=f"sampler, where the model has a choice (glide: dpm++2m, ddim, ancestral) "
-        f"{_default_help('sampler')}",
-    )
-    parser.add_argument(
-        "--steps",
-        "--base-steps",
-        dest="steps",
-        type=int,
-        default=None,
-        help=f"sampling steps (glide: of the 64x64 base model) {_default_help('steps')}",
-    )
-    parser.add_argument(
-        "--upsample-steps",
-        type=int,
-        default=None,
-        help=f"GLIDE's 64->256 upsampler steps {_default_help('upsample_steps')}",
-    )
+    add_option_flags(parser)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     parser.add_argument(
         "--dtype",
@@ -118,15 +118,6 @@ def grid(images: list[Image.Image]) -> Image.Image:
     return sheet
 
 
-def _cache_dir(args: argparse.Namespace) -> Path | None:
-    if args.cache_dir is not None:
-        return Path(args.cache_dir)
-    import os
-
-    env = os.environ.get("TEXT2IMG_MODEL_CACHE")
-    return Path(env) if env else None
-
-
 def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UserError('the prompt is empty; say what to draw, e.g. "a corgi in a red hat"')
@@ -134,40 +125,33 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.num_images <= 64:
         raise UserError(f"-n must be from 1 to 64, got {args.num_images}")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    if not 0 <= seed <= 2**63 - 1 - args.num_images:
-        raise UserError(f"--seed must be from 0 to 2**63-1-n, got {seed}")
+    if not 0 <= seed <= MAX_SEED + 1 - args.num_images:
+        raise UserError(f"--seed must be from 0 to 2**63-n, got {seed}")
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder {args.output_dir}: {exc.strerror}") from None
 
-    from text2img.engines.base import ImageRequest, InvalidSetting, Progress
-
-    spec = registry.get_spec(args.model)
+    model = chosen_model(args.model)
+    spec = registry.get_spec(model)
     size = f"{args.size}x{args.size}" if args.size and args.size.isdigit() else args.size
-    options = {
-        "guidance_scale": args.guidance_scale,
-        "sampler": args.sampler,
-        "steps": args.steps,
-        "upsample_steps": args.upsample_steps,
-    }
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k in args._engine_options if (v := getattr(args, k)) is not None}
     try:
         spec.check_option_names(options)
         settings = spec.settings(size=size, **options)
     except InvalidSetting as exc:
         raise UserError(f"--{exc.param.replace('_', '-')}: {exc}") from None
 
-    banner = random_weights_banner(args.model)
+    banner = random_weights_banner(model)
     if spec.random_weights:
         print(banner, file=sys.stderr)
     started = time.perf_counter()
     engine = registry.load_engine(
-        args.model, device=args.device, dtype=args.dtype, cache_dir=_cache_dir(args)
+        model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir
     )
     load_s = time.perf_counter() - started
     last_seed = seed + args.num_images - 1
-    print(f"loaded {args.model} on {engine.device} ({engine.dtype}) in {load_s:.1f} s; "
+    print(f"loaded {model} on {engine.device} ({engine.dtype}) in {load_s:.1f} s; "
           f"seeds {seed}..{last_seed}", file=sys.stderr)  # fmt: skip
 
     stage_time: dict[str, float] = {}
@@ -191,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
     mark["t"] = t0
     generated = engine.generate(requests, settings, progress=show)
     images = [g.image for g in generated]
+    cut = next((g.prompt_used for g in generated if g.prompt_used is not None), None)
+    if cut is not None:
+        print(f"the prompt was too long for {model}; it drew only: {cut}", file=sys.stderr)
     total_s = time.perf_counter() - t0
     if interactive:
         print(file=sys.stderr)
@@ -201,11 +188,11 @@ def run(args: argparse.Namespace) -> int:
         path = args.output_dir / f"{stem}_seed{request.seed}.png"
         image.save(path)
         paths.append(path)
-    grid_path = args.output_dir / f"{stem}_grid.png"
-    grid(images).save(grid_path)
+    if len(images) > 1:  # one image needs no contact sheet
+        paths.append(args.output_dir / f"{stem}_grid.png")
+        grid(images).save(paths[-1])
     for path in paths:
         print(path)
-    print(grid_path)
 
     stages = ", ".join(f"{stage} {t:.1f} s" for stage, t in stage_time.items())
     print(

@@ -9,6 +9,7 @@ garbage from untranslated text. English prompts never touch translation at all.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from text2img.errors import UserError
@@ -30,8 +31,17 @@ def english_prompt(prompt: str) -> str:
         first = exc.errors()[0]
         name = "TEXT2IMG_" + "_".join(str(p) for p in first["loc"]).upper()
         raise UserError(f"{name}: {first['msg']}") from None
+    # the refusal below carries the setup advice; the translator's start-up warning
+    # (written for the service's log) would print the same advice a second time
+    quiet = logging.getLogger("text2img.translate")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
-        result = make_translator(settings).translate(prompt, "auto")
+        translator = make_translator(settings)
+    finally:
+        quiet.setLevel(level)
+    try:
+        result = translator.translate(prompt, "auto")
     except (TranslationRefused, TranslationError) as exc:
         raise UserError(str(exc)) from None
     print(f"translated to English: {result.text}", file=sys.stderr)

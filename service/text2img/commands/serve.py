@@ -27,7 +27,7 @@ LOOPBACK = "127.0.0.1"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        choices=registry.MODEL_NAMES,
+        choices=registry.names(),
         default=None,
         help="glide: the released GLIDE weights; sdxl-lightning: SDXL-Lightning (4 steps, "
         "1024x1024); both downloaded once. tiny, tiny-sdxl: small random-weight models for "

@@ -20,12 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from text2img.errors import UserError
-
 if TYPE_CHECKING:
     from PIL import Image
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # the largest seed an engine draws (torch generators take 64 bits)
 
 
 class Cancelled(Exception):
@@ -37,6 +35,12 @@ class BadOutput(RuntimeError):
 
     Never returned as a success; the service answers 500 `bad_output` with what to run.
     """
+
+
+class OutOfMemory(RuntimeError):
+    """The batch did not fit in the device's memory (the engine raises it, wrapping e.g.
+    torch.cuda.OutOfMemoryError, so that callers never import torch); a smaller batch
+    may fit."""
 
 
 class InvalidSetting(ValueError):
@@ -73,6 +77,9 @@ class GeneratedImage:
 
     image: Image.Image
     seed: int
+    # the text actually drawn when the engine cut the prompt (e.g. CLIP's 77 tokens);
+    # None when the whole prompt was drawn
+    prompt_used: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,14 +122,29 @@ class EngineSettings(Protocol):
 
 @dataclass(frozen=True)
 class Option:
-    """One request option an engine accepts (API field name), for docs, UI and checks."""
+    """One request option an engine accepts: the API field, the CLI flag
+    (`--name-with-dashes`), a control in the web UI. Its type is its default's: int,
+    float or str. `minimum`/`maximum`/`choices` are shown to people (OpenAPI, --help,
+    /v1/models); `EngineSpec.settings` is what enforces them."""
 
     name: str  # the API field: "steps", "guidance_scale", "sampler", "upsample_steps", ...
-    default: Any
+    default: int | float | str
     description: str
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None
+    label: str = ""  # short Japanese label for the web UI ("ステップ数")
+    aliases: tuple[str, ...] = ()  # older names the CLI still accepts ("base_steps")
+
+    def __post_init__(self) -> None:
+        kind = type(self.default)
+        if kind not in (int, float, str):
+            raise TypeError(f"option {self.name}: default must be an int, float or str")
+
+    @property
+    def kind(self) -> type:
+        """int, float or str: what a value of this option must be."""
+        return type(self.default)
 
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {"default": self.default, "description": self.description}
@@ -132,6 +154,8 @@ class Option:
             out["maximum"] = self.maximum
         if self.choices is not None:
             out["choices"] = list(self.choices)
+        if self.label:
+            out["label"] = self.label
         return out
 
 
@@ -162,6 +186,8 @@ class EngineSpec(ABC):
     # reads them into the page cache before the service starts (instance metadata
     # `text2img-prefetch`, one pattern a line)
     prefetch: tuple[str, ...] = ()
+    # the `Progress.stage` names `generate` reports, in order -> a short Japanese label
+    stages: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -213,6 +239,7 @@ class EngineSpec(ABC):
             "size_aliases": dict(self.size_aliases),
             "default_size": self.default_size,
             "options": {o.name: o.public() for o in self.options},
+            "stages": dict(self.stages),
         }
 
 
@@ -244,10 +271,5 @@ class Engine(ABC):
         """Draw one image per request, in order; chunks by `max_batch` itself.
 
         Raises Cancelled, InvalidSetting (settings of another engine, bad seed),
-        BadOutput; torch.cuda.OutOfMemoryError passes through (the scheduler retries
-        smaller batches).
+        BadOutput, OutOfMemory (the caller retries smaller batches).
         """
-
-
-class EngineUnavailable(UserError):
-    """The engine cannot be loaded (weights missing or damaged, no such device)."""

@@ -3,11 +3,14 @@ CPU float32, CPU bfloat16 on request; one message for each wrong choice."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from text2img.engines.base import OutOfMemory
 from text2img.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -61,3 +64,15 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
             "float32 (measured 50-90x); leave --dtype unset for float32"
         )
     return resolved
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error() -> Iterator[None]:
+    """torch.cuda.OutOfMemoryError -> `OutOfMemory` (with the cache emptied, so a smaller
+    batch can try at once): the service's queue retries without importing torch."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OutOfMemory(str(exc)) from exc

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from text2img.errors import UserError
 
 if TYPE_CHECKING:
-    from text2img.engines.base import Engine, EngineSpec
+    from text2img.engines.base import Engine, EngineSpec, Option
 
 
 class WeightStatus(Protocol):
@@ -69,6 +69,22 @@ ENGINES: dict[str, Registration] = {
 }
 MODEL_NAMES = tuple(ENGINES)
 DEFAULT_MODEL = "glide"
+
+
+def names() -> tuple[str, ...]:
+    """The registered models, read at call time (tests register more in ENGINES)."""
+    return tuple(ENGINES)
+
+
+def options_by_name() -> dict[str, list[tuple[str, Option]]]:
+    """Every option any registered engine accepts: name -> [(model, its Option)], in
+    registry order; the CLI's flags and the API's "not a setting of this model" come
+    from it."""
+    out: dict[str, list[tuple[str, Option]]] = {}
+    for model in ENGINES:
+        for option in get_spec(model).options:
+            out.setdefault(option.name, []).append((model, option))
+    return out
 
 
 CACHE_ENV = "TEXT2IMG_MODEL_CACHE"

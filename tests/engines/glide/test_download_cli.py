@@ -23,8 +23,8 @@ from weights_helpers import (
 )
 
 from text2img import cli
+from text2img.engines.fetch import http as download
 from text2img.engines.glide import cache as glide_cache
-from text2img.engines.glide import download
 
 REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from text2img.engines import registry
-from text2img.engines.base import BadOutput, ImageRequest, InvalidSetting
+from text2img.engines.base import BadOutput, ImageRequest, InvalidSetting, OutOfMemory
 from text2img.engines.glide.samplers import SAMPLERS
 from text2img.engines.glide.spec import GLIDE, SAMPLER_NAMES, TINY, SamplingSettings
 from text2img.errors import UserError
@@ -78,6 +78,25 @@ def test_tiny_loads_through_the_registry_and_returns_seeds(tiny):
     assert [g.image.size for g in out] == [(64, 64), (64, 64)]
     with pytest.raises(InvalidSetting, match="settings from its own spec"):
         tiny.generate([ImageRequest("a", 1)], object())  # type: ignore[arg-type]
+
+
+def test_progress_stages_are_the_specs_in_order(tiny):
+    """The web UI labels stages from `spec.stages`: the engine reports exactly those."""
+    stages: list[str] = []
+    tiny.generate([ImageRequest("a", 1)], TINY.settings(size="256x256", steps=1,
+                  upsample_steps=1), progress=lambda p: stages.append(p.stage))  # fmt: skip
+    assert list(dict.fromkeys(stages)) == list(TINY.stages) == list(GLIDE.stages)
+
+
+def test_out_of_memory_reaches_callers_as_the_engines_own_type(tiny, monkeypatch):
+    """The service's queue never imports torch: CUDA's error arrives as OutOfMemory."""
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(tiny.pipeline, "generate", boom)
+    with pytest.raises(OutOfMemory, match="Tried to allocate"):
+        tiny.generate([ImageRequest("a", 1)], TINY.settings(steps=1))
 
 
 def test_glide_without_weights_says_what_to_run(tmp_path):

@@ -69,3 +69,14 @@ def test_help_states_the_default_models_defaults(capsys):
     assert f"(default {d.base_steps} for glide" in text
     assert f"(default {d.upsample_steps} for glide" in text
     assert f"(default {d.guidance_scale} for glide" in text
+
+
+def test_translation_advice_is_given_once(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    monkeypatch.setenv("TEXT2IMG_TRANSLATION", "on")
+    monkeypatch.delenv("TEXT2IMG_TRANSLATE_PROJECT", raising=False)
+    monkeypatch.delenv("TEXT2IMG_TRANSLATE_ENDPOINT", raising=False)
+    assert main(["generate", "赤いりんご", "--model", "tiny", "-o", str(tmp_path)]) == 2
+    advice = "gcloud auth application-default login"
+    assert capsys.readouterr().err.count(advice) == 1
+    assert [r.getMessage() for r in caplog.records if advice in r.getMessage()] == []

@@ -23,10 +23,10 @@ from weights_helpers import (
 )
 
 from text2img import cli
+from text2img.engines.fetch.http import RetryPolicy
 from text2img.engines.glide import cache as glide_cache
 from text2img.engines.glide.cache import CheckpointSpec, Manifest, RemoteFile
 from text2img.engines.glide.convert import load_state_dict
-from text2img.engines.glide.download import RetryPolicy
 from text2img.engines.glide.weights import ensure_weights
 from text2img.errors import UserError
 
@@ -225,7 +225,7 @@ def test_download_replaces_a_pt_that_changed_since_it_was_downloaded(
 
 def test_segment_digests_hash_each_segment_of_a_mapped_file_in_order(tmp_path, monkeypatch):
     """Many segments, fewer threads: each digest belongs to its own segment, in order."""
-    from text2img.engines.glide import files
+    from text2img.engines.fetch import disk as files
 
     monkeypatch.setattr(files, "SEGMENT", 64 * 1024)
     monkeypatch.setattr(files, "hash_threads", lambda: 3)

@@ -26,10 +26,11 @@ from weights_helpers import (
     serve,
 )
 
+from text2img.engines import registry
+from text2img.engines.fetch.http import RetryPolicy
 from text2img.engines.glide import cache as glide_cache
 from text2img.engines.glide.cache import tokenizer_paths
 from text2img.engines.glide.convert import load_state_dict
-from text2img.engines.glide.download import RetryPolicy
 from text2img.engines.glide.weights import ensure_weights
 from text2img.errors import UserError
 
@@ -102,13 +103,13 @@ def test_tokenizer_hashes_match_the_reference_files():
 
 
 def test_default_cache_dir_precedence(monkeypatch, tmp_path):
-    monkeypatch.delenv(glide_cache.CACHE_ENV, raising=False)
+    monkeypatch.delenv(registry.CACHE_ENV, raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert glide_cache.default_cache_dir() == tmp_path / "home" / ".cache" / "text2img"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert glide_cache.default_cache_dir() == tmp_path / "xdg" / "text2img"
-    monkeypatch.setenv(glide_cache.CACHE_ENV, str(tmp_path / "models"))
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "models"))
     assert glide_cache.default_cache_dir() == tmp_path / "models"
 
 

@@ -4,9 +4,10 @@ POST   /v1/jobs               same body as /v1/images/generations -> 202 job
 GET    /v1/jobs/{id}          the job; `data` (the images) once it succeeded
 GET    /v1/jobs/{id}/events   text/event-stream: `queued`, `progress`, then `done`
 DELETE /v1/jobs/{id}          cancel (a queued job never runs; a running one stops)
-"""
 
-from __future__ import annotations
+`router(spec)` builds the routes for the served engine (the body has its options); no
+`from __future__ import annotations`, as in `images`.
+"""
 
 import json
 from collections.abc import AsyncIterator
@@ -17,24 +18,42 @@ from fastapi.responses import StreamingResponse
 
 from text2img.api.deps import ReadyScheduler, State
 from text2img.api.errors import ApiError
+from text2img.api.failures import job_error
 from text2img.api.generation import create_job, image_data
 from text2img.api.jobs import Job, JobState
 from text2img.api.scheduler import Scheduler
-from text2img.api.schemas import ERROR_RESPONSES, ImageGenerationRequest, JobOut
-
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+from text2img.api.schemas import (
+    ERROR_RESPONSES,
+    ErrorDetail,
+    ImageGenerationRequest,
+    JobOut,
+    JobProgressOut,
+    request_model,
+)
+from text2img.engines.base import EngineSpec
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 KEEPALIVE_S = 15.0
 
 
 def _job_out(job: Job, scheduler: Scheduler, model: str, *, images: bool) -> JobOut:
-    out = job.summary()
-    out["model"] = model
-    out["queue_position"] = scheduler.queue_position(job)
-    if images and job.state is JobState.SUCCEEDED:
-        out["data"] = image_data(job)
-    return JobOut.model_validate(out)
+    error = job_error(job)
+    return JobOut(
+        id=job.id,
+        status=job.state.value,
+        created=int(job.created),
+        n=job.n,
+        revised_prompt=job.prompt,
+        progress=JobProgressOut(**job.progress.as_dict()),
+        queue_position=scheduler.queue_position(job),
+        model=model,
+        error=None
+        if error is None
+        else ErrorDetail(
+            message=error.message, type=error.type, param=error.param, code=error.code
+        ),
+        data=image_data(job) if images and job.state is JobState.SUCCEEDED else None,
+    )
 
 
 def _find(state: State, job_id: str) -> Job:
@@ -50,23 +69,39 @@ def _find(state: State, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut)
-async def submit_job(
-    body: ImageGenerationRequest, state: State, scheduler: ReadyScheduler
-) -> JobOut:
-    """Queue a generation and return at once; follow it with /events."""
+def router(spec: EngineSpec) -> APIRouter:
+    """The job routes, the submitted body built from `spec`'s options."""
+    body_type = request_model(spec)
+    out = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+    @out.post("", status_code=202, response_model=JobOut)
+    async def submit_job(body: body_type, state: State, scheduler: ReadyScheduler) -> JobOut:  # type: ignore[valid-type]
+        """Queue a generation and return at once; follow it with /events."""
+        return await submit(body, state, scheduler)
+
+    out.add_api_route("/{job_id}", get_job, methods=["GET"], response_model=JobOut)
+    out.add_api_route("/{job_id}", cancel_job, methods=["DELETE"], response_model=JobOut)
+    out.add_api_route(
+        "/{job_id}/events",
+        job_events,
+        methods=["GET"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "progress events"}},
+    )
+    return out
+
+
+async def submit(body: ImageGenerationRequest, state: State, scheduler: ReadyScheduler) -> JobOut:
     job = await create_job(state, scheduler, body)
     state.jobs.add(job)
     return _job_out(job, scheduler, state.model_name, images=False)
 
 
-@router.get("/{job_id}", response_model=JobOut)
 async def get_job(job_id: JobId, state: State, scheduler: ReadyScheduler) -> JobOut:
     """The job's state, progress and, once it succeeded, its images."""
     return _job_out(_find(state, job_id), scheduler, state.model_name, images=True)
 
 
-@router.delete("/{job_id}", response_model=JobOut)
 async def cancel_job(job_id: JobId, state: State, scheduler: ReadyScheduler) -> JobOut:
     """Cancel the job (no effect once it is finished)."""
     job = _find(state, job_id)
@@ -76,11 +111,6 @@ async def cancel_job(job_id: JobId, state: State, scheduler: ReadyScheduler) -> 
     return _job_out(job, scheduler, state.model_name, images=False)
 
 
-@router.get(
-    "/{job_id}/events",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "progress events"}},
-)
 async def job_events(job_id: JobId, state: State, scheduler: ReadyScheduler) -> StreamingResponse:
     """Server-sent events until the job finishes (then fetch it with GET /v1/jobs/{id})."""
     job = _find(state, job_id)

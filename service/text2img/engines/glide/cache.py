@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from text2img.engines.glide.files import (
+from text2img.engines.fetch.disk import (
     SEGMENT,
     human_size,
     map_file,
@@ -39,7 +39,6 @@ TOKENIZER_URL_BASE = (
     "/glide_text2im/tokenizer"
 )
 URL_ENV = "TEXT2IMG_WEIGHTS_URL"  # one folder holding all four files (a mirror)
-CACHE_ENV = "TEXT2IMG_MODEL_CACHE"  # read by registry.default_cache_dir
 CACHE_FORMAT = "1"
 # safetensors metadata key: sha256 of the tensor data (everything after the header), per
 # 16 MiB segment so that loading can hash on several cores while it reads; written at

@@ -17,9 +17,15 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from text2img.engines.fetch.disk import (
+    cache_lock,
+    progress_bar,
+    segment_digests,
+    sha256_file,
+    write_atomic,
+)
 from text2img.engines.glide import cache
 from text2img.engines.glide.cache import (
-    CACHE_ENV,
     CACHE_FORMAT,
     CheckpointSpec,
     Manifest,
@@ -27,13 +33,7 @@ from text2img.engines.glide.cache import (
     listing_fingerprint,
     record,
 )
-from text2img.engines.glide.files import (
-    cache_lock,
-    progress_bar,
-    segment_digests,
-    sha256_file,
-    write_atomic,
-)
+from text2img.engines.registry import CACHE_ENV
 from text2img.errors import UserError
 
 if TYPE_CHECKING:

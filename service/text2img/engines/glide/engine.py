@@ -19,6 +19,7 @@ from text2img.engines.base import (
     InvalidSetting,
     ProgressFn,
 )
+from text2img.engines.devices import out_of_memory_as_error
 from text2img.engines.glide.pipeline import Pipeline, load_pipeline
 from text2img.engines.glide.spec import SamplingSettings
 
@@ -57,9 +58,10 @@ class GlideEngine(Engine):
                 f"model {self.name} needs settings from its own spec "
                 f"(registry.get_spec({self.name!r}).settings(...)), got {type(settings).__name__}",
             )
-        images = self.pipeline.generate(
-            requests, settings, progress=progress, should_cancel=should_cancel
-        )
+        with out_of_memory_as_error():
+            images = self.pipeline.generate(
+                requests, settings, progress=progress, should_cancel=should_cancel
+            )
         return [GeneratedImage(image, r.seed) for image, r in zip(images, requests, strict=True)]
 
 

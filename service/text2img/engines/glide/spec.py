@@ -97,7 +97,7 @@ class GlideSpec(EngineSpec):
     def settings(self, **options: Any) -> SamplingSettings:
         self.check_option_names(options)
         size = self.resolve_size(options.get("size"))
-        defaults = {o.name: o.default for o in self.options}
+        defaults: dict[str, Any] = {o.name: o.default for o in self.options}
         value = {
             k: options.get(k) if options.get(k) is not None else v for k, v in defaults.items()
         }
@@ -121,20 +121,44 @@ class GlideSpec(EngineSpec):
 
 def _options(steps: int, upsample_steps: int) -> tuple[Option, ...]:
     return (
-        Option("steps", steps, "Sampling steps of the 64x64 base model.", 1, MAX_REQUEST_STEPS),
         Option(
-            "guidance_scale", 3.0, "Classifier-free guidance scale (0 = none).", 0, MAX_GUIDANCE
+            "steps",
+            steps,
+            "Sampling steps of the 64x64 base model.",
+            1,
+            MAX_REQUEST_STEPS,
+            label="ステップ数",
+            aliases=("base_steps",),
         ),
-        Option("sampler", "dpm++2m", "Sampler of the base model.", choices=SAMPLER_NAMES),
+        Option(
+            "guidance_scale",
+            3.0,
+            "Classifier-free guidance scale (0 = none).",
+            0,
+            MAX_GUIDANCE,
+            label="ガイダンス",
+        ),
+        Option(
+            "sampler",
+            "dpm++2m",
+            "Sampler of the base model.",
+            choices=SAMPLER_NAMES,
+            label="サンプラー",
+            aliases=("base_sampler",),
+        ),
         Option(
             "upsample_steps",
             upsample_steps,
             "Sampling steps of the 64->256 upsampler (256x256 only).",
             1,
             MAX_REQUEST_STEPS,
+            label="アップサンプルのステップ数",
         ),
     )
 
+
+# the pipeline's two stages (`Progress.stage`), as the web UI names them
+STAGES = {"base": "ベース", "upsample": "アップサンプル"}
 
 # fp32 .pt as released + the fp16 safetensors copy (6 bytes per parameter) + the tokenizer
 _GLIDE_PARAMS = 385_030_726 + 398_361_286
@@ -149,6 +173,7 @@ GLIDE = GlideSpec(
     default_size="256x256",
     options=_options(steps=25, upsample_steps=15),
     size_aliases={"auto": "256x256"},
+    stages=STAGES,
     download_bytes=6 * _GLIDE_PARAMS + 561_890,
     prefetch=("base.fp16.safetensors", "upsample.fp16.safetensors"),
 )
@@ -165,4 +190,5 @@ TINY = GlideSpec(
     default_size="64x64",
     options=_options(steps=4, upsample_steps=4),
     size_aliases={"auto": "64x64"},
+    stages=STAGES,
 )

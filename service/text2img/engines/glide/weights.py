@@ -1,9 +1,9 @@
 """The GLIDE weights as the registry sees them: `ensure` (download, verify, convert what is
 missing) and `status` (what is present and intact) for `text2img download --model glide`.
 
-The jobs live in their own modules: `cache` (layout, manifest, records, status), `download`
-(resumable verified HTTP), `convert` (checkpoint checks and the fp16 copy), `files` (locks,
-atomic writes, free space).
+The jobs live in their own modules: `cache` (layout, manifest, records, status), `convert`
+(checkpoint checks and the fp16 copy); the engines' shared `fetch.http` (resumable
+verified HTTP) and `fetch.disk` (locks, atomic writes, free space).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
+from text2img.engines.fetch.disk import cache_lock, say, sha256_file
+from text2img.engines.fetch.http import Advice, RetryPolicy, fetch
 from text2img.engines.glide import cache
 from text2img.engines.glide.cache import (
     CheckpointSpec,
@@ -24,9 +26,15 @@ from text2img.engines.glide.cache import (
     weights_status,
 )
 from text2img.engines.glide.convert import convert
-from text2img.engines.glide.download import RetryPolicy, fetch
-from text2img.engines.glide.files import cache_lock, say, sha256_file
 
+# what a failed GLIDE download tells the user: a mirror, or the tiny model offline
+ADVICE = Advice(
+    rerun="run `text2img download --model glide` again",
+    mirror_env=cache.URL_ENV,
+    offline=f"set {cache.URL_ENV} to a mirror you can reach (one folder holding base.pt, "
+    "upsample.pt, encoder.json.gz and vocab.bpe.gz), or try the kit offline with "
+    '`make serve SERVE_ARGS="--model tiny"` (random weights, nothing to download)',
+)
 PARTS = ("base", "upsample", "tokenizer")  # `text2img download --only PART`
 
 
@@ -120,6 +128,7 @@ def _download(
         retry=retry,
         label=rf.name,
         reserve=reserve,
+        advice=ADVICE,
     )
     # the only place a checkpoint's hash is learnt: after a transfer that fetch verified
     # (size; the pin or the server's MD5 where there is one)

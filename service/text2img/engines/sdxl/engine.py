@@ -36,7 +36,7 @@ from text2img.engines.base import (
     ProgressFn,
     check_requests,
 )
-from text2img.engines.devices import resolve_device, resolve_dtype
+from text2img.engines.devices import out_of_memory_as_error, resolve_device, resolve_dtype
 from text2img.engines.guard import check_batch
 from text2img.engines.sdxl.spec import DEFAULT_STEPS, STEP_CHOICES, SdxlSettings
 from text2img.errors import UserError
@@ -81,7 +81,7 @@ class SdxlEngine(Engine):
         checked = self._check(requests, settings)
         chunks = [requests[i : i + self.max_batch] for i in range(0, len(requests), self.max_batch)]
         out: list[GeneratedImage] = []
-        with self._lock:
+        with self._lock, out_of_memory_as_error():
             self._use_steps(checked.steps)
             for index, chunk in enumerate(chunks):
                 images = self._chunk(chunk, checked, progress, should_cancel, index, len(chunks))

@@ -101,7 +101,9 @@ STEPS_OPTION = Option(
     DEFAULT_STEPS,
     "denoising steps = UNet calls per image; each count has its own distilled UNet",
     choices=STEP_CHOICES,
+    label="ステップ数",
 )
+STAGES = {"denoise": "ノイズ除去"}  # the one `Progress.stage` the engine reports
 
 # Bytes in the cache (sizes of the pinned files on the Hub, rounded up): three fp16
 # Lightning UNets (2, 4 and 8 steps, 5.14 GB each), both fp16 text encoders (0.25 GB +
@@ -118,6 +120,7 @@ SDXL_LIGHTNING = SdxlSpec(
     default_size=DEFAULT_SIZE,
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
+    stages=STAGES,
     download_bytes=DOWNLOAD_BYTES,
     # what a start loads: both text encoders, the 4-step UNet and the VAE (2 and 8 steps
     # are loaded when first asked for); snapshot entries are links into blobs/
@@ -139,4 +142,5 @@ TINY_SDXL = SdxlSpec(
     default_size=DEFAULT_SIZE,
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
+    stages=STAGES,
 )

@@ -1,8 +1,8 @@
-"""Disk side of the weights cache: one writer at a time, atomic writes, free space, hashes.
+"""Disk side of a weights cache: one writer at a time, atomic writes, free space, hashes.
 
-Shared by the HTTP download (`download`), the checkpoint conversion (`convert`) and the
-cache bookkeeping (`cache`); no torch and no network in here. Every failure a user can fix
-becomes a one-line `UserError` saying what to do next.
+Shared by every engine's weights code (GLIDE's download, conversion and cache records;
+any engine that fetches files) and by `fetch.http`; no torch and no network in here.
+Every failure a user can fix becomes a one-line `UserError` saying what to do next.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from text2img.errors import UserError
 
 CHUNK = 1 << 20
-RERUN = "run `text2img download --model glide` again"
+RERUN = "run the same `text2img download` command again"  # engines name their own
 
 
 def human_size(n: float) -> str:
@@ -127,7 +127,7 @@ def fsync_replace(src: Path, dest: Path) -> None:
         os.close(dir_fd)
 
 
-def write_atomic(dest: Path, data: bytes, label: str) -> None:
+def write_atomic(dest: Path, data: bytes, label: str, rerun: str = RERUN) -> None:
     """Write `data` to `dest` through a temporary file and an atomic rename."""
     tmp = dest.with_name(dest.name + ".tmp")
     check_free_space(tmp, len(data), label)
@@ -139,16 +139,16 @@ def write_atomic(dest: Path, data: bytes, label: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise disk_full_error(exc, tmp, len(data), "writing", resumable=False) from None
+            raise disk_full_error(exc, tmp, len(data), "writing", False, rerun) from None
         raise UserError(f"cannot write {tmp} ({exc.strerror}); check the cache dir") from None
     fsync_replace(tmp, dest)
 
 
 def disk_full_error(
-    exc: OSError, target: Path, needed: int, what: str, resumable: bool = True
+    exc: OSError, target: Path, needed: int, what: str, resumable: bool = True, rerun: str = RERUN
 ) -> UserError:
     free = shutil.disk_usage(target.parent).free
-    again = f"then {RERUN}" + (" (it resumes)" if resumable else "")
+    again = f"then {rerun}" + (" (it resumes)" if resumable else "")
     return UserError(
         f"disk full while {what} {target} ({exc.strerror}): {human_size(needed)} more is "
         f"needed there, {human_size(free)} is free; free some space or point "

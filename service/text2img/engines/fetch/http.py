@@ -8,7 +8,9 @@ offline, that fails at once, naming a mirror and the tiny model as ways out), ch
 size (Content-Length / Content-Range and the expected size), the sha256 where known and
 the Content-MD5 the server advertises (Azure Blob Storage does for blobs that carry one),
 then renames the file into place atomically.
-Every failure a user can fix becomes a one-line `UserError` saying what to do next.
+Every failure a user can fix becomes a one-line `UserError` saying what to do next; the
+engine that downloads says what that is for its files (`Advice`: the command to re-run,
+its mirror setting, the way out offline).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import IO, Any
 import httpx
 
 from text2img import __version__
-from text2img.engines.glide.files import (
+from text2img.engines.fetch.disk import (
     CHUNK,
     RERUN,
     check_free_space,
@@ -58,17 +60,25 @@ class _Retry(Exception):
     """One attempt failed in a way worth retrying (after a backoff)."""
 
 
+@dataclass(frozen=True)
+class Advice:
+    """What a failed download tells the user to do, in the downloading engine's terms."""
+
+    rerun: str = RERUN  # "run `text2img download --model glide` again"
+    mirror_env: str | None = None  # the setting that points at a mirror, if the engine has one
+    offline: str = "check the network connection (no name could be resolved)"
+
+    @property
+    def unreachable(self) -> str:
+        mirror = f" (or set {self.mirror_env} to a mirror you can reach)" if self.mirror_env else ""
+        return f"check the network connection{mirror}"
+
+    def mirror_note(self, text: str) -> str:
+        """`text` with the mirror setting filled in ("" when the engine has none)."""
+        return text.format(env=self.mirror_env) if self.mirror_env else ""
+
+
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_UNREACHABLE = (
-    "check the network connection (or set TEXT2IMG_WEIGHTS_URL to a mirror you can reach)"
-)
-# Both ways out when the source cannot be reached at all (offline, no DNS): a mirror, or
-# the tiny model, which needs no weights.
-OFFLINE_HINT = (
-    "set TEXT2IMG_WEIGHTS_URL to a mirror you can reach (one folder holding base.pt, "
-    "upsample.pt, encoder.json.gz and vocab.bpe.gz), or try the kit offline with "
-    '`make serve SERVE_ARGS="--model tiny"` (random weights, nothing to download)'
-)
 _DNS_TEXT = re.compile(
     r"name or service|nodename|servname|name resolution|getaddrinfo|no address associated",
     re.I,
@@ -155,6 +165,7 @@ class _Job:
     reserve: int  # bytes to keep free beyond the download itself
     progress: bool
     label: str
+    advice: Advice
 
     @property
     def part(self) -> Path:
@@ -175,13 +186,14 @@ def fetch(
     retry: RetryPolicy | None = None,
     label: str | None = None,
     reserve: int = 0,
+    advice: Advice | None = None,
 ) -> Fetched:
     """Download `url` to `dest` (resuming `dest.part`), verify it, rename it into place.
 
     `reserve`: disk space needed afterwards (e.g. for a converted copy), checked up front.
     """
     retry = retry or RetryPolicy()
-    job = _Job(url, dest, sha256, size, reserve, progress, label or dest.name)
+    job = _Job(url, dest, sha256, size, reserve, progress, label or dest.name, advice or Advice())
     part = job.part
     make_dir(dest.parent)
     state = _State.load(job.state_path, url) if part.exists() else None
@@ -206,7 +218,7 @@ def fetch(
                 if failures >= retry.attempts:
                     raise UserError(
                         f"could not download {job.label} from {url} after {failures} tries: "
-                        f"{exc}; {_UNREACHABLE}, then {RERUN} (it resumes)"
+                        f"{exc}; {job.advice.unreachable}, then {job.advice.rerun} (it resumes)"
                     ) from None
                 say(f"{job.label}: {exc}; retrying", progress)
                 retry.wait(failures)
@@ -232,7 +244,7 @@ def _attempt(client: httpx.Client, job: _Job, state: _State, offset: int) -> boo
                     return True
                 part.unlink()
                 raise _Retry("the partial file no longer fits the server's copy; starting over")
-            _raise_for_status(response, job.url, job.label)
+            _raise_for_status(response, job)
             if status == 206:
                 m = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
                 if not m or int(m.group(1)) != offset:
@@ -249,7 +261,8 @@ def _attempt(client: httpx.Client, job: _Job, state: _State, offset: int) -> boo
             if size is not None and total is not None and total != size:
                 raise UserError(
                     f"{job.url} is {total} bytes but {job.label} should be {size} bytes: this "
-                    "is not the expected file (check TEXT2IMG_WEIGHTS_URL if you use a mirror)"
+                    "is not the expected file"
+                    + job.advice.mirror_note(" (check {env} if you use a mirror)")
                 )
             state.total = total if total is not None else size
             state.etag = response.headers.get("etag")
@@ -262,7 +275,7 @@ def _attempt(client: httpx.Client, job: _Job, state: _State, offset: int) -> boo
         if _is_dns_failure(exc):  # offline or no DNS: retrying would only make the user wait
             raise UserError(
                 f"could not download {job.label} from {job.url}: "
-                f"{_describe_transport_error(exc, job.url)}; {OFFLINE_HINT}"
+                f"{_describe_transport_error(exc, job.url)}; {job.advice.offline}"
             ) from None
         raise _Retry(_describe_transport_error(exc, job.url)) from None
     written = part.stat().st_size
@@ -274,7 +287,8 @@ def _attempt(client: httpx.Client, job: _Job, state: _State, offset: int) -> boo
     return False
 
 
-def _raise_for_status(response: httpx.Response, url: str, label: str) -> None:
+def _raise_for_status(response: httpx.Response, job: _Job) -> None:
+    url, label, advice = job.url, job.label, job.advice
     status = response.status_code
     if status in (200, 206):
         return
@@ -282,13 +296,17 @@ def _raise_for_status(response: httpx.Response, url: str, label: str) -> None:
         raise _Retry(f"the server answered HTTP {status}")
     if status in (404, 410):
         raise UserError(
-            f"{label} is not at {url} (HTTP {status}); if TEXT2IMG_WEIGHTS_URL points at a "
-            "mirror, copy the file there or unset it to use the original source"
+            f"{label} is not at {url} (HTTP {status})"
+            + advice.mirror_note(
+                "; if {env} points at a mirror, copy the file there or unset it to use the "
+                "original source"
+            )
         )
     if status in (401, 403):
         raise UserError(
-            f"access to {url} was refused (HTTP {status}); check the mirror's permissions "
-            "(TEXT2IMG_WEIGHTS_URL) or a proxy in between"
+            f"access to {url} was refused (HTTP {status}); check "
+            + advice.mirror_note("the mirror's permissions ({env}) or ")
+            + "a proxy in between"
         )
     raise UserError(f"unexpected HTTP {status} from {url} while fetching {label}")
 
@@ -309,7 +327,8 @@ def _write(f: IO[bytes], chunk: bytes, job: _Job, total: int | None) -> None:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             have = job.part.stat().st_size
             needed = (total - have if total is not None else len(chunk)) + job.reserve
-            raise disk_full_error(exc, job.part, needed, f"downloading {job.label} to") from None
+            what = f"downloading {job.label} to"
+            raise disk_full_error(exc, job.part, needed, what, True, job.advice.rerun) from None
         raise UserError(f"cannot write {job.part} ({exc.strerror}); check the cache dir") from None
 
 
@@ -333,7 +352,8 @@ def _verify(job: _Job, state: _State) -> Fetched:
         part.unlink()
         job.state_path.unlink(missing_ok=True)
         raise UserError(
-            f"downloaded {job.label} from {job.url} is damaged: {bad}; deleted it, {RERUN}"
+            f"downloaded {job.label} from {job.url} is damaged: {bad}; deleted it, "
+            f"{job.advice.rerun}"
         )
     fsync_replace(part, job.dest)
     job.state_path.unlink(missing_ok=True)

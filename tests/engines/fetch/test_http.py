@@ -1,5 +1,6 @@
-"""`text2img.engines.glide.download.fetch` against a local HTTP server with failure switches:
-resume, servers that ignore Range, truncation, corruption, HTTP errors, no network, disk full."""
+"""`text2img.engines.fetch.http.fetch`, every engine's downloader, against a local HTTP
+server with failure switches: resume, servers that ignore Range, truncation, corruption,
+HTTP errors, no network, disk full."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from weights_helpers import (
+
+from tests.engines.glide.weights_helpers import (
     FileServer,
     local_only,  # noqa: F401  (autouse fixture: no proxy for 127.0.0.1)
     serve,
 )
-
-from text2img.engines.glide import download
-from text2img.engines.glide.download import RetryPolicy, fetch
+from text2img.engines.fetch import http as download
+from text2img.engines.fetch.http import Advice, RetryPolicy, fetch
+from text2img.engines.glide import weights as glide_weights
 from text2img.errors import UserError
 
 DATA = os.urandom(3 * download.CHUNK + 12345)
@@ -259,11 +261,11 @@ def test_unresolvable_host_fails_at_once_and_names_both_ways_out(tmp_path, monke
     started = time.monotonic()
     with pytest.raises(UserError) as err:
         fetch("http://weights.text2img.invalid/base.pt", tmp_path / "base.pt",
-              progress=False, retry=slow)  # fmt: skip
+              progress=False, retry=slow, advice=glide_weights.ADVICE)  # fmt: skip
     assert time.monotonic() - started < 5.0  # a hang guard, not a performance claim
     msg = str(err.value)
     assert "cannot resolve weights.text2img.invalid (DNS failure" in msg
-    assert "TEXT2IMG_WEIGHTS_URL" in msg
+    assert "TEXT2IMG_WEIGHTS_URL" in msg  # the engine's own ways out
     assert 'make serve SERVE_ARGS="--model tiny"' in msg
     assert "tries" not in msg  # answered on the first try
 
@@ -274,3 +276,17 @@ def test_dns_failure_is_recognised_through_the_exception_chain():
     wrapped.__cause__ = inner  # what `raise ... from` inside httpcore leaves
     assert download._is_dns_failure(wrapped)
     assert not download._is_dns_failure(httpx.ConnectError("[Errno 111] Connection refused"))
+
+
+def test_messages_speak_the_engines_terms(server, tmp_path):
+    """The downloader names what the engine gave it (its mirror setting, its command) and
+    nothing else: a shared module has no GLIDE words of its own."""
+    mine = Advice(rerun="run `text2img download --model mine` again", mirror_env="MY_MIRROR")
+    gone = f"{server.base_url}/gone.bin"
+    with pytest.raises(UserError) as err:
+        fetch(gone, tmp_path / "gone.bin", progress=False, retry=FAST, advice=mine)
+    assert "if MY_MIRROR points at a mirror" in str(err.value)
+    with pytest.raises(UserError) as err:
+        fetch(gone, tmp_path / "gone.bin", progress=False, retry=FAST)
+    assert "mirror" not in str(err.value)
+    assert "GLIDE" not in str(err.value)
