@@ -9,7 +9,7 @@ EXTRAS := service,gateway,ops,infra,dev
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv test serve lint bench clean
+.PHONY: venv test test-fast test-slow serve lint bench clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
+# test: what CI runs (.ci/run), everything but the `exhaustive` numeric proofs.
+# test-fast: while you work: no browser, nothing `slow` (minutes -> ~3 on 2 cores).
+# test-slow: the whole suite, with the CPU kernel matrix and emulated-bfloat16 images.
 test: $(STAMP)
+	$(PY) -m pytest -m "not exhaustive" $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not exhaustive and not slow and not browser" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: $(STAMP)

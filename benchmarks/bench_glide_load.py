@@ -1,12 +1,13 @@
 """Cold load of the fp16 safetensors cache against `torch.load` of the original fp32 `.pt`.
 
 A full-size random state dict shaped like GLIDE base (from base_params.json in
-GLIDE_REFERENCE_DIR) is saved as upstream ships it (fp32, `torch.save`), converted once
-through `text2img.engines.glide.convert` (the real conversion path), then each file is loaded in a
-FRESH PROCESS after its pages were evicted from the page cache (fsync, then
-posix_fadvise(DONTNEED)); every tensor is touched page by page so that lazy (mmap) loads
-pay for their reads too. Time is measured inside the child, after `import torch`.
-Reports medians of REPEAT runs and the ratio. Temporary files are removed at the end.
+tests/data/glide-reference, or GLIDE_REFERENCE_DIR) is saved as upstream ships it (fp32,
+`torch.save`), converted once through `text2img.engines.glide.convert` (the real conversion
+path), then each file is loaded in a FRESH PROCESS after its pages were evicted from the
+page cache (fsync, then posix_fadvise(DONTNEED)); every tensor is touched page by page so
+that lazy (mmap) loads pay for their reads too. Time is measured inside the child, after
+`import torch`. Reports medians of REPEAT runs and the ratio. Temporary files are removed at
+the end.
 
 Then, IN ONE PROCESS, the cost of verifying the cache on load (issue 13 item 4): our
 `load_state_dict` (sha256 per 16 MiB segment of a copy-on-write mapping of the file,
@@ -30,7 +31,10 @@ import time
 from pathlib import Path
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
-REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
+REFERENCE = Path(
+    os.environ.get("GLIDE_REFERENCE_DIR")
+    or Path(__file__).resolve().parents[1] / "tests" / "data" / "glide-reference"
+)
 
 CHILD = r"""
 import json, sys, time, torch

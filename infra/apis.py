@@ -24,6 +24,8 @@ BASE_APIS = (
 )
 BUILD_APIS = ("cloudbuild.googleapis.com", "storage.googleapis.com")
 TRANSLATION_APIS = ("translate.googleapis.com",)
+# backend cloudrun: the preflight reads the Cloud Run GPU quota through the Cloud Quotas API
+CLOUD_RUN_APIS = ("cloudquotas.googleapis.com",)
 
 
 def required_apis(settings: Settings) -> list[str]:
@@ -32,6 +34,8 @@ def required_apis(settings: Settings) -> list[str]:
         apis += BUILD_APIS
     if settings.translation:
         apis += TRANSLATION_APIS
+    if settings.on_cloud_run:
+        apis += CLOUD_RUN_APIS
     return apis
 
 

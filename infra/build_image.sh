@@ -37,7 +37,7 @@ else
         --project "$T2I_PROJECT" \
         --region "$T2I_REGION" \
         --config "$here/cloudbuild.yaml" \
-        --substitutions "_IMAGE=${ref},_DOCKERFILE=${T2I_DOCKERFILE}" \
+        --substitutions "_IMAGE=${ref},_DOCKERFILE=${T2I_DOCKERFILE},_BASE=${T2I_BASE:-},_MODEL=${T2I_MODEL:-}" \
         --service-account "$T2I_SERVICE_ACCOUNT" \
         --gcs-source-staging-dir "$T2I_STAGING" \
         --ignore-file "$here/build.gcloudignore" \

@@ -55,6 +55,21 @@ def auto_disk_size_gb(model: str) -> int:
     return max(DISK_MIN_AUTO_GB, -(-int(needed * 10) // 100) * 10)
 
 
+BACKENDS = ("vm", "cloudrun")
+# Regions with Cloud Run L4 GPUs (cloud.google.com/run/docs/configuring/services/gpu,
+# "Supported regions"); asia-south1 is by invitation only. Tokyo has none: Singapore is the
+# nearest.
+CLOUD_RUN_GPU_REGIONS = (
+    "asia-southeast1",
+    "europe-west1",
+    "europe-west4",
+    "us-central1",
+    "us-east4",
+    "asia-south1",
+)
+CLOUD_RUN_GPU_INVITE_ONLY = frozenset({"asia-south1"})
+MAX_GPUS_LIMIT = 20
+
 BUILD_MACHINE_TYPES = frozenset(
     {"e2-medium", "e2-highcpu-8", "e2-highcpu-32", "n1-highcpu-8", "n1-highcpu-32"}
 )
@@ -121,6 +136,15 @@ class Settings:
     flow_logs: bool
     boot_disk_snapshot: str = ""  # the boot disk is created from this snapshot (vm move)
     preflight: bool = True  # check quota, billing, zone, policies before creating anything
+    # issue 23 (Cloud Run GPU backend); defaults keep the VM backend
+    backend: str = "vm"
+    gpu_region: str = "asia-southeast1"
+    max_gpus: int = 3
+    gpu_zonal_redundancy: bool = False
+
+    @property
+    def on_cloud_run(self) -> bool:
+        return self.backend == "cloudrun"
 
     @property
     def has_schedule(self) -> bool:
@@ -225,6 +249,16 @@ def validate(s: Settings) -> list[str]:
         )
     if not 1 <= s.gateway_max_instances <= 10:
         bad("gatewayMaxInstances", f"{s.gateway_max_instances} is outside 1-10")
+    if s.backend not in BACKENDS:
+        bad("backend", f"{s.backend!r} is not one of {', '.join(BACKENDS)}")
+    if s.gpu_region not in CLOUD_RUN_GPU_REGIONS:
+        bad(
+            "gpuRegion",
+            f"{s.gpu_region!r} has no Cloud Run GPUs; use one of "
+            f"{', '.join(CLOUD_RUN_GPU_REGIONS)} (asia-southeast1 is the nearest to Tokyo)",
+        )
+    if not 1 <= s.max_gpus <= MAX_GPUS_LIMIT:
+        bad("maxGpus", f"{s.max_gpus} is outside 1-{MAX_GPUS_LIMIT}")
     cidr_errors: list[str] = []
     vm_net = _check_cidr(f"{NAMESPACE}:subnetCidr", s.subnet_cidr, cidr_errors)
     gw_net = _check_cidr(f"{NAMESPACE}:gatewayEgressCidr", s.gateway_egress_cidr, cidr_errors)
@@ -259,6 +293,11 @@ def advisories(s: Settings) -> list[str]:
         notes.append(
             f"{NAMESPACE}:scheduleStart: a Spot VM may be preempted right after a scheduled "
             "start; the gateway starts it again on the next request"
+        )
+    if s.on_cloud_run and s.gpu_region in CLOUD_RUN_GPU_INVITE_ONLY:
+        notes.append(
+            f"{NAMESPACE}:gpuRegion: Cloud Run GPUs in {s.gpu_region} are by invitation only "
+            "(ask your Google account team), or use asia-southeast1"
         )
     if s.needs_build and s.build_region not in UNRESTRICTED_BUILD_REGIONS:
         notes.append(
@@ -350,6 +389,10 @@ def read_settings(get: Callable[[str], str | None]) -> Settings:
         flow_logs=boolean("flowLogs"),
         boot_disk_snapshot=text("bootDiskSnapshot"),
         preflight=boolean("preflight") if get("preflight") is not None else True,
+        backend=text("backend"),
+        gpu_region=text("gpuRegion"),
+        max_gpus=integer("maxGpus"),
+        gpu_zonal_redundancy=boolean("gpuZonalRedundancy"),
     )
     # keys with a default in Pulumi.yaml are always present under the CLI; only `project`
     # (no default) can be missing there.

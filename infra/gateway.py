@@ -1,9 +1,15 @@
-"""The Cloud Run gateway: public HTTPS, checks the token, wakes and proxies to the VM.
+"""The Cloud Run gateway: public HTTPS, checks the token, wakes and proxies to the GPU.
+
+Backend `vm`:
 
 Its service account can only read the token secret, get and start THIS VM (custom role
 bound on the instance) and read zone operations (to follow its own start call). It
 reaches the VM's internal IP through Direct VPC egress from its own subnet, which is the
 only source the firewall admits to the service port.
+
+Backend `cloudrun` (infra/cloudrun.py): no VM, no VPC access; the gateway's account holds
+roles/run.invoker on the private GPU service and nothing on Compute Engine, and the
+gateway calls the service's URL with a Google ID token for that URL.
 
 Anyone may invoke it, on purpose: browsers and OpenAI SDKs cannot send Google identity
 tokens, so the gateway checks the kit's own bearer token first, before it does anything
@@ -24,6 +30,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.api_token import Token, grant_accessor
+from infra.cloudrun import GpuService, grant_invoker
 from infra.config import Settings
 from infra.iam import (
     GATEWAY_INSTANCE_PERMISSIONS,
@@ -41,6 +48,12 @@ REQUEST_TIMEOUT = "900s"  # long generations and progress streams pass through
 
 
 @dataclass(frozen=True)
+class VmUpstream:
+    instance: gcp.compute.Instance
+    network: Network
+
+
+@dataclass(frozen=True)
 class Gateway:
     service: gcp.cloudrunv2.Service
     account: gcp.serviceaccount.Account
@@ -55,13 +68,25 @@ def create_gateway(
     names: Names,
     *,
     image: pulumi.Input[str],
-    network: Network,
     token: Token,
-    instance: gcp.compute.Instance,
+    upstream: VmUpstream | GpuService,
     deps: Sequence[pulumi.Resource],
 ) -> Gateway:
     account = service_account("gw", "text2img gateway", settings, names, deps)
     principal = member(account)
+    if isinstance(upstream, GpuService):
+        grants: list[pulumi.CustomResource] = [
+            grant_invoker(upstream, principal),
+            grant_accessor("gateway-token-accessor", token, principal),
+        ]
+        env: dict[str, pulumi.Input[str]] = {
+            "TEXT2IMG_GATEWAY_BACKEND": "cloudrun",
+            "TEXT2IMG_GATEWAY_UPSTREAM_URL": upstream.url,
+            # the ETA of a cold start: ~5 s for the instance + the model load (estimate)
+            "TEXT2IMG_GATEWAY_TYPICAL_WAKE_S": "60",
+        }
+        return _service(settings, names, image, token, account, grants, env, None, deps)
+    instance, network = upstream.instance, upstream.network
     unique = role_suffix("gateway-role-suffix").hex
     starter = custom_role(
         "gateway-instance-role",
@@ -100,16 +125,40 @@ def create_gateway(
         ),
         grant_accessor("gateway-token-accessor", token, principal),
     ]
-    # Cloud Run checks, when it deploys the revision, that its service account may read the
-    # token secret ("Permission denied on secret ... for Revision service account"): the
-    # grant must have propagated, not only exist (infra/propagation.py)
-    grants_active = wait_for_grants("gateway-grants-propagation", grants, GRANT_WAIT)
-    env: dict[str, pulumi.Input[str]] = {
+    env = {
+        "TEXT2IMG_GATEWAY_BACKEND": "vm",
         "TEXT2IMG_GATEWAY_PROJECT": settings.project,
         "TEXT2IMG_GATEWAY_ZONE": settings.zone,
         "TEXT2IMG_GATEWAY_INSTANCE": instance.name,
         "TEXT2IMG_GATEWAY_UPSTREAM_PORT": str(settings.service_port),
     }
+    vpc = gcp.cloudrunv2.ServiceTemplateVpcAccessArgs(
+        egress="PRIVATE_RANGES_ONLY",
+        network_interfaces=[
+            gcp.cloudrunv2.ServiceTemplateVpcAccessNetworkInterfaceArgs(
+                network=network.vpc.id,
+                subnetwork=network.gateway_subnet.id,
+            )
+        ],
+    )
+    return _service(settings, names, image, token, account, grants, env, vpc, deps)
+
+
+def _service(
+    settings: Settings,
+    names: Names,
+    image: pulumi.Input[str],
+    token: Token,
+    account: gcp.serviceaccount.Account,
+    grants: Sequence[pulumi.CustomResource],
+    env: dict[str, pulumi.Input[str]],
+    vpc: gcp.cloudrunv2.ServiceTemplateVpcAccessArgs | None,
+    deps: Sequence[pulumi.Resource],
+) -> Gateway:
+    # Cloud Run checks, when it deploys the revision, that its service account may read the
+    # token secret ("Permission denied on secret ... for Revision service account"): the
+    # grant must have propagated, not only exist (infra/propagation.py)
+    grants_active = wait_for_grants("gateway-grants-propagation", grants, GRANT_WAIT)
     service = gcp.cloudrunv2.Service(
         "gateway",
         name=names.resource("gateway"),
@@ -126,15 +175,7 @@ def create_gateway(
             scaling=gcp.cloudrunv2.ServiceTemplateScalingArgs(
                 min_instance_count=0, max_instance_count=settings.gateway_max_instances
             ),
-            vpc_access=gcp.cloudrunv2.ServiceTemplateVpcAccessArgs(
-                egress="PRIVATE_RANGES_ONLY",
-                network_interfaces=[
-                    gcp.cloudrunv2.ServiceTemplateVpcAccessNetworkInterfaceArgs(
-                        network=network.vpc.id,
-                        subnetwork=network.gateway_subnet.id,
-                    )
-                ],
-            ),
+            vpc_access=vpc,
             labels=names.labels,
             containers=[
                 gcp.cloudrunv2.ServiceTemplateContainerArgs(

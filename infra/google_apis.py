@@ -27,6 +27,7 @@ REST_BASES = {
     "billing": "https://cloudbilling.googleapis.com",
     "serviceusage": "https://serviceusage.googleapis.com",
     "resourcemanager": "https://cloudresourcemanager.googleapis.com",
+    "cloudquotas": "https://cloudquotas.googleapis.com",
 }
 TIMEOUT_S = 20.0
 

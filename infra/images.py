@@ -34,6 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_CONTEXT_ENV = "TEXT2IMG_INFRA_BUILD_CONTEXT"
 SERVICE_DOCKERFILE = "service/Dockerfile"
 GATEWAY_DOCKERFILE = "service/gateway.Dockerfile"
+# backend cloudrun: the service image plus one model's weights, checked at build
+GPU_DOCKERFILE = "service/cloudrun.Dockerfile"
 DIGEST_REF_RE = re.compile(r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+@sha256:[0-9a-f]{64}$")
 _SKIP_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pt", ".safetensors")
@@ -47,6 +49,7 @@ class BuildError(pulumi.RunError):
 class Images:
     service: pulumi.Output[str]
     gateway: pulumi.Output[str]
+    gpu: pulumi.Output[str] | None = None  # backend cloudrun: service + baked weights
 
 
 def build_context() -> Path:
@@ -91,7 +94,15 @@ class _Builder:
     environment: dict[str, pulumi.Input[str]]
     deps: list[pulumi.Resource]
 
-    def build(self, logical: str, image_name: str, dockerfile: str) -> pulumi.Output[str]:
+    def build(
+        self,
+        logical: str,
+        image_name: str,
+        dockerfile: str,
+        *,
+        args: dict[str, pulumi.Input[str]] | None = None,
+        tag_seed: str = "",
+    ) -> pulumi.Output[str]:
         root = build_context()
         if not (root / dockerfile).is_file():
             key = "serviceImage" if dockerfile == SERVICE_DOCKERFILE else "gatewayImage"
@@ -100,6 +111,8 @@ class _Builder:
                 f"checkout or set a prebuilt image: `pulumi config set {key} IMAGE@sha256:...`"
             )
         tag = "src-" + context_hash(dockerfile, root)[:20]
+        if tag_seed:  # what else the image is made of (its base, its model)
+            tag = "src-" + hashlib.sha256(f"{tag}\0{tag_seed}".encode()).hexdigest()[:20]
         cmd = command.local.Command(
             logical,
             create="bash infra/build_image.sh",
@@ -109,6 +122,7 @@ class _Builder:
                 "T2I_IMAGE": self.image_base.apply(lambda base: f"{base}/{image_name}"),
                 "T2I_TAG": tag,
                 "T2I_DOCKERFILE": dockerfile,
+                **(args or {}),
             },
             triggers=[tag],
             opts=pulumi.ResourceOptions(depends_on=self.deps),
@@ -196,4 +210,13 @@ def build_images(
         if settings.gateway_image
         else builder.build("build-gateway-image", "text2img-gateway", GATEWAY_DOCKERFILE)
     )
-    return Images(service, gateway)
+    gpu = None
+    if settings.on_cloud_run:
+        gpu = builder.build(
+            "build-gpu-image",
+            "text2img-gpu",
+            GPU_DOCKERFILE,
+            args={"T2I_BASE": service, "T2I_MODEL": settings.model},
+            tag_seed=f"{settings.service_image}\0{settings.model}",
+        )
+    return Images(service, gateway, gpu)

@@ -10,6 +10,11 @@ Each problem is one line naming the fix. Checked (docs/gcp-facts.md §13):
     quota ("consider requesting preemptible quota for Spot VMs" so that they do not
     consume the standard one: Google's Spot VM page); CPUS and SSD_TOTAL_GB (pd-balanced);
   * the zone offers the GPU (acceleratorTypes.get; the fix names the region's zones that do);
+  * backend cloudrun instead of the two above: the Cloud Run L4 quota in gpuRegion for the
+    chosen redundancy (Cloud Quotas API, service run.googleapis.com, quota ids
+    NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion / NvidiaL4GpuAllocPerProjectRegion;
+    neither is granted by default: cloud.google.com/run/docs/configuring/services/
+    gpu-zonal-redundancy) against maxGpus; the region itself is validated by infra/config.py;
   * organization policy constraints that refuse what the program creates: resource
     locations, trusted image projects (the Deep Learning VM image), required Shielded VM
     (our VM boots with Secure Boot off: the NVIDIA module is unsigned), Cloud Run allowed
@@ -347,6 +352,59 @@ def check_org_policies(api: GoogleApis, s: Settings) -> list[Finding]:
     return findings
 
 
+# -- Cloud Run GPUs (backend cloudrun) -----------------------------------------------------------
+
+CLOUD_RUN_L4_QUOTA = {
+    False: "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion",
+    True: "NvidiaL4GpuAllocPerProjectRegion",
+}
+
+
+def cloud_run_gpu_quota(info: dict[str, Any], region: str) -> int:
+    """The granted value of a Cloud Quotas QuotaInfo in `region` (a dimension-less entry is
+    the default for regions without their own)."""
+    default = 0
+    for item in info.get("dimensionsInfos", []):
+        value = int(item.get("details", {}).get("value", 0) or 0)
+        where = item.get("dimensions", {}).get("region")
+        if where == region:
+            return value
+        if where is None:
+            default = value
+    return default
+
+
+def check_cloud_run_gpu_quota(api: GoogleApis, s: Settings) -> list[Finding]:
+    quota_id = CLOUD_RUN_L4_QUOTA[s.gpu_zonal_redundancy]
+    path = (
+        f"/v1/projects/{s.project}/locations/global/services/run.googleapis.com/"
+        f"quotaInfos/{quota_id}"
+    )
+    link = _console("iam-admin/quotas", s.project)
+    try:
+        granted = cloud_run_gpu_quota(api.rest("cloudquotas", "GET", path), s.gpu_region)
+    except GoogleApiError as exc:
+        return [
+            Finding(
+                f"Cloud Run GPU quota not checked ({exc}); check {quota_id} in "
+                f"{s.gpu_region} at {link} (the Cloud Quotas API, cloudquotas.googleapis.com, "
+                "answers it)",
+                fatal=False,
+            )
+        ]
+    if granted >= s.max_gpus:
+        return []
+    other = "gpuZonalRedundancy false" if s.gpu_zonal_redundancy else "gpuZonalRedundancy true"
+    return [
+        Finding(
+            f"Cloud Run GPU quota {quota_id} in {s.gpu_region} is {granted}, maxGpus needs "
+            f"{s.max_gpus}: request {s.max_gpus} at {link} (filter {quota_id}, region "
+            f"{s.gpu_region}; Cloud Run GPU quota starts at 0), lower maxGpus, or use the "
+            f"other quota ({other})"
+        )
+    ]
+
+
 # -- all together ----------------------------------------------------------------------------
 
 
@@ -357,7 +415,9 @@ def run_checks(
     findings = check_billing(api, s.project)
     api_findings, compute_on = check_apis(api, s, enable_compute=enable_compute, preview=preview)
     findings += api_findings
-    if compute_on:
+    if s.on_cloud_run:
+        findings += check_cloud_run_gpu_quota(api, s)
+    elif compute_on:
         try:
             quota, zones = check_quota(api, s)
             findings += quota + check_zone(api, s, zones)
@@ -368,6 +428,11 @@ def run_checks(
 
 
 def summary(s: Settings, findings: Sequence[Finding]) -> str:
+    if not findings and s.on_cloud_run:
+        return (
+            f"preflight: project {s.project} is ready for up to {s.max_gpus} Cloud Run L4 "
+            f"GPU(s) in {s.gpu_region} (billing, APIs, quota and organization policies checked)"
+        )
     if not findings:
         return (
             f"preflight: project {s.project} is ready for {s.gpu_count} x {s.gpu_type} "

@@ -28,8 +28,16 @@ from typing import Any
 import httpx
 
 # a sibling module: scripts/ is on sys.path when this file runs as a script
+from vm_cloudrun import cloudrun_status
 from vm_infra import STACK_COMMANDS, add_stack_commands
-from vm_target import Target, VmError, instances_client, operations_client, resolve_target
+from vm_target import (
+    Target,
+    VmError,
+    instances_client,
+    operations_client,
+    pulumi_outputs,
+    resolve_target,
+)
 
 from text2img import gce as compute
 from text2img.gce import ComputeFailure, InstanceInfo, VmRef
@@ -167,6 +175,7 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
         state = info.status
     gpus = " + ".join(info.gpus) if info.gpus else "no GPU"
     lines = [
+        ("backend", "vm (one GCE VM that the gateway wakes; docs/backends.md)"),
         ("instance", f"{info.name} (project {target.vm.project}, zone {target.vm.zone})"),
         ("state", state),
         ("machine", f"{info.machine_type}, {gpus}"),
@@ -395,6 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (VmError, ComputeFailure) as exc:
             print(f"scripts/vm {args.command}: error: {exc}", file=sys.stderr)
             return 1
+    named = (args.project, args.zone, args.instance, os.environ.get("TEXT2IMG_VM_INSTANCE"))
+    if args.command == "status" and not any(named):  # the stack says which backend
+        try:
+            outputs = pulumi_outputs(args.stack)
+        except VmError as exc:
+            print(f"scripts/vm status: error: {exc}", file=sys.stderr)
+            return 1
+        if outputs.get("backend") == "cloudrun":
+            return cloudrun_status(outputs, as_json=args.json)
     func, _, needs_endpoint = COMMANDS[args.command]
     args.needs_endpoint = needs_endpoint or getattr(args, "wait", False) is True
     try:

@@ -55,6 +55,8 @@ def _work(pattern: str, *methods: str, regex: bool = False) -> Rule:
 # The table. Paths not listed need the token, are not activity and wake nothing.
 RULES: tuple[Rule, ...] = (
     Rule("/healthz", open=GET),  # liveness
+    # startup probe of the Cloud Run GPU service: 200 once the model is loaded, else 503
+    Rule("/startup", open=GET),
     Rule("/", open=GET),  # the web page and its files
     Rule("/favicon.ico", open=GET),
     Rule(r"/static/[^/].*", open=GET, regex=True),

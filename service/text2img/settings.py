@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     """How long finished jobs of the job API stay fetchable."""
     max_finished_jobs: int = Field(default=32, ge=1, le=10_000)
     """Finished jobs kept (with their PNGs, up to ~2 MB each) before the oldest go."""
+    job_api: bool = True
+    """Serve /v1/jobs (submit, then follow up). Off where follow-ups may reach another
+    instance (Cloud Run): those routes then answer 400 pointing to `stream: true`."""
 
     # auth throttling
     auth_max_failures: int = Field(default=10, ge=1, le=1000)

@@ -3,13 +3,19 @@
 GLIDE only understands English. `CloudTranslator` calls Cloud Translation v3
 (`TranslationServiceClient.translate_text`, REST transport); `PassThroughTranslator`
 is used when translation is off and refuses non-Latin text instead of letting the
-model draw garbage from it. Modes, per request:
+model draw garbage from it.
 
-| mode     | Latin-script text       | other scripts (e.g. Japanese)         |
-| -------- | ----------------------- | ------------------------------------- |
-| `auto`   | used as is, no API call | translated (error if translation off) |
-| `always` | translated              | translated (error if translation off) |
-| `never`  | used as is              | refused: the model cannot draw it     |
+Text *needs translation* when it holds a letter (Unicode category L*) outside the Latin
+script: Japanese kana and kanji, Chinese, Korean, Cyrillic, Greek, Arabic, ... Latin
+letters (with accents, full-width forms), digits, punctuation, symbols and emoji do not
+count, so such text is drawn as written. Modes, per request:
+
+| mode     | Latin-script text                    | other scripts (e.g. Japanese)         |
+| -------- | ------------------------------------ | ------------------------------------- |
+| `auto`   | used as is, no API call              | translated (error if translation off) |
+| `always` | translated; used as is when the      | translated (error if translation off) |
+|          | service cannot translate             |                                       |
+| `never`  | used as is                           | refused: the model cannot draw it     |
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ class Translation:
     translated: bool  # True when the Translation API produced `text`
 
 
+def needs_translation(text: str) -> bool:
+    """True when `text` holds a letter outside the Latin script (see the module docstring)."""
+    return not is_latin_text(text)
+
+
 def is_latin_text(text: str) -> bool:
     """True when every letter in `text` is from the Latin script (incl. full-width).
 
@@ -76,6 +87,8 @@ class Translator(Protocol):
     """Turns a prompt into the English text to draw."""
 
     enabled: bool
+    available: bool  # non-Latin text can be translated (as far as start-up could tell)
+    message: str  # one line for GET /v1/models: what works and, if not, what to do
 
     def translate(self, text: str, mode: Mode = "auto") -> Translation:
         """Raises TranslationRefused (400) or TranslationError (424)."""
@@ -83,17 +96,18 @@ class Translator(Protocol):
 
 
 class PassThroughTranslator:
-    """Used when translation is off: Latin text passes unchanged, other scripts are refused."""
+    """Used when translation is off: Latin text passes unchanged (in every mode: it needs no
+    translation), other scripts are refused."""
 
     enabled = False
+    available = False
+    message = (
+        "translation is off on this service (TEXT2IMG_TRANSLATION=off): write prompts in "
+        "English; Japanese and other non-Latin text is refused"
+    )
 
     def translate(self, text: str, mode: Mode = "auto") -> Translation:
-        if mode == "always":
-            raise TranslationRefused(
-                "translate is 'always' but translation is off on this service "
-                "(TEXT2IMG_TRANSLATION=off); use translate 'auto' or 'never'"
-            )
-        if not is_latin_text(text):
+        if needs_translation(text):
             raise _refuse_untranslatable(mode)
         return Translation(text=text, detected_language=None, translated=False)
 
@@ -102,12 +116,17 @@ class UnconfiguredTranslator:
     """Translation is on but no Google Cloud project/credentials were found at start-up."""
 
     enabled = True
+    available = False
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+        self.message = (
+            f"Cloud Translation is not set up ({reason}): English prompts work; for Japanese "
+            "run `gcloud auth application-default login` and set TEXT2IMG_TRANSLATE_PROJECT"
+        )
 
     def translate(self, text: str, mode: Mode = "auto") -> Translation:
-        if mode == "never" or (mode == "auto" and is_latin_text(text)):
+        if mode == "never" or not needs_translation(text):
             return PassThroughTranslator().translate(text, "never")
         raise TranslationError(
             f"Cloud Translation is not set up ({self.reason}); run "
@@ -123,6 +142,8 @@ class CloudTranslator:
     """
 
     enabled = True
+    available = True
+    message = "Japanese and other non-Latin prompts are translated to English (Cloud Translation)"
 
     def __init__(
         self,

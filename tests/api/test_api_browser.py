@@ -49,7 +49,11 @@ def test_japanese_prompt_to_images(live: Callable[..., str], translate_ok: FakeT
             page.fill("#token-input", TOKEN)
             page.click("#token-form button[type=submit]")
             page.wait_for_selector("#tiny-warning:not([hidden])")  # random weights labelled
-            assert "ランダム" in page.inner_text("#model-badge")
+            assert page.inner_text("#model-name") == "tiny"  # short; the rest on tap
+            page.click("#model-name")
+            assert "ランダム" in page.inner_text("#model-details")
+            page.click("#prompt")  # a tap elsewhere folds the details away
+            assert page.is_hidden("#model-details")
 
             # Japanese -> editable English
             page.fill("#prompt", "テディベアがバタフライで泳いでいる")

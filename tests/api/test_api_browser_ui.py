@@ -6,86 +6,23 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from api_support import TOKEN
+from browser_support import CHROMIUM, QUICK, browser, generate, opened, settings, shot
 from PIL import Image
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(
-    os.environ.get(
-        "TEXT2IMG_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"
-    )
-)
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-QUICK = {"n": "1", "size": "64x64", "steps": "2"}
+__all__ = ["browser"]  # a fixture: imported for pytest to find it
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not at /usr/bin/chromium"),
 ]
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@contextmanager
-def opened(browser: Any, url: str, *, token: str | None = TOKEN, width: int = 1280,
-           height: int = 800) -> Iterator[Any]:  # fmt: skip
-    """A fresh page (own storage) with the token already saved; no page errors allowed."""
-    context = browser.new_context(viewport={"width": width, "height": height}, locale="ja-JP",
-                                  accept_downloads=True)  # fmt: skip
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(url)
-    if token:
-        page.evaluate("t => localStorage.setItem('text2img.token', t)", token)
-        page.reload()
-        page.wait_for_selector("#model-badge:not([hidden])")
-    try:
-        yield page
-    finally:
-        context.close()
-    assert errors == []
-
-
-def settings(page: Any, **values: str) -> None:
-    if not page.locator("#options").evaluate("d => d.open"):
-        page.click("#options summary")
-    for key, value in values.items():
-        if page.locator(f"#{key}").evaluate("e => e.tagName") == "SELECT":
-            page.select_option(f"#{key}", value)
-        else:
-            page.fill(f"#{key}", value)
-
-
-def generate(page: Any, timeout_s: float = 120) -> None:
-    page.click("#generate-btn")
-    page.wait_for_selector("#progress-text:text('完了')", timeout=timeout_s * 1000)
-
-
-def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
 
 
 def test_japanese_top_box_and_edited_english_with_translation_off_draws_the_english(
@@ -269,3 +206,25 @@ def test_layout_on_a_phone_and_a_desktop(live: Callable[..., str], browser: Any)
             page.fill("#prompt", "あ" * 5000)
             assert "4000 文字多すぎます" in page.inner_text("#prompt-count")
             assert page.is_disabled("#generate-btn")
+
+
+def test_without_a_job_api_the_page_streams_the_generation(
+    live: Callable[..., str], browser: Any
+) -> None:
+    """The Cloud Run backend serves no /v1/jobs (a follow-up may reach another instance):
+    the page falls back to one `stream: true` request and shows the same results."""
+    url = live(job_api=False)
+    with opened(browser, url) as page:
+        page.fill("#prompt", "a red cube")
+        settings(page, n="2", size="64x64", steps="2", seed="40")
+        with page.expect_request(
+            lambda r: r.url.endswith("/v1/images/generations") and r.method == "POST"
+        ) as sent:
+            generate(page)
+        body = json.loads(sent.value.post_data or "{}")
+        assert body["stream"] is True
+        assert body["prompt"] == "a red cube"
+        assert page.locator("#grid img").count() == 2
+        assert page.is_hidden("#banner")
+        page.wait_for_selector("#gallery-box:not([hidden])")
+        assert page.locator("#gallery .entry").count() == 1

@@ -16,6 +16,8 @@ from serve_process import ServeProcess, serving
 
 from tests.fakes.raw_http import answer_or_close, chunked_flood, slow_sender
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: make test, not test-fast
+
 FLOOD = 300 * 1024 * 1024  # what the attacker would send if allowed
 READ_AT_MOST = 16 * 1024 * 1024  # socket buffers, not the body: far below FLOOD
 MiB = 1024 * 1024

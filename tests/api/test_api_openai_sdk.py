@@ -16,6 +16,7 @@ def sdk(url: str, key: str = TOKEN) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
 
 
+@pytest.mark.slow
 def test_sdk_generates_two_png_images_from_a_japanese_prompt(
     live: Callable[..., str], translate_ok: FakeTranslate
 ) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from api_support import FAST64, make_settings
 from test_api_scheduling import running
 
@@ -42,6 +43,7 @@ class SlowGPU:
         return images
 
 
+@pytest.mark.slow
 async def test_retry_after_grows_with_the_queue(tiny_engine: Engine) -> None:
     gpu = SlowGPU(tiny_engine, batch_s=1.0)
     app = create_app(make_settings(queue_limit=5, batch_window_s=0), engine=gpu)  # type: ignore[arg-type]

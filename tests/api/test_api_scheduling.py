@@ -106,6 +106,7 @@ async def test_16_clients_against_a_queue_of_4(tiny_engine: Engine) -> None:
     assert leaked == []
 
 
+@pytest.mark.slow
 async def test_compatible_requests_share_a_sampling_batch(tiny_engine: Engine) -> None:
     gpu = FaultyGPU(tiny_engine)
     app = create_app(make_settings(), engine=gpu)  # type: ignore[arg-type]
@@ -122,6 +123,7 @@ async def test_compatible_requests_share_a_sampling_batch(tiny_engine: Engine) -
     assert max(gpu.calls) >= 4, gpu.calls
 
 
+@pytest.mark.slow
 async def test_seed_i_draws_the_same_image_alone_or_in_a_batch(tiny_engine: Engine) -> None:
     app = create_app(make_settings(), engine=tiny_engine)
     async with running(app) as client:
@@ -151,6 +153,7 @@ async def test_seed_i_draws_the_same_image_alone_or_in_a_batch(tiny_engine: Engi
     assert seeds[1] == seeds[0] + 1
 
 
+@pytest.mark.slow
 async def test_out_of_memory_retries_smaller_batches_then_503(tiny_engine: Engine) -> None:
     gpu = FaultyGPU(tiny_engine, oom_above=1)
     app = create_app(make_settings(), engine=gpu)  # type: ignore[arg-type]

@@ -17,6 +17,8 @@ from text2img.cli import main
 from text2img.commands.serve import is_loopback, resolve_host
 from text2img.errors import UserError
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: make test, not test-fast
+
 
 def test_host_rules() -> None:
     assert resolve_host(None, has_token=False) == "127.0.0.1"

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from api_support import AUTH
 from serve_process import start
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: make test, not test-fast
 
 # long on the tiny model (many steps at 256x256): still drawing when SIGTERM arrives
 LONG = {"prompt": "a long one", "n": 4, "size": "256x256", "steps": 250, "upsample_steps": 250}

@@ -195,6 +195,7 @@ def fuzz_url(tiny_engine: Any) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.slow
 @SCHEMA.parametrize()
 @hypothesis.settings(
     max_examples=12, deadline=None, suppress_health_check=list(hypothesis.HealthCheck)

@@ -48,6 +48,14 @@ ROUTES = [
     ),
     ("GET", re.compile(r"^/v1/operations/(?P<name>[^/]+)$"), "su_operation"),
     (
+        "GET",
+        re.compile(
+            r"^/v1/projects/(?P<project>[^/]+)/locations/global/services/run\.googleapis\.com/"
+            r"quotaInfos/(?P<quota>[^/]+)$"
+        ),
+        "quota_info",
+    ),
+    (
         "POST",
         re.compile(r"^/v1/projects/(?P<project>[^/:]+):getEffectiveOrgPolicy$"),
         "org_policy",
@@ -85,6 +93,8 @@ class FakeGoogleProject:
     project_quotas: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {"GPUS_ALL_REGIONS": (1.0, 0.0), "SNAPSHOTS": (5000.0, 0.0)}
     )
+    # Cloud Quotas (run.googleapis.com): quota id -> {region or None (default): value}
+    run_quotas: dict[str, dict[str | None, int]] = field(default_factory=dict)
     billing_enabled: bool = True
     enabled_apis: set[str] = field(
         default_factory=lambda: {
@@ -197,6 +207,18 @@ class FakeGoogleProject:
                     result: tuple[int, dict[str, Any]] = handler(match.groupdict(), query, body)
                     return result
         return 404, _error(404, "NOT_FOUND", f"no fake route for {method} {path}", "notFound")
+
+    def _quota_info(self, m: dict[str, str], q: Any, b: Any) -> tuple[int, dict[str, Any]]:
+        values = self.run_quotas.get(m["quota"])
+        if values is None:
+            return 404, _error(404, "NOT_FOUND", f"quota {m['quota']} not found", "notFound")
+        infos = [
+            {"dimensions": {} if region is None else {"region": region},
+             "details": {"value": str(value)}}
+            for region, value in values.items()
+        ]  # fmt: skip
+        return 200, {"quotaId": m["quota"], "service": "run.googleapis.com",
+                     "dimensionsInfos": infos}  # fmt: skip
 
     def _quota_list(self, quotas: dict[str, tuple[float, float]]) -> list[dict[str, Any]]:
         return [{"metric": m, "limit": lim, "usage": use} for m, (lim, use) in quotas.items()]

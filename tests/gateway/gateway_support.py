@@ -138,6 +138,7 @@ class Upstream:
         return Starlette(
             routes=[
                 Route("/readyz", readyz),
+                Route("/v1/ready", readyz),  # what the gateway probes
                 Route("/v1/status", status),
                 Route("/sse", sse),
                 Route("/sse-dies", sse_dies),

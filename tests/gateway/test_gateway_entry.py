@@ -10,9 +10,12 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.fakes.compute import FakeCompute
 from tests.gateway.gateway_support import TOKEN
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: make test, not test-fast
 
 
 def _env(**extra: str) -> dict[str, str]:

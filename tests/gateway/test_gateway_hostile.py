@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.fakes.asgi_server import serve_in_thread
 from tests.fakes.compute import FakeCompute
@@ -84,6 +85,7 @@ def _wrong(forwarded: str) -> dict[str, str]:
     return {"Authorization": "Bearer wrong-token-0000000000", "X-Forwarded-For": forwarded}
 
 
+@pytest.mark.slow
 def test_forged_forwarded_entries_neither_hide_nor_frame(
     make_gateway: Callable[..., str], fake: FakeCompute
 ) -> None:

@@ -115,6 +115,7 @@ def test_client_leaving_drops_the_upstream_request(gateway: str, upstream: Upstr
     assert upstream.slow_disconnected.wait(5.0)
 
 
+@pytest.mark.slow
 def test_a_service_that_does_not_answer_gets_a_clear_504(
     make_gateway: Callable[..., str], fake: FakeCompute
 ) -> None:
@@ -140,7 +141,7 @@ def test_a_broken_upstream_connection_gets_a_clear_502(
         for _ in range(3):
             conn, _ = server.accept()
             data = conn.recv(65536)
-            if b"/readyz" in data:
+            if b"/v1/ready" in data:
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
                 conn.close()
                 continue

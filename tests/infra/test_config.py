@@ -111,6 +111,7 @@ def test_oversized_startup_script_fails(monkeypatch: pytest.MonkeyPatch, tmp_pat
         run_program("dev")
 
 
+@pytest.mark.slow
 def test_zone_without_the_gpu_warns(plan_for) -> None:
     assert plan_for().warnings == []
     plan = plan_for(zone="asia-northeast1-b")

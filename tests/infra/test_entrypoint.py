@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from infra_harness import ROOT
 
 SCRIPT = textwrap.dedent(
@@ -34,6 +35,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_program_runs_from_its_folder_like_the_language_host(tmp_path: Path) -> None:
     script = SCRIPT.format(harness=str(Path(__file__).parent), infra=str(ROOT / "infra"))
     result = subprocess.run(

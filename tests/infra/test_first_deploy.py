@@ -31,6 +31,7 @@ def seconds(duration: str) -> int:
     return int(duration[:-1])
 
 
+@pytest.mark.slow
 def test_images_build_in_the_build_region(plan_for: PlanFor) -> None:
     for plan, region in (
         (plan_for(), "us-central1"),

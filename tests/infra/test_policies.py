@@ -403,6 +403,7 @@ def test_gateway_service(plan: Plan) -> None:
     assert container["image"] == plan.outputs["gateway_image"]
     env = {e["name"]: e.get("value") for e in container["envs"]}
     assert env == {
+        "TEXT2IMG_GATEWAY_BACKEND": "vm",
         "TEXT2IMG_GATEWAY_PROJECT": TEST_PROJECT,
         "TEXT2IMG_GATEWAY_ZONE": "asia-northeast1-a",
         "TEXT2IMG_GATEWAY_INSTANCE": "t2i-dev-gpu",

@@ -264,6 +264,56 @@ def test_pulumi_up_stops_at_the_preflight_before_creating_anything(
     assert fake.calls["enable"] == 0  # Compute was on; the rest is the program's job
 
 
+# -- backend cloudrun -------------------------------------------------------------------------
+
+NO_ZR = "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion"
+ZR = "NvidiaL4GpuAllocPerProjectRegion"
+
+
+def test_cloudrun_checks_its_l4_quota_in_the_gpu_region_not_the_vms(
+    fake: FakeGoogleProject,
+) -> None:
+    fake.run_quotas = {NO_ZR: {None: 0, "asia-southeast1": 3}, ZR: {None: 0}}
+    fake.quotas["NVIDIA_T4_GPUS"] = (0.0, 0.0)  # the VM's quota does not matter here
+    findings = check(fake, backend="cloudrun")
+    assert fatal(findings) == []
+    assert fake.calls["quota_info"] == 1
+    assert any("cloudquotas.googleapis.com" in f.text for f in findings)  # enabled by `up`
+    assert fake.calls["region"] == 0  # no Compute quota or zone lookups
+    fake.enabled_apis.add("cloudquotas.googleapis.com")
+    clean = check(fake, backend="cloudrun")
+    assert clean == []
+    assert "up to 3 Cloud Run L4 GPU(s) in asia-southeast1" in summary(
+        settings(backend="cloudrun"), clean
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "quota", "granted"),
+    [
+        ({}, NO_ZR, 0),  # asia-southeast1 falls back to the default: 0
+        ({"gpuRegion": "europe-west4", "maxGpus": 5}, NO_ZR, 2),
+        ({"gpuZonalRedundancy": True}, ZR, 0),
+    ],
+)
+def test_cloudrun_quota_short_names_the_quota_id_region_and_fix(
+    fake: FakeGoogleProject, overrides: dict[str, Any], quota: str, granted: int
+) -> None:
+    fake.run_quotas = {NO_ZR: {None: 0, "europe-west4": 2, "asia-southeast1": 0}, ZR: {None: 0}}
+    s = settings(backend="cloudrun", **overrides)
+    (line,) = fatal(check(fake, backend="cloudrun", **overrides))
+    assert f"Cloud Run GPU quota {quota} in {s.gpu_region} is {granted}" in line
+    assert f"maxGpus needs {s.max_gpus}" in line
+    assert "iam-admin/quotas" in line
+
+
+def test_cloudrun_quota_unreadable_is_a_note_not_a_stop(fake: FakeGoogleProject) -> None:
+    fake.forbidden.add("quota_info")
+    findings = check(fake, backend="cloudrun")
+    assert fatal(findings) == []
+    assert any("Cloud Run GPU quota not checked" in f.text for f in findings)
+
+
 def test_only_a_real_up_enables_compute(
     fake: FakeGoogleProject, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,9 +8,9 @@ import pytest
 from tests.numerics.image_compare import drift
 from tests.numerics.kernel_matrix import CHOICES, run_choice, table
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
+@pytest.mark.exhaustive  # make test-slow: 35 s quiet, 2 min loaded, on 2 cores
 def test_numeric_tests_pass_under_every_kernel_choice() -> None:
     outcomes = [run_choice(choice, timeout_s=300) for choice in CHOICES]
     report = table(outcomes)

@@ -259,3 +259,23 @@ def test_logs_follow_prints_new_serial_output(
     assert out.splitlines() == ["first line", "second line"]
     assert err == "interrupted\n"
     assert env.fake.calls["serial"] == 2  # all of it, then from the offset
+
+
+def test_status_names_the_backend(
+    vm_module: ModuleType, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(vm_module, capsys, "status")
+    assert code == 0, err
+    assert "backend   vm (one GCE VM" in out
+    env.set_outputs({"backend": "cloudrun", "project": "proj", "gpu_region": "asia-southeast1",
+                     "max_gpus": 3, "gpu_url": "https://t2i-gpu-x.a.run.app",
+                     "url": env.gateway_url, "token": "t"})  # fmt: skip
+    compute_calls = sum(env.fake.calls.values())
+    code, out, err = run(vm_module, capsys, "status")
+    assert code == 0, err
+    assert "backend   cloudrun" in out
+    assert "gpus      0 to 3 x nvidia-l4 in asia-southeast1" in out
+    assert "service   https://t2i-gpu-x.a.run.app" in out
+    assert sum(env.fake.calls.values()) == compute_calls  # no VM looked up
+    code, out, err = run(vm_module, capsys, "status", "--json")
+    assert json.loads(out)["backend"] == "cloudrun"

@@ -6,7 +6,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.scripts.vm_support import ROOT, VM, Env
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: make test, not test-fast
 
 
 def launch(

@@ -286,6 +286,7 @@ def test_program_powers_off_once_when_idle(program: Program, service: FakeServic
     assert TOKEN not in "".join(logs)
 
 
+@pytest.mark.slow
 def test_program_never_stops_a_running_job(program: Program, service: FakeService) -> None:
     service.body.update(jobs_in_flight=1, idle_seconds=0)
     for minute in range(1, 40, 3):

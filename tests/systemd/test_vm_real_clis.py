@@ -31,6 +31,7 @@ def unit_commands(unit: str, env: dict[str, str]) -> list[list[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_docker_command_lines_are_valid(sandbox: Sandbox, tmp_path: Path) -> None:
     assert sandbox.run().returncode == 0
     sandbox.google.set_attribute("text2img-image", IMAGE2)

@@ -28,6 +28,8 @@ from tests.systemd.sandbox import (
     systemctl_verbs,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: make test, not test-fast
+
 UNIT_FILES = [
     "text2img.service",
     "text2img-autostop.service",

@@ -110,6 +110,7 @@ def test_every_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 PROGRAMS = ["autostop.py", "metadata_watch.py"]
 
 
+@pytest.mark.slow
 def test_programs_are_mypy_strict_clean_for_python_3_10() -> None:
     # stricter than `make lint`: the VM runs them with the image's own python3
     programs = [str(SYSTEMD / name) for name in PROGRAMS]

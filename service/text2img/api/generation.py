@@ -92,6 +92,14 @@ async def create_job(
             param="response_format",
             code="unsupported_response_format",
         )
+    if body.partial_images and not body.stream:
+        raise ApiError(
+            400,
+            "partial_images applies to streamed generations only: set stream: true, or "
+            "leave partial_images out",
+            param="partial_images",
+            code="unsupported_parameter",
+        )
     size, settings = engine_settings(state.spec, body)
     if scheduler.queue_depth >= scheduler.queue_limit:  # refuse before paying to translate
         raise _queue_full(state, scheduler, scheduler.retry_after())
@@ -107,6 +115,7 @@ async def create_job(
         size=size,
         output_format=body.output_format,
         output_compression=body.output_compression,
+        partial_images=(body.partial_images or 0) if body.stream else 0,
     )
     job.bind_loop(asyncio.get_running_loop())
     try:

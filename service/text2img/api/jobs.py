@@ -13,9 +13,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from text2img.engines.base import EngineSettings
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class JobState(StrEnum):
@@ -62,6 +65,15 @@ class JobProgress:
         }
 
 
+@dataclass(frozen=True)
+class Partial:
+    """An intermediate look at image `index` (its `partial_index`-th), not yet encoded."""
+
+    index: int
+    partial_index: int
+    image: Image.Image
+
+
 @dataclass(eq=False)  # identity: jobs are hashed and compared by object
 class Job:
     """n images of one English prompt under one set of sampling settings."""
@@ -87,6 +99,9 @@ class Job:
     images: list[bytes | None] = field(default_factory=list)
     # per image: the text actually drawn when the engine cut the prompt, else None
     prompts_used: list[str | None] = field(default_factory=list)
+    # streaming: intermediate images wanted per image (0-3) and those taken so far
+    partial_images: int = 0
+    partials: list[Partial] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = [None] * len(self.seeds)
@@ -101,6 +116,17 @@ class Job:
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+    def partial_due(self, index: int, fraction: float) -> bool:
+        """True when image `index`, `fraction` drawn, is owed its next partial image: the
+        k-th of P is taken once (k + 1) / (P + 1) of it is drawn (P = 2: at 1/3 and 2/3)."""
+        taken = sum(1 for p in self.partials if p.index == index)
+        return taken < self.partial_images and fraction >= (taken + 1) / (self.partial_images + 1)
+
+    def add_partial(self, index: int, image: Image.Image) -> None:
+        taken = sum(1 for p in self.partials if p.index == index)
+        self.partials.append(Partial(index, taken, image))  # list.append: atomic
+        self.notify()
 
     @property
     def finished(self) -> bool:

@@ -321,6 +321,8 @@ class Scheduler:
                 done = job.done_count + p.fraction * per_job[job]
                 job.progress = JobProgress(p.stage, p.step, p.total, min(done / job.n, 0.999))
                 job.notify()
+            if p.preview is not None:
+                self._take_partials(items, p)
 
         def should_cancel() -> bool:
             return not any([self._live(job) for job in jobs])
@@ -371,6 +373,23 @@ class Scheduler:
                 fraction = job.done_count / job.n
                 job.progress = JobProgress(self._next_stage, 0, job.progress.total, fraction)
                 job.notify()
+
+    @staticmethod
+    def _take_partials(items: list[_Item], p: Progress) -> None:
+        """Hand each streamed image that is owed a partial image its preview."""
+        due = [(row, i) for row, i in enumerate(items) if i.job.partial_due(i.index, p.fraction)]
+        if not due or p.preview is None:
+            return
+        try:
+            pictures = p.preview()
+        except Exception:  # a preview is a courtesy: never fail the generation for it
+            log.exception("the engine's preview failed")
+            return
+        if len(pictures) != len(items):
+            log.error("preview gave %d images for %d requests", len(pictures), len(items))
+            return
+        for row, item in due:
+            item.job.add_partial(item.index, pictures[row])
 
     def _fail(self, jobs: list[Job], failure: Failure) -> None:
         for job in jobs:

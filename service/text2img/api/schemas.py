@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     create_model,
@@ -73,6 +74,18 @@ class ImageGenerationRequest(BaseModel):
         ge=0,
         le=100,
         description="Quality of jpeg/webp, 0-100 (default 100: best; webp lossless).",
+    )
+    stream: StrictBool = Field(
+        default=False,
+        description="true: answer with server-sent events as OpenAI's Images API streams "
+        "them (image_generation.partial_image, image_generation.completed), plus "
+        "text2img.progress events that SDKs pass over.",
+    )
+    partial_images: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=3,
+        description="With stream: intermediate images per image before the final one (0-3).",
     )
     user: str | None = Field(default=None, max_length=256, description="Accepted, ignored.")
     quality: str | None = Field(default=None, max_length=32, description="Accepted, ignored.")
@@ -177,6 +190,11 @@ class TranslationResponse(BaseModel):
     text: str = Field(description="English.")
     detected_language: str | None = Field(description="Source language the API detected.")
     translated: bool = Field(description="False when the text was passed through unchanged.")
+    needs_translation: bool = Field(
+        description="False when every letter is Latin script (English, accents, full-width; "
+        "digits, symbols and emoji do not count): such text is drawn as written, and comes "
+        "back unchanged even where this service cannot translate."
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -93,6 +93,9 @@ class Progress:
     num_stages: int = 1
     batch_index: int = 0
     num_batches: int = 1
+    # a cheap look at the images so far, one per request of this call in order (a preview
+    # decode: noisy, possibly smaller); called only when someone streams partial images
+    preview: Callable[[], list[Image.Image]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def stage_fraction(self) -> float:
@@ -188,6 +191,9 @@ class EngineSpec(ABC):
     prefetch: tuple[str, ...] = ()
     # the `Progress.stage` names `generate` reports, in order -> a short Japanese label
     stages: Mapping[str, str] = field(default_factory=dict)
+    # images one sampling batch takes on one GPU (T4 16 GB / L4 24 GB, fp16): the engine's
+    # CUDA batch limit, and the requests one Cloud Run GPU instance is given at once
+    gpu_max_batch: int = 1
 
     @property
     def option_names(self) -> tuple[str, ...]:

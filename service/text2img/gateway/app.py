@@ -30,6 +30,7 @@ from text2img.front_door import (
     treatment,
 )
 from text2img.gateway.backend import Asleep, Backend
+from text2img.gateway.cloudrun_backend import CloudRunBackend
 from text2img.gateway.proxy import ClientGone, UpstreamDown, UpstreamFailed, forward, timeouts
 from text2img.gateway.settings import GatewaySettings
 from text2img.gateway.vm_backend import VmBackend
@@ -104,6 +105,13 @@ def decision_response(decision: Decision) -> Response:
 
 def make_backend(settings: GatewaySettings) -> Backend:
     """The GPU backend the settings choose (`TEXT2IMG_GATEWAY_BACKEND`)."""
+    if settings.backend == "cloudrun":
+        if not settings.upstream_url:
+            raise UserError(
+                "the gateway does not know its GPU service: set TEXT2IMG_GATEWAY_UPSTREAM_URL "
+                "to the Cloud Run service's URL (`pulumi stack output gpu_url`)"
+            )
+        return CloudRunBackend(settings.upstream_url, probe_timeout_s=settings.probe_timeout_s)
     missing = [
         f"TEXT2IMG_GATEWAY_{name.upper()}"
         for name in ("project", "zone", "instance")

@@ -20,7 +20,8 @@ class GatewaySettings(BaseSettings):
         default=None, validation_alias=AliasChoices("TEXT2IMG_API_TOKEN_FILE", "api_token_file")
     )
     # which GPU backend the gateway drives (text2img.gateway.backend): `vm` (one GCE VM)
-    backend: Literal["vm"] = "vm"
+    # or `cloudrun` (a private Cloud Run GPU service at `upstream_url`)
+    backend: Literal["vm", "cloudrun"] = "vm"
     project: str = ""
     zone: str = ""
     instance: str = ""

@@ -242,7 +242,7 @@ class Waker:
         try:
             resp = await self.egress.get(
                 self.http,
-                f"{url}/readyz",
+                f"{url}/v1/ready",  # Cloud Run reserves some paths ending in "z"
                 headers=headers,
                 timeout=self.settings.probe_timeout_s,
                 warmup=warmup,

@@ -1,7 +1,9 @@
-"""Access to the GLIDE reference folder (GLIDE_REFERENCE_DIR, default ../shared/glide-reference).
+"""Access to the GLIDE reference folder: tests/data/glide-reference (in the repository), or
+another folder of the same format named by GLIDE_REFERENCE_DIR.
 
 Everything the reference tests iterate over is read from the folder's files, so the same
-tests run against any other folder of that format.
+tests run against any other folder of that format. A missing folder skips the reference
+tests on a developer's machine (a partial checkout) but fails the run under CI.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ import torch
 from safetensors.torch import load_file
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_DIR = REPO_ROOT / "tests" / "data" / "glide-reference"
+
+
+def in_ci() -> bool:
+    """True under a CI runner (GitHub Actions, GitLab, most others set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
 def reference_dir() -> Path | None:
-    """The folder, or None when the default location does not exist."""
+    """The folder, or None when the default location does not exist (never None in CI)."""
     env = os.environ.get("GLIDE_REFERENCE_DIR")
     if env:
         path = Path(env).expanduser()
@@ -30,14 +38,24 @@ def reference_dir() -> Path | None:
         if not path.is_dir():
             raise RuntimeError(f"GLIDE_REFERENCE_DIR={env} is not a folder")
         return path
-    default = (REPO_ROOT / ".." / "shared" / "glide-reference").resolve()
-    return default if default.is_dir() else None
+    if DEFAULT_DIR.is_dir():
+        return DEFAULT_DIR
+    if in_ci():
+        # raised at collection too (parametrized tests read the folder): the run fails
+        raise RuntimeError(f"{MISSING}; CI must run every reference test")
+    return None
+
+
+MISSING = (
+    f"no GLIDE reference folder: {DEFAULT_DIR.relative_to(REPO_ROOT)} is missing (a partial "
+    "checkout?) and GLIDE_REFERENCE_DIR is not set"
+)
 
 
 def require_dir() -> Path:
     path = reference_dir()
     if path is None:
-        pytest.skip("no GLIDE reference folder (set GLIDE_REFERENCE_DIR)")
+        pytest.skip(MISSING)
     return path
 
 

@@ -19,12 +19,16 @@ from text2img.errors import UserError
 FAST64 = SamplingSettings(size=64, base_steps=2)
 FAST256 = SamplingSettings(size=256, base_steps=2, upsample_steps=1)
 # Without AVX512-BF16/AMX the CPU emulates bfloat16: measured 50-90x slower than float32
-# on an AVX2-only EPYC (a 256x256 tiny image 165 s against 1.8 s). The 64x64 checks run
-# everywhere; the 256x256 (upsampler) ones only where bfloat16 is native.
+# on an AVX2-only EPYC (a 256x256 tiny image 165 s against 1.8 s; a 64x64 one ~12 s per
+# step, 30-60 s on a loaded 2-core machine). Every check that draws runs in `make test`
+# only where bfloat16 is native, else in `make test-slow` (`exhaustive`); the 256x256
+# (upsampler) ones only where bfloat16 is native. The settings checks run everywhere.
+NATIVE_BF16 = devices.cpu_has_native_bf16()
 needs_native_bf16 = pytest.mark.skipif(
-    not devices.cpu_has_native_bf16(),
+    not NATIVE_BF16,
     reason="this CPU emulates bfloat16 (no AVX512-BF16/AMX): the 256x256 stage takes minutes",
 )
+exhaustive_if_emulated = pytest.mark.exhaustive if not NATIVE_BF16 else pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +52,7 @@ def test_bf16_keeps_float32_weights_and_cpu_default_stays_float32(pipelines):
         assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
+@exhaustive_if_emulated
 def test_bf16_images_are_close_to_float32_and_valid_pngs(pipelines):
     fp32, bf16 = pipelines
     requests = [ImageRequest("a corgi", 1), ImageRequest("a cat", 7)]
@@ -85,7 +90,10 @@ def assert_valid_png(image: Image.Image, size: int) -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [pytest.param(FAST64, id="64"), pytest.param(FAST256, id="256", marks=needs_native_bf16)],
+    [
+        pytest.param(FAST64, id="64", marks=exhaustive_if_emulated),
+        pytest.param(FAST256, id="256", marks=needs_native_bf16),
+    ],
 )
 def test_model_calls_run_in_bf16_and_the_sampler_sees_float32(pipelines, monkeypatch, settings):
     _, bf16 = pipelines
@@ -140,6 +148,7 @@ def test_invalid_dtypes_are_user_errors():
         devices.resolve_dtype("bf16", torch.device("cuda"))
 
 
+@exhaustive_if_emulated
 def test_generate_cli_accepts_bfloat16(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["generate", "a corgi", "--seed", "3", "-o", str(out), "--model", "tiny"]

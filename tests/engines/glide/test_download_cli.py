@@ -7,9 +7,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from glide_reference import require_dir
 from weights_helpers import (
     SHAPES_BASE,
     SHAPES_UPSAMPLE,
@@ -25,8 +25,6 @@ from weights_helpers import (
 from text2img import cli
 from text2img.engines.fetch import http as download
 from text2img.engines.glide import cache as glide_cache
-
-REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
 
 
 @pytest.fixture
@@ -81,9 +79,8 @@ def test_check_reports_missing_without_network(fake_sources, tmp_path, capsys):
 
 def test_real_tokenizer_files_from_a_mirror(tmp_path):
     """The real default manifest (real sha256 values), the env override, the real CLI."""
-    if not (REFERENCE / "tokenizer" / "vocab.bpe.gz").exists():
-        pytest.skip(f"no reference tokenizer files in {REFERENCE}")
-    files = {f"/{p.name}": p.read_bytes() for p in (REFERENCE / "tokenizer").glob("*.gz")}
+    files = {f"/{p.name}": p.read_bytes() for p in (require_dir() / "tokenizer").glob("*.gz")}
+    assert sorted(files) == ["/encoder.json.gz", "/vocab.bpe.gz"]
     gen = serve(files)
     server = next(gen)
     try:  # (not a fixture: this test serves different files)

@@ -48,6 +48,7 @@ def test_tiny_pipeline_draws_256_and_64_images(pipeline):
     assert pixels(big[0]).std() > 5  # not a blank image
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["dpm++2m", "ancestral", "ddim"])
 def test_seed_is_deterministic_and_position_independent(pipeline, sampler):
     settings = SamplingSettings(size=64, base_sampler=sampler, base_steps=4)
@@ -72,6 +73,7 @@ def test_different_seed_or_prompt_changes_the_image(pipeline):
     assert not np.array_equal(pixels(base), pixels(other_prompt))
 
 
+@pytest.mark.slow
 def test_progress_reports_every_step_of_every_stage(pipeline):
     seen: list[Progress] = []
     pipeline.generate([ImageRequest("x", 1)], FAST256, progress=seen.append)
@@ -147,6 +149,7 @@ def test_load_errors_are_user_errors(tmp_path):
             load_pipeline("tiny", device="cuda")
 
 
+@pytest.mark.slow
 def test_engine_imports_nothing_from_the_service_or_the_cloud():
     code = (
         "import sys, text2img.engines.glide.pipeline, text2img.engines.glide.samplers\n"

@@ -55,6 +55,7 @@ def test_dpmpp_2m_is_second_order_on_gaussian_data(name):
     assert errors[100] < errors[50] / 3
 
 
+@pytest.mark.slow
 def test_dpmpp_2m_converges_to_ddim_on_the_tiny_model():
     require_dir()
     data = read_json("tiny_base.cases.json")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from glide_reference import require_dir
 from safetensors import safe_open
 from weights_helpers import (
     SHAPES_BASE,
@@ -35,7 +36,6 @@ from text2img.engines.glide.weights import ensure_weights
 from text2img.errors import UserError
 
 FAST = RetryPolicy(attempts=2, backoff_s=0.0)
-REFERENCE = Path(os.environ.get("GLIDE_REFERENCE_DIR", "../shared/glide-reference"))
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +81,8 @@ def test_real_sources_are_the_defaults(monkeypatch):
 
 
 def test_checkpoint_specs_match_the_reference_listings():
-    listings = sorted(REFERENCE.glob("*_params.json"))
-    if not listings:
-        pytest.skip(f"no reference listings in {REFERENCE}")
+    listings = sorted(require_dir().glob("*_params.json"))
+    assert [p.name for p in listings] == ["base_params.json", "upsample_params.json"]
     m = glide_cache.default_manifest()
     for path in listings:
         ref = json.loads(path.read_text())
@@ -95,10 +94,7 @@ def test_checkpoint_specs_match_the_reference_listings():
 
 def test_tokenizer_hashes_match_the_reference_files():
     for rf in glide_cache.default_manifest().tokenizer:
-        path = REFERENCE / rf.name
-        if not path.exists():
-            pytest.skip(f"no {path}")
-        data = path.read_bytes()
+        data = (require_dir() / rf.name).read_bytes()
         assert (hashlib.sha256(data).hexdigest(), len(data)) == (rf.sha256, rf.size)
 
 

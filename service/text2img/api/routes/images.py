@@ -8,7 +8,7 @@ reads the body's type from the handler's signature, and it is a local class.
 import asyncio
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from text2img.api.deps import ReadyScheduler, State
 from text2img.api.errors import ApiError
@@ -21,6 +21,7 @@ from text2img.api.schemas import (
     ImagesResponse,
     request_model,
 )
+from text2img.api.streaming import stream_response
 from text2img.engines.base import EngineSpec
 
 DISCONNECT_POLL_S = 0.25
@@ -37,8 +38,15 @@ def router(spec: EngineSpec) -> APIRouter:
         request: Request,
         state: State,
         scheduler: ReadyScheduler,
-    ) -> ImagesResponse:
-        """Draw `n` images of `prompt`; the English actually drawn is in `revised_prompt`."""
+    ) -> ImagesResponse | Response:
+        """Draw `n` images of `prompt`; the English actually drawn is in `revised_prompt`.
+
+        With `stream: true` the answer is server-sent events as OpenAI streams images
+        (`image_generation.partial_image`, `image_generation.completed`; see
+        text2img.api.streaming)."""
+        if body.stream:  # type: ignore[attr-defined]
+            job = await create_job(state, scheduler, body)
+            return stream_response(job, request, scheduler)
         return await generate(body, request, state, scheduler)
 
     return out

@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
 from text2img.api.deps import ReadyScheduler, State
@@ -69,10 +69,27 @@ def _find(state: State, job_id: str) -> Job:
     return job
 
 
+def jobs_served(state: State) -> None:
+    """400 where the job API is off (several instances: a follow-up may reach another)."""
+    if not state.settings.job_api:
+        raise ApiError(
+            400,
+            "the job API is off here: this service runs on several instances, and a job's "
+            "follow-up requests may reach another one; send the same body to POST "
+            "/v1/images/generations with stream: true (progress and images in one response)",
+            code="job_api_unavailable",
+        )
+
+
 def router(spec: EngineSpec) -> APIRouter:
     """The job routes, the submitted body built from `spec`'s options."""
     body_type = request_model(spec)
-    out = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+    out = APIRouter(
+        prefix="/v1/jobs",
+        tags=["jobs"],
+        dependencies=[Depends(jobs_served)],
+        responses=ERROR_RESPONSES,
+    )
 
     @out.post("", status_code=202, response_model=JobOut)
     async def submit_job(body: body_type, state: State, scheduler: ReadyScheduler) -> JobOut:  # type: ignore[valid-type]
@@ -92,6 +109,14 @@ def router(spec: EngineSpec) -> APIRouter:
 
 
 async def submit(body: ImageGenerationRequest, state: State, scheduler: ReadyScheduler) -> JobOut:
+    if body.stream:
+        raise ApiError(
+            400,
+            "stream applies to POST /v1/images/generations; a job is followed with GET "
+            "/v1/jobs/{id}/events instead",
+            param="stream",
+            code="unsupported_parameter",
+        )
     job = await create_job(state, scheduler, body)
     state.jobs.add(job)
     return _job_out(job, scheduler, state.model_name, images=False)

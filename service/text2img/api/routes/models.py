@@ -14,7 +14,8 @@ router = APIRouter(prefix="/v1", tags=["models"])
 @router.get("/models")
 async def list_models(state: State) -> dict[str, Any]:
     """The one model this service draws with: its sizes, options with defaults and limits,
-    licence, and whether its weights are random (images are noise)."""
+    licence, whether its weights are random (images are noise), and whether non-Latin
+    prompts can be translated here (`translation`: known at start, so a page can say so)."""
     spec = state.spec
     return {
         "object": "list",
@@ -26,6 +27,10 @@ async def list_models(state: State) -> dict[str, Any]:
                 "owned_by": "text2img",
                 "ready": state.ready,
                 **spec.public(),
+                "translation": {
+                    "available": state.translator.available,
+                    "message": state.translator.message,
+                },
             }
         ],
     }

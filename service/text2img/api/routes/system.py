@@ -18,6 +18,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/startup")
+async def startup(state: State) -> JSONResponse:
+    """Startup probe (no auth): 200 once the model is loaded, else 503. Cloud Run sends an
+    instance no request before this passes (infra/cloudrun.py); it says nothing else."""
+    return JSONResponse({"started": state.ready}, status_code=200 if state.ready else 503)
+
+
 # /v1/ready is the same check under a path that Cloud Run passes through: Cloud Run
 # reserves some paths ending in "z", so clients that go through the gateway use it.
 @router.get("/v1/ready")

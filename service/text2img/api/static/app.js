@@ -11,13 +11,13 @@ const PHASES = {
   booting: "サーバーが起動中です",
   loading_model: "モデルを読み込んでいます",
 };
-const STAGES = { base: "ベース", upsample: "アップサンプル", queued: "順番待ち", done: "完了" };
 const $ = (id) => document.getElementById(id);
 const state = {
   model: null, job: null, generating: false, waking: false,
   translatedFor: "", // the top-box text the English box was filled from
   englishEdited: false, // the user wrote in the English box: that text is drawn
-  translationOff: false, // the service said it cannot translate
+  translationOff: false, // the service said it cannot translate (at load or on a click)
+  translationKnownOff: false, // ... at load, in GET /v1/models (the button is off)
   acted: false, // the user did something (no error banners before that)
 };
 
@@ -34,8 +34,19 @@ class ApiError extends Error {
 
 // ---- banners -----------------------------------------------------------------------------
 
+// Banner texts are plain words; a `command` in backticks is shown as code, never as a
+// literal backtick (the texts are ours, and are set as text nodes: no HTML).
+function setRichText(node, text) {
+  node.replaceChildren(...String(text).split("`").map((part, i) => {
+    if (i % 2 === 0) return document.createTextNode(part);
+    const code = document.createElement("code");
+    code.textContent = part;
+    return code;
+  }));
+}
+
 function showBanner(text, kind = "error", detail = "") {
-  $("banner-text").textContent = text;
+  setRichText($("banner-text"), text);
   $("banner-detail").textContent = detail;
   $("banner-details").hidden = !detail;
   $("banner-details").open = false;
@@ -118,6 +129,10 @@ $("token-form").addEventListener("submit", (ev) => {
   loadStatus();
 });
 $("change-token").addEventListener("click", () => askToken());
+// the model's details fold away on a tap anywhere else
+document.addEventListener("click", (ev) => {
+  if (!$("model-badge").contains(ev.target)) $("model-badge").open = false;
+});
 $("banner-close").addEventListener("click", hideBanner);
 
 // ---- the model: name, noise warning, sizes, options -------------------------------------
@@ -198,7 +213,7 @@ async function translatePrompt() {
     }
     throw err;
   } finally {
-    $("translate-btn").disabled = false;
+    $("translate-btn").disabled = state.translationKnownOff;
     if ($("detected").textContent === "翻訳中…") $("detected").textContent = "";
   }
 }
@@ -260,7 +275,7 @@ function describeJob(job) {
     return pos ? `順番待ち（前に ${pos} 件）` : "まもなく開始します";
   }
   const p = job.progress;
-  const stage = STAGES[p.stage] || p.stage;
+  const stage = stageLabel(p.stage);
   const steps = p.total ? ` ステップ ${p.step}/${p.total}` : "";
   return `${stage}${steps}（${Math.round(p.fraction * 100)}%）`;
 }
@@ -301,6 +316,39 @@ async function follow(jobId, signal) {
   }
 }
 
+// Where there is no job API (the Cloud Run backend: a follow-up may reach another instance),
+// one streamed request carries progress and images (OpenAI's `stream: true` events).
+async function streamGenerate(request, signal) {
+  const res = await api("/v1/images/generations", {
+    method: "POST", signal, body: { ...request, stream: true }, headers: { Accept: "text/event-stream" },
+  });
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  const data = [];
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      const text = block.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).trim()).join("\n");
+      if (!text) continue;
+      const ev = JSON.parse(text);
+      if (ev.type === "text2img.progress") {
+        const status = ev.stage === "queued" ? "queued" : "running";
+        setProgress(ev.fraction, describeJob({ status, queue_position: ev.queue_position, progress: ev }));
+      } else if (ev.type === "image_generation.completed") data.push(ev);
+      else if (ev.type === "error") throw new ApiError(0, ev);
+    }
+  }
+  const first = data[0] || {};
+  return { id: "stream_" + Date.now(), status: "succeeded", data, revised_prompt: first.revised_prompt };
+}
+
 function setBusy(busy) {
   state.generating = busy;
   $("cancel-btn").hidden = !busy;
@@ -324,18 +372,28 @@ $("gen-form").addEventListener("submit", async (ev) => {
   try {
     const plan = plannedText();
     if (plan.how === "empty") throw new Error("描きたいものを入力してください。");
+    if (plan.how === "cannot-translate" && state.translationKnownOff) {
+      $("english").focus(); // known at load: no request that can only fail
+      throw new Error(T2I.ERROR_TEXT.untranslatable_prompt);
+    }
     const english = plan.text || (await translatePrompt());
     const options = readOptions();
-    const res = await api("/v1/jobs", {
-      method: "POST", signal: controller.signal, body: { prompt: english, translate: "never", ...options },
-    });
-    const job = await res.json();
-    state.job = job.id;
-    setProgress(0, describeJob(job));
-    await follow(job.id, controller.signal);
-    const done = await (await api(`/v1/jobs/${job.id}`)).json();
+    const request = { prompt: english, translate: "never", ...options };
+    let done;
+    try {
+      const res = await api("/v1/jobs", { method: "POST", signal: controller.signal, body: request });
+      const job = await res.json();
+      state.job = job.id;
+      setProgress(0, describeJob(job));
+      await follow(job.id, controller.signal);
+      done = await (await api(`/v1/jobs/${job.id}`)).json();
+    } catch (err) {
+      if (err.code !== "job_api_unavailable") throw err;
+      done = await streamGenerate(request, controller.signal); // aborting it cancels the job
+    }
     if (done.status === "succeeded") {
       const entry = await T2I.resultEntry(done, original || english, english, state.model, options);
+      entry.truncated = (done.data || []).some((d) => d.prompt_truncated === true) || done.prompt_truncated === true;
       T2I.showResults(entry);
       setProgress(1, "完了");
       try { await T2I.saveJob(entry); } catch (_) { /* private mode: no gallery */ }

@@ -3,7 +3,7 @@
 "use strict";
 
 const ERROR_TEXT = {
-  invalid_api_key: "トークンが違います。ローカルでは TEXT2IMG_API_TOKEN の値、クラウドでは `pulumi stack output token --show-secrets` の出力を入力してください。",
+  invalid_api_key: "トークンが違います。自分のパソコンで動かしている場合はサーバーの `TEXT2IMG_API_TOKEN` の値、クラウドでは `pulumi stack output token --show-secrets` の出力を入力してください。",
   auth_throttled: "間違ったトークンが続いたため、しばらく受け付けません。{wait}正しいトークンで試してください。",
   queue_full: "混み合っています。{wait}もう一度お試しください。",
   translation_failed: "翻訳サービス（Cloud Translation）が使えません。下の「英語のプロンプト」欄に英語で書けば、そのまま生成できます。",
@@ -64,12 +64,13 @@ const PARAM_NAMES = {
   sampler: "サンプラー",
 };
 
-// {text, detail} for an error: Japanese for people, the server's own words for the record.
+// {text, detail} for an error (a `command` in backticks is shown as code by app.js): Japanese for people, the server's own words for the record.
 function japaneseError({ status, code, message, param, retryAfter }) {
   let text = (code && ERROR_TEXT[code]) || STATUS_TEXT[status] ||
     (status ? `エラーが発生しました（HTTP ${status}）。` : "エラーが発生しました。");
   const wait = retryAfter ? `${retryAfter} 秒ほど待ってから` : "少し待ってから";
-  const name = param ? `（${PARAM_NAMES[param] || param}）` : "";
+  const served = param && window.T2I.optionLabel ? window.T2I.optionLabel(param) : null;
+  const name = param ? `（${served || PARAM_NAMES[param] || param}）` : "";
   text = text.replace("{wait}", wait).replace("{param}", name);
   const detail = [code, status ? `HTTP ${status}` : "", message].filter(Boolean).join(" · ");
   return { text, detail };

@@ -63,6 +63,8 @@ function showResults(entry) {
   grid.replaceChildren(...entry.images.map((image, i) => tile(entry, image, i, true)));
   document.getElementById("results").hidden = false;
   document.getElementById("result-prompt").textContent = `描いた英文: ${entry.english}`;
+  // the engine cut a prompt longer than its text encoder reads: say so, with what was drawn
+  document.getElementById("result-note").hidden = !entry.truncated;
   document.getElementById("download-all").onclick = () => T2I.downloadZip(zipName(entry), entry.images);
   document.getElementById("results").scrollIntoView({ behavior: "smooth", block: "start" });
 }
@@ -77,7 +79,7 @@ async function renderGallery() {
   for (const entry of entries) {
     const s = entry.settings || {};
     const when = new Date(entry.at).toLocaleString("ja-JP");
-    const facts = [entry.title || entry.model, s.size, `${entry.images.length} 枚`,
+    const facts = [entry.model || entry.title, s.size, `${entry.images.length} 枚`,
       `seed ${s.seed}`, s.steps ? `${s.steps} ステップ` : "", when].filter(Boolean).join(" · ");
     const reuse = el("button", { type: "button", className: "secondary reuse", textContent: "この設定でもう一度" });
     reuse.addEventListener("click", () => T2I.reuse(entry));

@@ -140,6 +140,9 @@ class Pipeline:
                             num_stages,
                             batch_index,
                             num_batches,
+                            # the model's current guess of the clean image (base rows:
+                            # the guided half); pixels already, so the preview is free
+                            preview=lambda: to_images(info.pred_xstart[:n]),
                         )
                     )
 

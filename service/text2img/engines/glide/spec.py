@@ -176,6 +176,7 @@ GLIDE = GlideSpec(
     stages=STAGES,
     download_bytes=6 * _GLIDE_PARAMS + 561_890,
     prefetch=("base.fp16.safetensors", "upsample.fp16.safetensors"),
+    gpu_max_batch=8,
 )
 
 # Smoke-sized defaults: the tiny model's images are noise, so a default request only has to
@@ -191,4 +192,5 @@ TINY = GlideSpec(
     options=_options(steps=4, upsample_steps=4),
     size_aliases={"auto": "64x64"},
     stages=STAGES,
+    gpu_max_batch=8,
 )

@@ -122,6 +122,7 @@ SDXL_LIGHTNING = SdxlSpec(
     size_aliases=SIZE_ALIASES,
     stages=STAGES,
     download_bytes=DOWNLOAD_BYTES,
+    gpu_max_batch=4,
     # what a start loads: both text encoders, the 4-step UNet and the VAE (2 and 8 steps
     # are loaded when first asked for); snapshot entries are links into blobs/
     prefetch=(
@@ -143,4 +144,5 @@ TINY_SDXL = SdxlSpec(
     options=(STEPS_OPTION,),
     size_aliases=SIZE_ALIASES,
     stages=STAGES,
+    gpu_max_batch=8,
 )
