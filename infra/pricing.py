@@ -37,7 +37,6 @@ PD_BALANCED_GB_MONTH = {"us-central1": 0.10, "asia-northeast1": 0.130}
 PD_BALANCED_UNKNOWN_REGION = 0.13  # the higher of the two known prices
 NAT_PER_VM_HOUR = 0.0014
 NAT_IP_PER_HOUR = 0.005  # the NAT's auto-allocated address, while it is in use
-NAT_PER_GIB = 0.045
 HOURS_PER_MONTH = 730
 # VPC flow logs (network/flow-logs settings): billed per GiB of logs; with 10-minute
 # aggregation, half sampling and no metadata a personal VM's few flows make some MiB a

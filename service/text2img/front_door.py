@@ -91,11 +91,6 @@ def treatment(method: str, path: str) -> Treatment:
     return Treatment(False, False, False)
 
 
-def is_static_file(path: str) -> bool:
-    """A file of the web page (`/`, `/favicon.ico`, `/static/...`), by path alone."""
-    return path in ("/", "/favicon.ico") or path.startswith("/static/")
-
-
 # -- the one form of the path -----------------------------------------------------------
 
 
@@ -137,15 +132,18 @@ def normalise(raw_path: bytes) -> tuple[str, bytes]:
 
 def error_response(
     status: int,
-    code: str,
+    code: str | None,
     message: str,
     *,
     type_: str = "invalid_request_error",
+    param: str | None = None,
     headers: Mapping[str, str] | None = None,
-    **extra: object,
+    extra: Mapping[str, object] | None = None,
 ) -> JSONResponse:
-    """OpenAI's error shape: `{"error": {"message", "type", "param", "code", ...}}`."""
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code, **extra}}
+    """OpenAI's error shape, `{"error": {"message", "type", "param", "code", **extra}}`:
+    every error of the service (`text2img.api.errors`) and of the gateway is built here."""
+    error = {"message": message, "type": type_, "param": param, "code": code, **(extra or {})}
+    body = {"error": error}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 

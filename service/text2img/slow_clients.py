@@ -103,7 +103,12 @@ def header_timeout_protocol(
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._begin_headers()
+            # the byte count began with the connection or the previous message's end:
+            # resetting it here (inside the parser, after this read was counted) would
+            # forget the bytes of earlier reads
+            self._in_headers = True
+            self._header_lines = 0
+            self._arm()
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._header_lines += 1

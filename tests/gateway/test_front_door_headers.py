@@ -4,7 +4,9 @@ is read, in the service and in the gateway (both run `text2img.slow_clients`' pr
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -72,7 +74,9 @@ def test_requests_within_the_bounds_pass(stack: Stack, side: str) -> None:
 def test_a_flood_on_a_kept_alive_connection_is_refused_too(stack: Stack, side: str) -> None:
     first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     result = header_flood(_port(getattr(stack, side)), b"X-A: b\r\n", FLOOD, prefix=first)
-    assert result.status == 200  # the first answer; the flood is the second request
+    # the first request's 200, or the 431 when the flood was read before that answer went
+    # out; either way the connection is closed at the bound
+    assert result.status in (200, 431)
     assert result.closed
     assert result.sent < READ_AT_MOST
 
@@ -102,3 +106,20 @@ def test_the_size_bound_is_where_it_says(stack: Stack, side: str) -> None:
     over = httpx.get(base + "/healthz", headers=headers(MAX_HEADER_BYTES + 2 * per_line))
     assert over.status_code == 431
     assert over.json()["error"]["code"] == "headers_too_large"
+
+
+@pytest.mark.parametrize("side", ["gateway", "service"])
+def test_headers_counted_across_reads(stack: Stack, side: str) -> None:
+    """Headers that arrive in several reads are counted together (a count that restarted
+    when the parser saw the request begin let 2 x 40 KiB through)."""
+    lines = "".join(f"X-{i:03d}: {'v' * 990}\r\n" for i in range(80)).encode()  # ~80 KiB
+    with socket.create_connection(("127.0.0.1", _port(getattr(stack, side))), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + lines[:40_000])
+        time.sleep(0.2)  # a second read on the server side
+        with contextlib.suppress(OSError):  # already refused and closed
+            s.sendall(lines[40_000:] + b"\r\n")
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]

@@ -87,6 +87,8 @@ def test_first_boot_writes_units_env_files_and_starts_the_service(sandbox: Sandb
         "TEXT2IMG_DEVICE": "cuda",
         "TEXT2IMG_TRANSLATION": "on",
         "TEXT2IMG_TRANSLATE_PROJECT": "my-proj",
+        # the gateway is the proxy in front: throttle on the client it forwards
+        "TEXT2IMG_TRUST_FORWARDED": "true",
     }
     assert env_file(sandbox.path("/etc/text2img/unit.env")) == {
         "TEXT2IMG_IMAGE": IMAGE,

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from text2img import front_door
 from text2img.api.failures import JobError
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,6 @@ class ApiError(Exception):
         )
 
 
-def error_body(
-    message: str,
-    type: str,
-    *,
-    code: str | None = None,
-    param: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    error: dict[str, Any] = {"message": message, "type": type, "param": param, "code": code}
-    error.update(extra or {})
-    return {"error": error}
-
-
 # a stopping service is usually back (restarted container or re-woken VM) within this
 SHUTDOWN_RETRY_AFTER_S = 10
 
@@ -78,10 +66,14 @@ def error_response(exc: ApiError) -> JSONResponse:
     headers = dict(exc.headers)
     if exc.code == "shutting_down":
         headers.setdefault("Retry-After", str(SHUTDOWN_RETRY_AFTER_S))
-    return JSONResponse(
-        error_body(exc.message, exc.type, code=exc.code, param=exc.param, extra=exc.extra),
-        status_code=exc.status,
+    return front_door.error_response(
+        exc.status,
+        exc.code,
+        exc.message,
+        type_=exc.type,
+        param=exc.param,
         headers=headers,
+        extra=exc.extra,
     )
 
 

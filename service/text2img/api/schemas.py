@@ -23,7 +23,7 @@ from pydantic import (
 from text2img.engines.base import EngineSpec, Option
 
 MAX_PROMPT = 1000
-# the first seed a request may name (image i draws seed+i, up to the engines' MAX_SEED)
+# the largest seed a request may name; image i draws seed+i, wrapping to 0 past it
 MAX_REQUEST_SEED = 2**32 - 1
 MAX_TEXT_OPTION = 64
 # Strict numbers: JSON true, "2" or 2.0 are not integers, "3" is not a number; NaN and

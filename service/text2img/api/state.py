@@ -52,10 +52,6 @@ class Activity:
         with self._lock:
             self.last_activity_at = self._clock()
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def idle_seconds(self, busy: bool) -> float:
         with self._lock:
             if busy or self._in_flight:

@@ -45,7 +45,7 @@ PAGE_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
 
 
 def _error(status: int, code: str, message: str, *, type_: str, **extra: object) -> Response:
-    return error_response(status, code, message, type_=type_, **extra)
+    return error_response(status, code, message, type_=type_, extra=extra)
 
 
 def jittered(seconds: int) -> int:
