@@ -1,4 +1,4 @@
-"""The price table: the one source of the cost outputs and of the README's cost tables.
+"""The price table: the one source of the cost outputs and of the cost tables in docs/costs.md and the README.
 
 USD list prices without discounts. VM and GPU hourly prices, on-demand and Spot, are from
 the SkyPilot catalog v8 @006059e0 (generated from Google's billing catalog), copied on
@@ -9,8 +9,8 @@ $0.10 per GiB-month in us-central1, $0.130 in asia-northeast1 (Billing Catalog S
 NAT from cloud.google.com/nat/pricing. Estimates only: the billing console or
 https://cloud.google.com/products/calculator has today's prices.
 
-`python -m infra.pricing` prints the README's tables (section "Costs"), and
-tests/infra/test_pricing.py fails when the README and this table disagree.
+`python -m infra.pricing` prints the tables of docs/costs.md, and
+tests/infra/test_pricing.py fails when the docs and this table disagree.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ A `pulumiverse_time.Sleep` after the grants and before the dependent resource ma
 wait part of the graph: it runs once, when the grants are created (or change), not on
 every `pulumi up`, and it overlaps with whatever else is being created meanwhile (the
 image build takes far longer, so on a first deploy the waits cost nothing). A wait cannot
-cover the rare 7-minute case; `pulumi up` again finishes the job then (README, "If `pulumi
+cover the rare 7-minute case; `pulumi up` again finishes the job then (docs/deploy.md, "If `pulumi
 up` fails").
 """
 

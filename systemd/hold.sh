@@ -5,7 +5,7 @@
 # #2426: the 590 DKMS source does not build against a newer GCP kernel), and a driver
 # upgrade under a running CUDA stack breaks it (aws-samples/aws-deep-learning-ami-ubuntu-
 # dcv-desktop #28: hold all nvidia packages and the kernel's). A new kernel comes with a
-# new image (README).
+# new image (docs/vm.md).
 #
 # Run by text2img-hold.service, which apt-daily.service and apt-daily-upgrade.service (the
 # units that run unattended-upgrade) want and wait for, so from the second boot on no

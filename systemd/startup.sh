@@ -253,7 +253,7 @@ wait_for_driver() {
   local deadline=$((SECONDS + DRIVER_TIMEOUT)) out
   until out=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1); do
     if ((SECONDS >= deadline)); then
-      gpu_failure "nvidia-smi failed for ${DRIVER_TIMEOUT}s on kernel $(uname -r) (${out:-not found}). A kernel updated without its NVIDIA module does this; recreate the VM from a current image (README, Troubleshooting)"
+      gpu_failure "nvidia-smi failed for ${DRIVER_TIMEOUT}s on kernel $(uname -r) (${out:-not found}). A kernel updated without its NVIDIA module does this; recreate the VM from a current image (docs/operations.md, Troubleshooting)"
     fi
     sleep "$DRIVER_POLL"
   done

@@ -1,7 +1,7 @@
 """Service settings from the environment (`TEXT2IMG_` prefix) or a `.env` file.
 
 One `Settings` model, read once by `get_settings()`; tests build their own instance.
-The table of variables is in DEVELOPERS.md and the README's `serve` section.
+The table of variables is in DEVELOPERS.md and docs/local.md.
 """
 
 from __future__ import annotations

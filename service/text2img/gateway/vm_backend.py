@@ -44,8 +44,8 @@ def boot_failure_state(reason: str, port: int) -> Failed:
     return Failed(
         "GPU_DRIVER",
         f"the GPU VM powered itself off: GPU driver did not load ({reason}). Usually an "
-        "automatic kernel update left the NVIDIA driver behind; see the README's "
-        "troubleshooting (recreate the VM from a current image). A request after this "
+        "automatic kernel update left the NVIDIA driver behind; see docs/operations.md, "
+        "Troubleshooting (recreate the VM from a current image). A request after this "
         "notice tries once more",
     )
 

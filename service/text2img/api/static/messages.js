@@ -1,4 +1,4 @@
-// Japanese words for every error code the service and the gateway answer (README, "Errors").
+// Japanese words for every error code the service and the gateway answer (docs/api.md, "Errors").
 // The English message from the server stays available, folded away, as the technical detail.
 "use strict";
 

@@ -173,8 +173,8 @@ def check_source(cache_dir: Path, spec: CheckpointSpec) -> str:
         raise UserError(
             f"cannot verify {pt}: no sha256 is pinned for it and text2img did not download "
             f"it; run {again} to fetch it, or, if you checked this file yourself, pin its "
-            f"sha256 and size in a JSON file named by {cache.PINS_ENV} (see README, "
-            "*The weights*)"
+            f"sha256 and size in a JSON file named by {cache.PINS_ENV} (see docs/models.md, "
+            "*Pins*)"
         )
     pin = spec.source.size
     size = pt.stat().st_size

@@ -3,7 +3,7 @@
 GLIDE's own two-stage pipeline, behind `engine.GlideEngine`: callers outside
 engines/glide use the engine interface (`engines.base`), never this module. Defaults:
 DPM-Solver++(2M) with 25 steps for the base and 15 for the upsampler, i.e. 40 model calls
-per image against upstream's 127 (100 ancestral + 27 DDIM); see the README's `glide` section.
+per image against upstream's 127 (100 ancestral + 27 DDIM); see docs/cli.md.
 """
 
 from __future__ import annotations
