@@ -1,4 +1,4 @@
-"""The price table: the one source of the cost outputs and of the cost tables in docs/costs.md and the README.
+"""The price table: the one source of the cost outputs and of the cost tables (docs, README).
 
 USD list prices without discounts. VM and GPU hourly prices, on-demand and Spot, are from
 the SkyPilot catalog v8 @006059e0 (generated from Google's billing catalog), copied on
