@@ -59,3 +59,23 @@ def grant_accessor(
         role="roles/secretmanager.secretAccessor",
         member=principal,
     )
+
+
+def container_env(
+    env: dict[str, str], token: Token
+) -> list[gcp.cloudrunv2.ServiceTemplateContainerEnvArgs]:
+    """A Cloud Run container's environment: `env` as plain values, and the API token by
+    reference to its pinned secret version (never its value: a new token version rolls
+    out a new revision)."""
+    return [
+        *(gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=k, value=v) for k, v in env.items()),
+        gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(
+            name="TEXT2IMG_API_TOKEN",
+            value_source=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceArgs(
+                secret_key_ref=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs(
+                    secret=token.secret.secret_id,
+                    version=token.version.version,
+                )
+            ),
+        ),
+    ]

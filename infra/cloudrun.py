@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.api_token import Token, grant_accessor
+from infra.api_token import Token, container_env, grant_accessor
 from infra.config import Settings
 from infra.iam import TRANSLATE_ROLE, grant_project_roles, member, service_account
 from infra.naming import Names
@@ -123,21 +123,7 @@ def create_gpu_service(
                     image=image,
                     args=["serve", "--host", "0.0.0.0", "--port", str(PORT)],
                     ports=gcp.cloudrunv2.ServiceTemplateContainerPortsArgs(container_port=PORT),
-                    envs=[
-                        *(
-                            gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=k, value=v)
-                            for k, v in env.items()
-                        ),
-                        gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(
-                            name="TEXT2IMG_API_TOKEN",
-                            value_source=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceArgs(
-                                secret_key_ref=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs(
-                                    secret=token.secret.secret_id,
-                                    version=token.version.version,
-                                )
-                            ),
-                        ),
-                    ],
+                    envs=container_env(env, token),
                     resources=gcp.cloudrunv2.ServiceTemplateContainerResourcesArgs(
                         limits={"cpu": CPU, "memory": MEMORY, "nvidia.com/gpu": "1"},
                         cpu_idle=False,  # GPU services need instance-based billing

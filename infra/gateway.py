@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.api_token import Token, grant_accessor
+from infra.api_token import Token, container_env, grant_accessor
 from infra.cloudrun import GpuService, grant_invoker
 from infra.config import Settings
 from infra.iam import (
@@ -180,22 +180,7 @@ def _service(
             containers=[
                 gcp.cloudrunv2.ServiceTemplateContainerArgs(
                     image=image,
-                    envs=[
-                        *(
-                            gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=k, value=v)
-                            for k, v in env.items()
-                        ),
-                        gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(
-                            name="TEXT2IMG_API_TOKEN",
-                            value_source=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceArgs(
-                                secret_key_ref=gcp.cloudrunv2.ServiceTemplateContainerEnvValueSourceSecretKeyRefArgs(
-                                    # pinned: a new token version rolls out a new revision
-                                    secret=token.secret.secret_id,
-                                    version=token.version.version,
-                                )
-                            ),
-                        ),
-                    ],
+                    envs=container_env(env, token),
                     resources=gcp.cloudrunv2.ServiceTemplateContainerResourcesArgs(
                         limits={"cpu": "1", "memory": "512Mi"},
                         cpu_idle=True,

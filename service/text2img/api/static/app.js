@@ -282,29 +282,38 @@ function describeJob(job) {
 
 const FINISHED = ["succeeded", "failed", "cancelled"];
 
+// Server-sent events over fetch (EventSource cannot send the token): calls `onData` with
+// each event's parsed `data:` JSON until it returns true or the stream ends.
+async function readEvents(res, onData) {
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).trim()).join("\n");
+      if (data && onData(JSON.parse(data))) return;
+    }
+  }
+}
+
 async function follow(jobId, signal) {
-  // server-sent events over fetch (EventSource cannot send the token); polls as a fallback
+  // the job's events; polls as a fallback
   try {
     const res = await api(`/v1/jobs/${jobId}/events`, { signal, headers: { Accept: "text/event-stream" } });
-    const reader = res.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buf.indexOf("\n\n")) >= 0) {
-        const block = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        const data = block.split("\n").filter((l) => l.startsWith("data:"))
-          .map((l) => l.slice(5).trim()).join("\n");
-        if (!data) continue;
-        const job = JSON.parse(data);
-        setProgress(job.progress.fraction, describeJob(job));
-        if (FINISHED.includes(job.status)) return;
-      }
-    }
+    let finished = false;
+    await readEvents(res, (job) => {
+      setProgress(job.progress.fraction, describeJob(job));
+      finished = FINISHED.includes(job.status);
+      return finished;
+    });
+    if (finished) return;
   } catch (err) {
     if (err.name === "AbortError") throw err;
   }
@@ -322,29 +331,15 @@ async function streamGenerate(request, signal) {
   const res = await api("/v1/images/generations", {
     method: "POST", signal, body: { ...request, stream: true }, headers: { Accept: "text/event-stream" },
   });
-  const reader = res.body.getReader();
-  const decoder = new TextDecoder();
   const data = [];
-  let buf = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buf.indexOf("\n\n")) >= 0) {
-      const block = buf.slice(0, cut);
-      buf = buf.slice(cut + 2);
-      const text = block.split("\n").filter((l) => l.startsWith("data:"))
-        .map((l) => l.slice(5).trim()).join("\n");
-      if (!text) continue;
-      const ev = JSON.parse(text);
-      if (ev.type === "text2img.progress") {
-        const status = ev.stage === "queued" ? "queued" : "running";
-        setProgress(ev.fraction, describeJob({ status, queue_position: ev.queue_position, progress: ev }));
-      } else if (ev.type === "image_generation.completed") data.push(ev);
-      else if (ev.type === "error") throw new ApiError(0, ev);
-    }
-  }
+  await readEvents(res, (ev) => {
+    if (ev.type === "text2img.progress") {
+      const status = ev.stage === "queued" ? "queued" : "running";
+      setProgress(ev.fraction, describeJob({ status, queue_position: ev.queue_position, progress: ev }));
+    } else if (ev.type === "image_generation.completed") data.push(ev);
+    else if (ev.type === "error") throw new ApiError(0, ev);
+    return false;
+  });
   const first = data[0] || {};
   return { id: "stream_" + Date.now(), status: "succeeded", data, revised_prompt: first.revised_prompt };
 }
