@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -62,7 +62,7 @@ def grant_accessor(
 
 
 def container_env(
-    env: dict[str, str], token: Token
+    env: Mapping[str, pulumi.Input[str]], token: Token
 ) -> list[gcp.cloudrunv2.ServiceTemplateContainerEnvArgs]:
     """A Cloud Run container's environment: `env` as plain values, and the API token by
     reference to its pinned secret version (never its value: a new token version rolls

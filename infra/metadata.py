@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pulumi
 
-from infra.config import Settings, model_env
+from infra.config import Settings
+from infra.models import model_env
 from text2img.engines import registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

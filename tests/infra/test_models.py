@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from infra_harness import run_program
 
-from infra.config import DISK_BASE_GB, DISK_MIN_AUTO_GB, ConfigError, auto_disk_size_gb
+from infra.config import ConfigError
+from infra.models import DISK_BASE_GB, DISK_MIN_AUTO_GB, auto_disk_size_gb
 from text2img.engines import registry
 from text2img.engines.base import EngineSpec
 

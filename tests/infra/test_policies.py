@@ -521,7 +521,8 @@ def test_an_explicit_disk_size_is_kept_and_warned_about_when_small(plan_for: Pla
 
 
 def test_model_choices_are_registry_engines_without_the_random_twins() -> None:
-    from infra.config import ConfigError, served_models
+    from infra.config import ConfigError
+    from infra.models import served_models
     from text2img.engines.registry import MODEL_NAMES
 
     assert set(served_models()) == {m for m in MODEL_NAMES if not m.startswith("tiny")}
