@@ -127,6 +127,26 @@ ensure_running() {
 # ---- metadata server -------------------------------------------------------------------
 
 # md_fetch PATH OUT: GET a metadata path into OUT; prints the HTTP status (000: no answer).
+positive_int() { [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 > 0)) && ((${#1} < 7)); }
+valid_port() { positive_int "$1" && ((10#$1 < 65536)); }
+
+# check_lines KEY REGEX VALUE HINT: every non-empty line of metadata KEY's VALUE matches
+# REGEX, names no absolute path and climbs no `..`; else stop with the line and HINT.
+check_lines() {
+  local line
+  while IFS= read -r line; do
+    [[ -z $line || $line =~ $2 && $line != /* && $line != *..* ]] ||
+      die "metadata '$1' has the line '$line'; $4"
+  done <<<"$3"
+}
+
+# model_env_args: MODEL_ENV (TEXT2IMG_NAME=value lines) -> MODEL_ENV_ARGS (docker --env)
+model_env_args() {
+  local line
+  MODEL_ENV_ARGS=()
+  while IFS= read -r line; do [[ -z $line ]] || MODEL_ENV_ARGS+=(--env "$line"); done <<<"$MODEL_ENV"
+}
+
 md_fetch() {
   curl -sS -o "$2" -w '%{http_code}' --max-time 10 -H 'Metadata-Flavor: Google' \
     "http://$METADATA_HOST/computeMetadata/v1/$1" 2>>"$WORK/curl.log" || true

@@ -130,9 +130,6 @@ start_watcher() {
   fi
 }
 
-positive_int() { [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 > 0)) && ((${#1} < 7)); }
-valid_port() { positive_int "$1" && ((10#$1 < 65536)); }
-
 read_settings() {
   step metadata "read settings from the instance metadata"
   md instance/attributes/text2img-image ""
@@ -171,19 +168,9 @@ read_settings() {
   [[ -z $TRANSLATE_PROJECT || $TRANSLATE_PROJECT =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "metadata 'text2img-translate-project' is '$TRANSLATE_PROJECT', not a project id"
   [[ $MODEL =~ ^[a-z0-9][a-z0-9-]{0,39}$ ]] || die "metadata 'text2img-model' is '$MODEL', not a model name (glide, sdxl-lightning)"
   valid_port "$PORT" || die "metadata 'text2img-port' is '$PORT'; use a TCP port 1-65535"
-  local pattern_re='^[A-Za-z0-9._*?/-]+$' line
-  while IFS= read -r line; do
-    [[ -z $line || $line =~ $pattern_re && $line != /* && $line != *..* ]] ||
-      die "metadata 'text2img-prefetch' has the line '$line'; use find -path patterns relative to the model cache (letters, digits, . _ - / * ?), one a line"
-  done <<<"$PREFETCH"
-  local env_re='^TEXT2IMG_[A-Z0-9_]+=[A-Za-z0-9,._-]*$'
-  MODEL_ENV_ARGS=()
-  while IFS= read -r line; do
-    [[ -z $line ]] && continue
-    [[ $line =~ $env_re ]] ||
-      die "metadata 'text2img-model-env' has the line '$line'; use TEXT2IMG_NAME=value lines (letters, digits, , . _ -), as pulumi up writes them"
-    MODEL_ENV_ARGS+=(--env "$line")
-  done <<<"$MODEL_ENV"
+  check_lines text2img-prefetch '^[A-Za-z0-9._*?/-]+$' "$PREFETCH" "use find -path patterns relative to the model cache (letters, digits, . _ - / * ?), one a line"
+  check_lines text2img-model-env '^TEXT2IMG_[A-Z0-9_]+=[A-Za-z0-9,._-]*$' "$MODEL_ENV" "use TEXT2IMG_NAME=value lines (letters, digits, , . _ -), as pulumi up writes them"
+  model_env_args
   [[ $BIND_IP =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "the metadata server gave no internal IPv4 address (network-interfaces/0/ip is '$BIND_IP')"
   REGISTRY=${IMAGE%%/*}
   log "image $IMAGE; model $MODEL; idle $IDLE_MINUTES min; boot grace $GRACE_MINUTES min; port $BIND_IP:$PORT; translation $TRANSLATION"

@@ -364,7 +364,8 @@ class Scheduler:
             self._fail(jobs, _INTERNAL)
             return
         # a weights swap is a one-off, not what each waiting batch will cost
-        seconds = max(0.0, self._report(len(items), t0, "ok") - self.engine.last_setup_seconds)
+        setup = getattr(self.engine, "last_setup_seconds", 0.0)  # engines that never swap: 0
+        seconds = max(0.0, self._report(len(items), t0, "ok") - setup)
         self._batch_seconds = (
             seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
         )
