@@ -14,20 +14,17 @@ import pytest
 from api_support import FAST64, make_settings
 from test_api_scheduling import running
 
+from tests.fakes.engine import EngineDouble
 from text2img.api.app import create_app
 from text2img.engines.base import Engine, EngineSettings, ImageRequest
 
 
-class SlowGPU:
+class SlowGPU(EngineDouble):
     """The real tiny engine, made slow: every batch takes at least `batch_s` seconds,
     and none starts while `gate` is closed (so the queue can be filled meanwhile)."""
 
     def __init__(self, inner: Engine, batch_s: float) -> None:
-        self.inner = inner
-        self.spec = inner.spec
-        self.name = inner.name
-        self.device = inner.device
-        self.max_batch = inner.max_batch
+        super().__init__(inner)
         self.batch_s = batch_s
         self.gate = threading.Event()
         self.gate.set()

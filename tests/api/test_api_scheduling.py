@@ -16,6 +16,7 @@ import pytest
 from api_support import AUTH, FAST, FAST64, make_settings
 from fastapi import FastAPI
 
+from tests.fakes.engine import EngineDouble
 from tests.numerics.image_compare import drift, record
 from text2img.api.app import create_app
 from text2img.engines.base import Engine, EngineSettings, ImageRequest, OutOfMemory
@@ -24,16 +25,12 @@ from text2img.engines.base import Engine, EngineSettings, ImageRequest, OutOfMem
 HEAVY = {"size": "256x256", "steps": 250, "upsample_steps": 250}
 
 
-class FaultyGPU:
+class FaultyGPU(EngineDouble):
     """The real tiny engine behind a fault injector: raises out-of-memory for
     batches above `oom_above` images, or `fail_next` once. Everything else is real."""
 
     def __init__(self, inner: Engine, oom_above: int = 64) -> None:
-        self.inner = inner
-        self.spec = inner.spec
-        self.name = inner.name
-        self.device = inner.device
-        self.max_batch = inner.max_batch
+        super().__init__(inner)
         self.oom_above = oom_above
         self.fail_next: Exception | None = None
         self.calls: list[int] = []

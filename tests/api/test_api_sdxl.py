@@ -18,6 +18,7 @@ from api_support import AUTH, TOKEN, job_events
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.fakes.engine import EngineDouble
 from text2img.engines import registry
 from text2img.engines.base import Engine, EngineSettings, ImageRequest
 
@@ -31,15 +32,11 @@ def tiny_sdxl() -> Engine:
     return registry.load_engine("tiny-sdxl", device="cpu")
 
 
-class Recorder:
+class Recorder(EngineDouble):
     """The real engine; records the size of every batch it is asked to draw."""
 
     def __init__(self, inner: Engine) -> None:
-        self.inner = inner
-        self.spec = inner.spec
-        self.name = inner.name
-        self.device = inner.device
-        self.max_batch = inner.max_batch
+        super().__init__(inner)
         self.batches: list[int] = []
         self.started = threading.Event()
 

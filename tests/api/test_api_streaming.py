@@ -16,6 +16,7 @@ import pytest
 from api_support import FAST, TOKEN
 from PIL import Image
 
+from tests.fakes.engine import EngineDouble
 from text2img.engines import registry
 from text2img.engines.base import BadOutput, Engine, EngineSettings, ImageRequest, Progress
 
@@ -122,15 +123,11 @@ def test_partial_images_without_stream_is_refused_naming_stream(live: Callable[.
     assert too_many.value.param == "partial_images"  # type: ignore[attr-defined]
 
 
-class FailsMidway:
+class FailsMidway(EngineDouble):
     """The tiny engine that reports a step, then refuses its own output."""
 
     def __init__(self, inner: Engine) -> None:
-        self.inner = inner
-        self.spec = inner.spec
-        self.name = inner.name
-        self.device = inner.device
-        self.max_batch = inner.max_batch
+        super().__init__(inner)
 
     def generate(self, requests: Sequence[ImageRequest], settings: EngineSettings,
                  progress: Any = None, **kwargs: Any) -> list[Any]:  # fmt: skip

@@ -159,3 +159,17 @@ def load(
 
 
 REGISTRATION = registry.Registration("tests.fakes.engine:SWATCH", "tests.fakes.engine:load")
+
+
+class EngineDouble:
+    """A real engine behind a test double: the double defines `generate` (and what it
+    records); every other attribute is the inner engine's, so whatever the Engine
+    contract gains passes through. `max_batch` is the double's own: the service may lower
+    it."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.max_batch = inner.max_batch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -364,8 +364,7 @@ class Scheduler:
             self._fail(jobs, _INTERNAL)
             return
         # a weights swap is a one-off, not what each waiting batch will cost
-        setup = getattr(self.engine, "last_setup_seconds", 0.0)  # engines that never swap: 0
-        seconds = max(0.0, self._report(len(items), t0, "ok") - setup)
+        seconds = max(0.0, self._report(len(items), t0, "ok") - self.engine.last_setup_seconds)
         self._batch_seconds = (
             seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
         )
