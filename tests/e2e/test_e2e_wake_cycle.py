@@ -33,7 +33,6 @@ import pytest
 from tests.fakes.asgi_server import serve_in_thread
 from tests.fakes.compute import FakeCompute, FakeInstance
 from text2img.gateway.app import create_app
-from text2img.gateway.settings import GatewaySettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -132,12 +131,9 @@ def world(tmp_path: Path, vm_module: ModuleType) -> Iterator[dict[str, Any]]:
         fake.on_start, fake.on_stop = guest.on_start, guest.on_stop
         fake.add_instance(VM, status="TERMINATED", spot=True)
         fake.instances[VM].metadata["text2img-idle-minutes"] = str(IDLE_MINUTES)
-        settings = GatewaySettings(
-            api_token=TOKEN,
-            project=fake.project,
-            zone=fake.zone,
-            instance=VM,
-            compute_endpoint=fake.endpoint,
+        settings = fake.gateway_settings(
+            TOKEN,
+            VM,
             upstream_url=f"http://127.0.0.1:{guest.port}",
             typical_wake_s=100.0,
             state_cache_s=0.2,

@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from text2img.gateway.settings import GatewaySettings
+
 BASE = r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)"
 ROUTES = [
     ("GET", re.compile(BASE + r"/instances/(?P<name>[^/]+)$"), "get"),
@@ -183,6 +185,17 @@ class FakeCompute:
     def endpoint(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def gateway_settings(self, token: str, instance: str, **overrides: Any) -> GatewaySettings:
+        """The gateway's settings for `instance` on this fake Compute API."""
+        return GatewaySettings(
+            api_token=token,
+            project=self.project,
+            zone=self.zone,
+            instance=instance,
+            compute_endpoint=self.endpoint,
+            **overrides,
+        )
 
     # -- test controls -------------------------------------------------------------------
 

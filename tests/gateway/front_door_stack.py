@@ -20,7 +20,6 @@ from tests.fakes.compute import FakeCompute
 from text2img.api.app import create_app as create_service
 from text2img.engines.base import Engine
 from text2img.gateway.app import create_app as create_gateway
-from text2img.gateway.settings import GatewaySettings
 from text2img.settings import Settings
 from text2img.slow_clients import header_timeout_protocol
 
@@ -87,12 +86,9 @@ def front_door_stack(engine: Engine, **gateway: Any) -> Iterator[Stack]:
                 proxy_headers=False,
             )
         )
-        settings = GatewaySettings(
-            api_token=TOKEN,
-            project=fake.project,
-            zone=fake.zone,
-            instance=VM,
-            compute_endpoint=fake.endpoint,
+        settings = fake.gateway_settings(
+            TOKEN,
+            VM,
             upstream_url=service,
             egress_warmup_s=0.5,
             **gateway,

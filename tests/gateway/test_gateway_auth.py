@@ -74,10 +74,7 @@ def test_default_static_root_is_the_service_web_ui() -> None:
 def test_the_real_web_ui_is_served_with_the_service_headers(
     fake: FakeCompute, upstream: object
 ) -> None:
-    settings = GatewaySettings(
-        api_token=TOKEN, project=fake.project, zone=fake.zone, instance="text2img-vm",
-        compute_endpoint=fake.endpoint,
-    )  # fmt: skip
+    settings = fake.gateway_settings(TOKEN, "text2img-vm")
     with serve_in_thread(create_app(settings)) as url:
         page = httpx.get(url + "/")
         assert page.status_code == 200

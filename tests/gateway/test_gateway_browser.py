@@ -12,7 +12,6 @@ from tests.fakes.asgi_server import serve_in_thread
 from tests.fakes.compute import FakeCompute
 from tests.gateway.gateway_support import TOKEN, VM, Upstream
 from text2img.gateway.app import create_app
-from text2img.gateway.settings import GatewaySettings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,11 +38,9 @@ def test_page_wakes_the_vm_and_retries_until_ready(
     page = browser_page
     assert isinstance(page, Page)
     fake.boot_delay_s = None  # the VM boots when the test says so
-    settings = GatewaySettings(
-        api_token=TOKEN, project=fake.project, zone=fake.zone, instance=VM,
-        compute_endpoint=fake.endpoint, upstream_url=upstream.url, typical_wake_s=8.0,
-        state_cache_s=0.0,
-    )  # fmt: skip
+    settings = fake.gateway_settings(
+        TOKEN, VM, upstream_url=upstream.url, typical_wake_s=8.0, state_cache_s=0.0
+    )
     with serve_in_thread(create_app(settings)) as url:
         page.goto(url + "/")
         # no token yet: the page asks for it, and nothing woke the VM

@@ -18,7 +18,6 @@ from tests.fakes.compute import FakeCompute
 from tests.fakes.raw_http import answer_or_close, chunked_flood, slow_sender
 from tests.gateway.gateway_support import AUTH, TOKEN, VM, Upstream
 from text2img.gateway.app import create_app
-from text2img.gateway.settings import GatewaySettings
 from text2img.slow_clients import header_timeout_protocol
 
 FLOOD = 300 * 1024 * 1024
@@ -56,10 +55,7 @@ def test_stalled_connections_do_not_stop_a_normal_request(
     fake: FakeCompute, upstream: Upstream, static_dir: Path
 ) -> None:
     fake.set_status(VM, "RUNNING")
-    settings = GatewaySettings(
-        api_token=TOKEN, project=fake.project, zone=fake.zone, instance=VM,
-        compute_endpoint=fake.endpoint, upstream_url=upstream.url, body_timeout_s=1.0,
-    )  # fmt: skip
+    settings = fake.gateway_settings(TOKEN, VM, upstream_url=upstream.url, body_timeout_s=1.0)
     app = create_app(settings, static_root=static_dir)
     with serve_in_thread(app, http=header_timeout_protocol(1.0)) as url:
         port = _port(url)

@@ -20,7 +20,6 @@ from starlette.routing import Route
 from tests.fakes.asgi_server import serve_in_thread
 from tests.fakes.compute import FakeCompute
 from text2img.gateway.app import create_app
-from text2img.gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "scripts-test-token-0123456789"
@@ -125,12 +124,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     service = Service()
     with FakeCompute() as fake, serve_in_thread(service.app()) as service_url:
         fake.add_instance(VM, status="TERMINATED")
-        settings = GatewaySettings(
-            api_token=TOKEN,
-            project=fake.project,
-            zone=fake.zone,
-            instance=VM,
-            compute_endpoint=fake.endpoint,
+        settings = fake.gateway_settings(
+            TOKEN,
+            VM,
             upstream_url=service_url,
             ready_cache_s=0.0,
             state_cache_s=0.0,
