@@ -130,7 +130,7 @@ def fsync_replace(src: Path, dest: Path) -> None:
 def write_atomic(dest: Path, data: bytes, label: str, rerun: str = RERUN) -> None:
     """Write `data` to `dest` through a temporary file and an atomic rename."""
     tmp = dest.with_name(dest.name + ".tmp")
-    check_free_space(tmp, len(data), label)
+    check_free_space(tmp.parent, len(data), label)
     view = memoryview(data)
     try:
         with tmp.open("wb") as f:
@@ -156,11 +156,12 @@ def disk_full_error(
     )
 
 
-def check_free_space(target: Path, needed: int, what: str) -> None:
-    free = shutil.disk_usage(target.parent).free
-    if free < needed + 16 * 1000**2:
+def check_free_space(folder: Path, needed: int, what: str, *, margin: int = 16 * 1000**2) -> None:
+    """UserError unless `folder` has `needed` bytes free and `margin` to spare."""
+    free = shutil.disk_usage(folder).free
+    if free < needed + margin:
         raise UserError(
-            f"not enough disk space for {what} in {target.parent}: {human_size(needed)} "
+            f"not enough disk space for {what} in {folder}: {human_size(needed)} "
             f"needed, {human_size(free)} free; free some space or point "
             "TEXT2IMG_MODEL_CACHE/--cache-dir elsewhere"
         )

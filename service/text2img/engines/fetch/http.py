@@ -269,7 +269,7 @@ def _attempt(client: httpx.Client, job: _Job, state: _State, offset: int) -> boo
             state.md5 = _md5_header(response, partial=status == 206) or state.md5
             state.save(job.state_path)
             if state.total is not None:
-                check_free_space(part, state.total - offset + job.reserve, job.label)
+                check_free_space(part.parent, state.total - offset + job.reserve, job.label)
             _stream_body(response, job, offset, state.total)
     except httpx.TransportError as exc:
         if _is_dns_failure(exc):  # offline or no DNS: retrying would only make the user wait

@@ -12,7 +12,6 @@ Offline ($HF_HUB_OFFLINE=1, or no network with a complete cache): nothing is fet
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from text2img.engines.fetch.disk import check_free_space
 from text2img.engines.sdxl import files, verify
 from text2img.engines.sdxl.files import HubFile
 from text2img.engines.sdxl.spec import LICENCE, enabled_steps
@@ -110,7 +110,7 @@ def ensure(cache_dir: Path, *, progress: bool = True, force: bool = False) -> No
         )
     hub.mkdir(parents=True, exist_ok=True)
     sizes = {f: _remote_size(f) for f in todo}
-    _check_space(hub, sum(sizes.values()))
+    check_free_space(hub, sum(sizes.values()), f"the {MODEL} weights", margin=SPACE_MARGIN)
     tqdm_class = None if progress else _Quiet
     for hub_file in todo:
         _say(f"{MODEL}: {hub_file.label} ({sizes[hub_file] / 1e6:,.1f} MB)", progress)
@@ -189,16 +189,6 @@ def _remote_size(hub_file: HubFile) -> int:
     except _hub_errors() as exc:
         raise _explain(hub_file, exc) from None
     return meta.size or 0
-
-
-def _check_space(hub: Path, needed: int) -> None:
-    free = shutil.disk_usage(hub).free
-    if free < needed + SPACE_MARGIN:
-        raise UserError(
-            f"not enough disk space for the {MODEL} weights in {hub}: {needed / 1e9:.2f} GB "
-            f"to fetch (plus {SPACE_MARGIN / 1e9:.2f} GB spare), {free / 1e9:.2f} GB free; "
-            "free some space or point TEXT2IMG_MODEL_CACHE at a bigger disk"
-        )
 
 
 def _download(cache_dir: Path, hub_file: HubFile, tqdm_class: type[tqdm] | None) -> None:
