@@ -83,5 +83,7 @@ def load(
     cache_dir: Path | None = None,
 ) -> GlideEngine:
     """The registry's loader for "glide" and "tiny" (UserError with what to run)."""
-    pipeline = load_pipeline(spec.name, device=device, dtype=dtype, cache_dir=cache_dir)
+    pipeline = load_pipeline(
+        spec.name, device=device, dtype=dtype, cache_dir=cache_dir, gpu_max_batch=spec.gpu_max_batch
+    )
     return GlideEngine(spec, pipeline)

@@ -227,20 +227,22 @@ def _prepare(model: Text2ImUNet, device: torch.device, dtype: torch.dtype) -> Te
 
 def load_pipeline(
     model: str = "glide", *, device: str | None = None, dtype: str | None = None,
-    cache_dir: Path | None = None,
+    cache_dir: Path | None = None, gpu_max_batch: int = 8,
 ) -> Pipeline:  # fmt: skip
-    """Load "glide" (released weights from the cache) or "tiny" (random weights, no download)."""
+    """Load "glide" (released weights from the cache) or "tiny" (random weights, no download);
+    `gpu_max_batch` images per batch on CUDA (the spec's), 4 on a CPU (tiny: always)."""
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}; use one of {', '.join(MODELS)}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    max_batch = 8 if dev.type == "cuda" else 4
+    max_batch = gpu_max_batch if dev.type == "cuda" else 4
     if model == "tiny":
         from text2img.engines.glide.tiny import tiny_models
 
         base, upsampler = tiny_models()
         return Pipeline("tiny", dev, _prepare(base, dev, dt), _prepare(upsampler, dev, dt),
-                        ByteTokenizer(), max_batch=8, random_weights=True, dtype=dt)  # fmt: skip
+                        ByteTokenizer(), max_batch=gpu_max_batch, random_weights=True,
+                        dtype=dt)  # fmt: skip
     from text2img.engines.glide import cache as weights_cache
     from text2img.engines.glide.checkpoints import load_released
 

@@ -243,7 +243,7 @@ def load(
         pipe = _pipeline(
             {k: v.to(dev) if isinstance(v, torch.nn.Module) else v for k, v in parts.items()}
         )
-        return SdxlEngine(spec, pipe, device=dev, dtype=dt, max_batch=8)
+        return SdxlEngine(spec, pipe, device=dev, dtype=dt, max_batch=spec.gpu_max_batch)
     from text2img.engines.sdxl import files, weights
     from text2img.engines.sdxl.loading import load_components
 
@@ -253,6 +253,6 @@ def load(
     if dev.type == "cuda":
         pipe.vae.enable_slicing()  # decode one image at a time: the VAE's peak is per image
     return SdxlEngine(
-        spec, pipe, device=dev, dtype=dt, max_batch=4 if dev.type == "cuda" else 2,
+        spec, pipe, device=dev, dtype=dt, max_batch=spec.gpu_max_batch if dev.type == "cuda" else 2,
         cache_dir=cache, steps_loaded=DEFAULT_STEPS,
     )  # fmt: skip
