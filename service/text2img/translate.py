@@ -209,49 +209,37 @@ class CloudTranslator:
     def _call(self, text: str) -> Translation:
         from google.api_core import exceptions as gexc
 
-        delay = self._iam_first_delay_s
-        while True:
+        def request() -> Any:
             self.api_calls += 1
-            try:
-                response = self._client.translate_text(
-                    request={
-                        "parent": self.parent,
-                        "contents": [text],
-                        "mime_type": "text/plain",
-                        "target_language_code": "en",
-                    },
-                    retry=self._retry,
-                    timeout=self.timeout_s,
-                )
-                break
-            except gexc.Forbidden as exc:  # HTTP 403 (PermissionDenied is one)
-                left = self._iam_deadline - time.monotonic()
-                if self._ever_succeeded or left <= 0:
-                    raise TranslationError(
-                        f"Cloud Translation refused the request ({exc.message}); give the "
-                        "service account roles/cloudtranslate.user and enable "
-                        "translate.googleapis.com"
-                    ) from exc
-                wait = min(delay, left)
-                log.warning(
-                    "Cloud Translation refused the first call (HTTP 403): perhaps the IAM grant "
-                    "is still applying; waiting %.0f s (%.0f s left to wait)",
-                    wait,
-                    left,
-                )
-                time.sleep(wait)
-                delay = min(delay * 2, 60.0)
-            except gexc.GoogleAPIError as exc:
-                message = getattr(exc, "message", None) or type(exc).__name__
-                raise TranslationError(
-                    f"Cloud Translation failed ({message}); try again, or send English text "
-                    "with translate 'never'"
-                ) from exc
-            except Exception as exc:  # transport errors (connection refused, DNS, TLS, timeout)
-                raise TranslationError(
-                    f"cannot reach Cloud Translation ({type(exc).__name__}); try again, or "
-                    "send English text with translate 'never'"
-                ) from exc
+            return self._client.translate_text(
+                request={
+                    "parent": self.parent,
+                    "contents": [text],
+                    "mime_type": "text/plain",
+                    "target_language_code": "en",
+                },
+                retry=self._retry,
+                timeout=self.timeout_s,
+            )
+
+        iam_wait = self._iam_wait()
+        try:
+            response = iam_wait(request)() if iam_wait is not None else request()
+        except gexc.Forbidden as exc:  # HTTP 403 (PermissionDenied is one)
+            raise self._refused(exc) from exc
+        except gexc.GoogleAPIError as exc:
+            if isinstance(exc, gexc.RetryError) and isinstance(exc.cause, gexc.Forbidden):
+                raise self._refused(exc.cause) from exc  # the IAM wait ran out
+            message = getattr(exc, "message", None) or type(exc).__name__
+            raise TranslationError(
+                f"Cloud Translation failed ({message}); try again, or send English text "
+                "with translate 'never'"
+            ) from exc
+        except Exception as exc:  # transport errors (connection refused, DNS, TLS, timeout)
+            raise TranslationError(
+                f"cannot reach Cloud Translation ({type(exc).__name__}); try again, or "
+                "send English text with translate 'never'"
+            ) from exc
         self._ever_succeeded = True
         if not response.translations or not response.translations[0].translated_text.strip():
             raise TranslationError("Cloud Translation returned no text; try rephrasing")
@@ -259,6 +247,41 @@ class CloudTranslator:
         detected = first.detected_language_code or None
         return Translation(
             text=first.translated_text.strip(), detected_language=detected, translated=True
+        )
+
+    def _iam_wait(self) -> Any:
+        """Until the first success, a 403 may be a fresh IAM grant still applying (Google:
+        typically 2 minutes, sometimes 7 or more): a google.api_core Retry that waits 403s
+        out until iam_wait_s after start, logging each; None once a call has worked."""
+        from google.api_core import exceptions as gexc
+        from google.api_core import retry as retries
+
+        left = self._iam_deadline - time.monotonic()
+        if self._ever_succeeded or left <= 0:
+            return None
+
+        def logged(exc: Exception) -> None:
+            log.warning(
+                "Cloud Translation refused the call (HTTP 403): perhaps the IAM grant is "
+                "still applying; retrying for up to %.0f s more",
+                max(0.0, self._iam_deadline - time.monotonic()),
+            )
+
+        return retries.Retry(
+            predicate=retries.if_exception_type(gexc.Forbidden),
+            initial=self._iam_first_delay_s,
+            maximum=60.0,
+            multiplier=2.0,
+            timeout=left,
+            on_error=logged,
+        )
+
+    @staticmethod
+    def _refused(exc: BaseException) -> TranslationError:
+        message = getattr(exc, "message", None) or str(exc)
+        return TranslationError(
+            f"Cloud Translation refused the request ({message}); give the service account "
+            "roles/cloudtranslate.user and enable translate.googleapis.com"
         )
 
 
