@@ -76,3 +76,23 @@ def shot(page: Any, name: str) -> None:
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
+
+
+SETTLED_TOP_JS = """async (selector) => {
+  // wait until scrollY has not moved for 20 frames and 300 ms (a smooth scroll has ended)
+  let last = NaN, still = 0, since = performance.now();
+  const deadline = performance.now() + 15000;
+  while ((still < 20 || performance.now() - since < 300) && performance.now() < deadline) {
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+    if (scrollY === last) still++; else { last = scrollY; still = 0; since = performance.now(); }
+  }
+  return document.querySelector(selector).getBoundingClientRect().top;
+}"""
+
+
+def settled_top(page: Any, selector: str) -> float:
+    """Where `selector`'s top sits in the viewport once the page has stopped scrolling.
+
+    Checking the position while a smooth scroll runs only passes if a poll happens to land
+    mid-animation; the place the scroll ends is what the user sees."""
+    return float(page.evaluate(SETTLED_TOP_JS, selector))
