@@ -35,6 +35,9 @@ from pathlib import Path
 
 # After a successful poweroff request, wait this long before asking again.
 POWEROFF_RETRY_SECONDS = 300.0
+# The longest block the service's wrong-token throttle gives one client (auth.py's
+# FailureThrottle max_block_s): a 429 to autostop lasts at most this long, then it sees again.
+THROTTLE_MAX_BLOCK_MINUTES = 60.0
 HTTP_TIMEOUT_SECONDS = 10.0
 
 
@@ -60,6 +63,9 @@ class Observation:
     uptime: float  # seconds since boot
     status: Status | None  # None: the service did not answer with a valid status
     paused: bool = False
+    # the service answered 429: something on this VM sent wrong tokens from 127.0.0.1, so
+    # the service refuses that address for a while. It is up, but its jobs are unseen.
+    throttled: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class State:
 
 @dataclass(frozen=True)
 class Decision:
-    state: str  # busy | idle | booting | never-ready | down | paused | powering-off
+    state: str  # busy | idle | booting | never-ready | down | throttled | paused | powering-off
     idle_minutes: float  # minutes counted against the limit
     limit_minutes: float
     poweroff: bool
@@ -125,6 +131,17 @@ def decide(obs: Observation, prev: State, cfg: Config) -> tuple[Decision, State]
             return Decision("idle", idle, idle_limit, True, reason), state
         return Decision("idle", idle, idle_limit, False, "idle below the limit"), state
 
+    if status is None and obs.throttled:
+        # Alive but refusing us: a job may be running that we cannot see, so this is not a
+        # loss. Idle counts from the last activity seen, over the usual limit (the boot
+        # grace if it was never seen ready) plus the longest block; a throttle renewed for
+        # longer than that still ends in a poweroff.
+        state = dataclasses.replace(state, lost_at=None)
+        limit = (idle_limit if state.ever_ready else grace) + THROTTLE_MAX_BLOCK_MINUTES
+        idle = (obs.now - max(state.last_active_at, boot_at)) / 60
+        reason = "the service refuses 127.0.0.1 for wrong tokens (see its log); status unseen"
+        return Decision("throttled", idle, limit, idle >= limit, reason), state
+
     what = "not ready" if status is not None else "not answering"
     if not state.ever_ready:
         since_boot = (obs.now - max(boot_at, state.paused_at or boot_at)) / 60
@@ -161,10 +178,11 @@ def read_token(path: Path) -> str | None:
     return None
 
 
-def fetch_status(url: str, token: str | None) -> tuple[Status | None, str]:
-    """GET the service status; (None, why) when it does not answer with a valid one."""
+def fetch_status(url: str, token: str | None) -> tuple[Status | None, str, bool]:
+    """GET the service status: (status, "ok", False), or (None, why, throttled) when it
+    does not answer with a valid one; throttled: it answered 429 (alive, refusing us)."""
     if not url.startswith(("http://", "https://")):
-        return None, f"status URL {url!r} is not http(s)"
+        return None, f"status URL {url!r} is not http(s)", False
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -172,9 +190,11 @@ def fetch_status(url: str, token: str | None) -> tuple[Status | None, str]:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:  # noqa: S310
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return None, f"HTTP {exc.code} from {url}"
+        wait = exc.headers.get("Retry-After") if exc.headers else None
+        after = f" (retry after {wait} s)" if exc.code == 429 and wait else ""
+        return None, f"HTTP {exc.code} from {url}{after}", exc.code == 429
     except (OSError, ValueError) as exc:
-        return None, f"{type(exc).__name__} from {url}: {exc}"
+        return None, f"{type(exc).__name__} from {url}: {exc}", False
     try:
         status = Status(
             ready=bool(body["ready"]),
@@ -183,8 +203,8 @@ def fetch_status(url: str, token: str | None) -> tuple[Status | None, str]:
             queue_depth=int(body["queue_depth"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        return None, f"unexpected status body from {url}: missing or bad {exc}"
-    return status, "ok"
+        return None, f"unexpected status body from {url}: missing or bad {exc}", False
+    return status, "ok", False
 
 
 def pause_state(path: Path, *, now: float, boot_at: float) -> tuple[bool, str]:
@@ -267,8 +287,10 @@ def main() -> int:
     paused, pause_note = pause_state(pause_file, now=now, boot_at=now - uptime)
     if pause_note and not paused:
         log(pause_note)
-    status, why = (None, "paused") if paused else fetch_status(url, read_token(token_file))
-    obs = Observation(now=now, uptime=uptime, status=status, paused=paused)
+    status, why, throttled = (
+        (None, "paused", False) if paused else fetch_status(url, read_token(token_file))
+    )
+    obs = Observation(now=now, uptime=uptime, status=status, paused=paused, throttled=throttled)
     decision, state = decide(obs, load_state(state_file), cfg)
     detail = "" if status is not None or paused else f" [{why}]"
     if paused:

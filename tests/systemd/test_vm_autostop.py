@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 MIN = 60.0
 T0 = 1_800_000_000.0  # the fake clock's boot time
 TOKEN = "autostop-test-token-5e1f"
+THROTTLED = "429"  # in run_minutes: the service refused autostop with 429
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,13 @@ def run_minutes(autostop: ModuleType, statuses: list[Any], *, paused: bool = Fal
     state = autostop.State()
     decisions = []
     for minute, status in enumerate(statuses, start=1):
+        throttled = status == THROTTLED  # the service answered 429
         obs = autostop.Observation(
-            now=T0 + minute * MIN, uptime=minute * MIN, status=status, paused=paused
+            now=T0 + minute * MIN,
+            uptime=minute * MIN,
+            status=None if throttled else status,
+            paused=paused,
+            throttled=throttled,
         )
         decision, state = autostop.decide(obs, state, cfg)
         if decision.poweroff:  # as the program does after a successful poweroff
@@ -153,6 +160,40 @@ def test_service_down_after_being_ready(autostop: ModuleType) -> None:
     assert first_poweroff(run_minutes(autostop, statuses)) is None
 
 
+def test_a_throttled_status_is_not_a_lost_service(autostop: ModuleType) -> None:
+    # Something on the VM sent wrong tokens from 127.0.0.1, so the service answers autostop
+    # 429 for up to an hour. It is alive and may be running jobs autostop cannot see: the
+    # 20 minutes of "down" would cut them off. It waits the idle limit plus the longest
+    # block (80 minutes from the last activity seen), then still powers off.
+    statuses: list[Any] = [ready(autostop, 0)] * 10 + [THROTTLED] * 100
+    decisions = run_minutes(autostop, statuses)
+    assert decisions[11].state == "throttled"
+    assert first_poweroff(decisions) == 90
+    assert decisions[88].idle_minutes == pytest.approx(79)
+    assert decisions[88].limit_minutes == 80
+    # the block lifts and a job was running all along: busy, no poweroff
+    statuses = [ready(autostop, 0)] * 10 + [THROTTLED] * 60 + [ready(autostop, 0, jobs=1)] * 40
+    assert first_poweroff(run_minutes(autostop, statuses)) is None
+    # throttled while it was already lost: the service is back, the loss clock is cleared
+    statuses = [ready(autostop, 0)] * 10 + [None] * 15 + [THROTTLED] * 20
+    decisions = run_minutes(autostop, statuses)
+    assert first_poweroff(decisions) is None
+    assert decisions[-1].state == "throttled"
+
+
+def test_a_throttle_before_ready_adds_the_block_to_the_boot_grace(autostop: ModuleType) -> None:
+    decisions = run_minutes(autostop, [THROTTLED] * 100)
+    assert first_poweroff(decisions) == 90  # 30 minutes' grace + the 60-minute block
+    assert decisions[0].state == "throttled"
+
+
+def test_the_throttle_allowance_is_the_services_longest_block(autostop: ModuleType) -> None:
+    # autostop runs on the VM's python without our package: the number is written twice
+    from text2img.auth import FailureThrottle
+
+    assert FailureThrottle().max_block_s == autostop.THROTTLE_MAX_BLOCK_MINUTES * 60
+
+
 def test_a_new_boot_forgets_the_previous_one(autostop: ModuleType) -> None:
     cfg = autostop.Config(idle_minutes=20, boot_grace_minutes=30)
     old = autostop.State(boot_at=T0 - 3600 * 5, ever_ready=True, last_active_at=T0 - 3600 * 5)
@@ -189,6 +230,7 @@ class FakeService:
     )
     auth_seen: list[str | None] = field(default_factory=list)
     url: str = ""
+    throttled: bool = False  # answer 429 with Retry-After, as the service's throttle does
 
 
 @pytest.fixture
@@ -201,6 +243,13 @@ def service() -> Iterator[FakeService]:
 
         def do_GET(self) -> None:
             fake.auth_seen.append(self.headers.get("Authorization"))
+            if fake.throttled:
+                self.send_response(429)
+                self.send_header("Retry-After", "60")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                return
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 code, body = 401, {"error": {"message": "bad token"}}
             else:
@@ -375,3 +424,55 @@ def test_program_treats_a_wrong_token_as_not_answering(
     assert "HTTP 401" in out
     assert "state=booting" in out
     assert "stale" not in out
+
+
+def test_program_waits_out_a_throttle_and_says_why(program: Program, service: FakeService) -> None:
+    service.body["idle_seconds"] = 0.0
+    assert "state=idle" in program.run(2)  # seen ready at minute 2
+    service.throttled = True
+    for minute in (20, 35):  # as "down", 10 minutes after the loss at 20 would power off
+        out = program.run(minute)
+        assert "state=throttled" in out
+        assert "action=wait" in out
+        assert "HTTP 429" in out
+        assert "retry after 60 s" in out
+    assert program.poweroffs == []
+    assert "action=poweroff" in program.run(72)  # 10 idle + 60 block minutes after minute 2
+    assert program.poweroffs == ["--now-please"]
+
+
+def test_program_against_the_real_service_throttle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract the fake above stands for, on the real service app: ten wrong tokens
+    from 127.0.0.1 block that address, /v1/status included, with 429 and Retry-After;
+    autostop reads it as throttled, not as a lost service."""
+    import httpx
+
+    from tests.fakes.asgi_server import serve_in_thread
+    from tests.fakes.engine import REGISTRATION, SwatchEngine
+    from text2img.api.app import create_app
+    from text2img.engines import registry
+    from text2img.settings import Settings
+
+    monkeypatch.setitem(registry.ENGINES, "swatch", REGISTRATION)  # the test engine
+
+    settings = Settings(
+        _env_file=None,
+        model="swatch",
+        translation="off",
+        api_token=TOKEN,
+        trust_forwarded=True,  # as service.env sets it behind the gateway
+    )
+    app = create_app(settings, engine=SwatchEngine())
+    with serve_in_thread(app) as base:
+        program = Program(SYSTEMD, tmp_path, f"{base}/v1/status")
+        assert "state=idle" in program.run(2)
+        for _ in range(10):  # a local script with a stale token
+            httpx.get(f"{base}/v1/status", headers={"Authorization": "Bearer stale"})
+        out = program.run(40)
+    assert "state=throttled" in out, out
+    assert "HTTP 429" in out
+    assert re.search(r"retry after \d+ s", out), out
+    assert "action=wait" in out
+    assert program.poweroffs == []
