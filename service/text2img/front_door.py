@@ -19,6 +19,7 @@ Also here, because both sides send them: the JSON error builder, the guard's ref
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -162,6 +163,12 @@ KEY_SOURCES = (
     "TEXT2IMG_API_TOKEN's value (local) or the output of "
     "`pulumi stack output token --show-secrets` (cloud)"
 )
+
+
+def jittered(seconds: int) -> int:
+    """Retry-After with up to a third more, so refused clients do not all return at once
+    (the gateway's wake answers and the service's full queue alike)."""
+    return seconds + random.randint(0, seconds // 3)
 
 
 def refusal_response(

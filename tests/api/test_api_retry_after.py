@@ -64,4 +64,29 @@ async def test_retry_after_grows_with_the_queue(tiny_engine: Engine) -> None:
     # each queued batch adds about one measured batch time (>= 1 s here) to the wait
     assert all(b > a for a, b in itertools.pairwise(estimates)), estimates
     assert estimates[-1] >= 5
-    assert int(refused.headers["Retry-After"]) == estimates[-1]
+    told = int(refused.headers["Retry-After"])
+    assert estimates[-1] <= told <= estimates[-1] + estimates[-1] // 3  # the jitter
+    assert f"retry after {told} s" in refused.json()["error"]["message"]
+
+
+async def test_a_crowd_refused_together_is_told_different_waits(tiny_engine: Engine) -> None:
+    # 30 clients refused by the same full queue in the same second: the same Retry-After
+    # for all would bring them back in the same second, to be refused again together
+    gpu = SlowGPU(tiny_engine, batch_s=0.0)
+    gpu.gate.clear()
+    app = create_app(make_settings(queue_limit=1, batch_window_s=0), engine=gpu)  # type: ignore[arg-type]
+    async with running(app) as client:
+        body = {"prompt": "x", "n": 1, **FAST64}
+        assert (await client.post("/v1/jobs", json=body)).status_code == 202
+        assert await asyncio.to_thread(gpu.entered.wait, 30)  # drawn, held at the gate
+        assert (await client.post("/v1/jobs", json=body)).status_code == 202  # queue full
+        estimate = app.state.service.scheduler.retry_after()
+        refused = [await client.post("/v1/jobs", json=body) for _ in range(30)]
+        gpu.gate.set()
+    assert {r.json()["error"]["code"] for r in refused} == {"queue_full"}
+    waits = [int(r.headers["Retry-After"]) for r in refused]
+    assert estimate >= 10  # nothing measured yet: the default batch time
+    assert all(estimate <= w <= estimate + estimate // 3 for w in waits), (estimate, waits)
+    assert len(set(waits)) > 1, waits
+    for r, wait in zip(refused, waits, strict=True):
+        assert f"retry after {wait} s" in r.json()["error"]["message"]

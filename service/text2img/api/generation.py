@@ -13,6 +13,7 @@ from text2img.api.schemas import MAX_REQUEST_SEED, ImageData, ImageGenerationReq
 from text2img.api.state import ServiceState
 from text2img.engines import registry
 from text2img.engines.base import EngineSettings, EngineSpec, InvalidSetting
+from text2img.front_door import jittered
 from text2img.translate import Mode, Translation, TranslationError, TranslationRefused
 
 
@@ -127,8 +128,11 @@ async def create_job(
     return job
 
 
-def _queue_full(state: ServiceState, scheduler: Scheduler, retry_after: int) -> ApiError:
+def _queue_full(state: ServiceState, scheduler: Scheduler, estimate: int) -> ApiError:
+    """429 with the wait for what is queued ahead, jittered: a crowd refused together is
+    told different waits, so its retries do not all arrive in the same second."""
     state.metrics.rejected.inc()
+    retry_after = jittered(estimate)
     return ApiError(
         429,
         f"the GPU queue is full ({scheduler.queue_limit} requests waiting); retry after "

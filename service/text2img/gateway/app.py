@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import mimetypes
-import random
 from collections.abc import AsyncIterator
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -27,6 +26,7 @@ from text2img.front_door import (
     MAX_BODY_BYTES,
     UI_HEADERS,
     error_response,
+    jittered,
     treatment,
 )
 from text2img.gateway.backend import Asleep, Backend
@@ -46,11 +46,6 @@ PAGE_FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}
 
 def _error(status: int, code: str, message: str, *, type_: str, **extra: object) -> Response:
     return error_response(status, code, message, type_=type_, extra=extra)
-
-
-def jittered(seconds: int) -> int:
-    """Retry-After with up to a third more, so refused clients do not all return at once."""
-    return seconds + random.randint(0, seconds // 3)
 
 
 def _static_root() -> Traversable | None:
