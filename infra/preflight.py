@@ -15,42 +15,28 @@ Each problem is one line naming the fix. Checked (docs/gcp-facts.md §13):
     NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion / NvidiaL4GpuAllocPerProjectRegion;
     neither is granted by default: cloud.google.com/run/docs/configuring/services/
     gpu-zonal-redundancy) against maxGpus; the region itself is validated by infra/config.py;
-  * organization policy constraints that refuse what the program creates: resource
-    locations, trusted image projects (the Deep Learning VM image), required Shielded VM
-    (our VM boots with Secure Boot off: the NVIDIA module is unsigned), Cloud Run allowed
-    ingress (`all`) and allowed VPC egress (`private-ranges-only`); guest attribute access
-    (only a warning: a GPU driver failure is then not reported to the gateway).
-    Not checked because they do not bite this program: vmExternalIpAccess (no external
-    IP), requireOsLogin (OS Login is on), iam.allowedPolicyMemberDomains (no allUsers).
+  * organization policy constraints that refuse what the program creates
+    (infra/org_policies.py says which).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
 
 from infra.apis import required_apis
 from infra.config import Settings
+from infra.findings import Finding, console
 from infra.google_apis import GoogleApiError, GoogleApis, NoCredentials
+from infra.org_policies import check_org_policies
+
+__all__ = ["Finding", "PreflightError", "in_program", "run_checks", "summary"]
 
 COMPUTE_API = "compute.googleapis.com"
 ENABLE_WAIT_S = 120.0
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One line for the user; `fatal` ones stop `pulumi up`."""
-
-    text: str
-    fatal: bool = True
-
-
-def _console(path: str, project: str) -> str:
-    return f"https://console.cloud.google.com/{path}?project={project}"
 
 
 def gpu_metric(gpu_type: str) -> str:
@@ -73,7 +59,7 @@ def check_billing(api: GoogleApis, project: str) -> list[Finding]:
         return [
             Finding(
                 f"billing not checked ({exc}); check it at "
-                f"{_console('billing/linkedaccount', project)}",
+                f"{console('billing/linkedaccount', project)}",
                 fatal=False,
             )
         ]
@@ -82,7 +68,7 @@ def check_billing(api: GoogleApis, project: str) -> list[Finding]:
     return [
         Finding(
             f"billing is not enabled for project {project}: link a billing account at "
-            f"{_console('billing/linkedaccount', project)}"
+            f"{console('billing/linkedaccount', project)}"
         )
     ]
 
@@ -112,7 +98,7 @@ def enable_api(api: GoogleApis, project: str, service: str) -> Finding | None:
     except GoogleApiError as exc:
         return Finding(
             f"cannot enable {service} ({exc}); if billing is the cause, link a "
-            f"billing account at {_console('billing/linkedaccount', project)}"
+            f"billing account at {console('billing/linkedaccount', project)}"
         )
     if not op.get("done"):
         return Finding(f"{service} is still being enabled; run `pulumi up` again in a minute")
@@ -178,7 +164,7 @@ def _quotas(items: Any) -> dict[str, tuple[float, float]]:
 def _quota_line(
     metric: str, where: str, limit: float, usage: float, need: int, project: str
 ) -> Finding | None:
-    link = _console("iam-admin/quotas", project)
+    link = console("iam-admin/quotas", project)
     if limit < need:
         return Finding(
             f"quota {metric} in {where} is {limit:g}, {need} needed: request "
@@ -239,119 +225,6 @@ def check_zone(api: GoogleApis, s: Settings, zones: Sequence[str]) -> list[Findi
     return [Finding(f"zone {s.zone} does not offer {s.gpu_type}: {fix}")]
 
 
-# -- organization policies -------------------------------------------------------------------
-
-
-def _policy(api: GoogleApis, project: str, constraint: str) -> dict[str, Any]:
-    return api.rest(
-        "resourcemanager",
-        "POST",
-        f"/v1/projects/{project}:getEffectiveOrgPolicy",
-        {"constraint": f"constraints/{constraint}"},
-    )
-
-
-def _list_refuses(policy: dict[str, Any], accepted: set[str]) -> bool | None:
-    """True: the list policy refuses every form in `accepted`; False: it allows one;
-    None: it names only values this check cannot evaluate (value groups it does not know)."""
-    rules = policy.get("listPolicy") or {}
-    if rules.get("allValues") == "DENY":
-        return True
-    strip = {v.removeprefix("is:") for v in rules.get("deniedValues", [])}
-    if strip & accepted:
-        return True
-    allowed = {v.removeprefix("is:") for v in rules.get("allowedValues", [])}
-    if not allowed:
-        return False
-    if allowed & accepted:
-        return False
-    return None if any(not _known_group(v) for v in allowed if v.startswith("in:")) else True
-
-
-# value groups whose members follow from a region's name: in:asia-locations holds every
-# asia-* region, in:asia-northeast1-locations that region's zones (the eu group is not a
-# name prefix: europe-west2 is in Europe, not the EU)
-_GEO_GROUPS = ("asia", "us", "europe", "northamerica", "southamerica", "australia", "me", "africa")
-
-
-def _known_group(value: str) -> bool:
-    name = value.removeprefix("in:").removesuffix("-locations")
-    return name in _GEO_GROUPS or (name.count("-") == 1 and name[-1].isdigit())
-
-
-def _locations(region: str) -> set[str]:
-    geo = region.split("-", 1)[0]
-    return {region, f"in:{region}-locations", f"in:{geo}-locations"}
-
-
-def check_org_policies(api: GoogleApis, s: Settings) -> list[Finding]:
-    admin = _console("iam-admin/orgpolicies", s.project)
-    exempt = f"ask an organization admin to allow it for this project ({admin})"
-    regions = [s.region] + (
-        [s.build_region] if s.needs_build and s.build_region != s.region else []
-    )
-    lists = [("gcp.resourceLocations", _locations(r), f"region {r}") for r in regions]
-    lists += [
-        (
-            "compute.trustedImageProjects",
-            {f"projects/{s.image_project}"},
-            f"boot images from project {s.image_project}",
-        ),
-        ("run.allowedIngress", {"all"}, "Cloud Run ingress `all` (the gateway is public)"),
-        (
-            "run.allowedVPCEgress",
-            {"private-ranges-only"},
-            "Cloud Run VPC egress `private-ranges-only` (the gateway reaches the VM)",
-        ),
-    ]
-    findings: list[Finding] = []
-    try:
-        for constraint, accepted, what in lists:
-            refused = _list_refuses(_policy(api, s.project, constraint), accepted)
-            if refused:
-                findings.append(
-                    Finding(f"organization policy {constraint} refuses {what}: {exempt}")
-                )
-            elif refused is None:
-                findings.append(
-                    Finding(
-                        f"organization policy {constraint} may refuse {what} "
-                        f"(value groups this check cannot read): see {admin}",
-                        fatal=False,
-                    )
-                )
-        if (
-            _policy(api, s.project, "compute.requireShieldedVm")
-            .get("booleanPolicy", {})
-            .get("enforced")
-        ):
-            findings.append(
-                Finding(
-                    "organization policy compute.requireShieldedVm requires Secure Boot, which the "
-                    f"GPU VM cannot use (the NVIDIA driver module is unsigned): {exempt}"
-                )
-            )
-        guest = _policy(api, s.project, "compute.disableGuestAttributesAccess")
-        if guest.get("booleanPolicy", {}).get("enforced"):
-            findings.append(
-                Finding(
-                    "organization policy compute.disableGuestAttributesAccess is on: a GPU driver "
-                    "failure at boot is not reported to the gateway (see `scripts/vm logs`)",
-                    fatal=False,
-                )
-            )
-    except GoogleApiError as exc:
-        findings.append(
-            Finding(
-                f"organization policies not checked ({exc}); `gcloud "
-                "resource-manager org-policies list --project "
-                f"{s.project}` shows them",
-                fatal=False,
-            )
-        )
-    return findings
-
-
 # -- Cloud Run GPUs (backend cloudrun) -----------------------------------------------------------
 
 CLOUD_RUN_L4_QUOTA = {
@@ -380,7 +253,7 @@ def check_cloud_run_gpu_quota(api: GoogleApis, s: Settings) -> list[Finding]:
         f"/v1/projects/{s.project}/locations/global/services/run.googleapis.com/"
         f"quotaInfos/{quota_id}"
     )
-    link = _console("iam-admin/quotas", s.project)
+    link = console("iam-admin/quotas", s.project)
     try:
         granted = cloud_run_gpu_quota(api.rest("cloudquotas", "GET", path), s.gpu_region)
     except GoogleApiError as exc:
