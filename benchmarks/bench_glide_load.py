@@ -156,11 +156,11 @@ def main() -> int:
         torch.save(sd, pt)
         del sd
         from text2img.engines.fetch.disk import sha256_file
-        from text2img.engines.glide import cache as glide_cache
+        from text2img.engines.glide import records as glide_records
         from text2img.engines.glide.convert import load_state_dict
 
         # stands in for `text2img download`, the only thing that may vouch for a .pt
-        glide_cache.record(tmp, "base.pt", sha256_file(pt), "download")
+        glide_records.record(tmp, "base.pt", sha256_file(pt), "download")
         t0 = time.perf_counter()
         load_state_dict(tmp, "base", {k: tuple(v) for k, v in shapes.items()})  # converts once
         convert_s = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from weights_helpers import (
 from text2img import cli
 from text2img.engines.fetch.http import RetryPolicy
 from text2img.engines.glide import cache as glide_cache
+from text2img.engines.glide import records as glide_records
 from text2img.engines.glide.cache import CheckpointSpec, Manifest, RemoteFile
 from text2img.engines.glide.convert import load_state_dict
 from text2img.engines.glide.weights import ensure_weights
@@ -130,12 +131,12 @@ def test_a_copy_written_before_the_embedded_hash_verifies_against_its_record(ser
     del meta[glide_cache.DATA_SHA_KEY]
     data = safetensors.torch.save(tensors, metadata=meta)
     cached.write_bytes(data)
-    glide_cache.record(cache, cached.name, hashlib.sha256(data).hexdigest(), "conversion")
+    glide_records.record(cache, cached.name, hashlib.sha256(data).hexdigest(), "conversion")
     assert load_state_dict(cache, "base", SHAPES, manifest=manifest).keys() == SHAPES.keys()
     overwrite_mib(cached, bytes(MIB))
     with pytest.raises(UserError, match=r"damaged .*its bytes changed on disk"):
         load_state_dict(cache, "base", SHAPES, manifest=manifest)
-    records = glide_cache.read_records(cache)
+    records = glide_records.read_records(cache)
     del records[cached.name]
     (cache / "manifest.json").write_text(json.dumps(records))
     with pytest.raises(UserError, match=r"damaged .*carries no checksum"):
@@ -151,11 +152,12 @@ def test_a_zeroed_pt_is_refused_at_download_against_its_pin(server, cache, relea
         ensure(server, cache, only=["base"])
     assert not (cache / "base.pt").exists()
     assert not (cache / "base.fp16.safetensors").exists()
-    assert "base.pt" not in glide_cache.read_records(cache)  # nothing recorded
+    assert "base.pt" not in glide_records.read_records(cache)  # nothing recorded
     server.files["/base.pt"] = released  # the right file passes
     ensure(server, cache, only=["base"])
     assert (
-        glide_cache.read_records(cache)["base.pt"]["sha256"] == hashlib.sha256(released).hexdigest()
+        glide_records.read_records(cache)["base.pt"]["sha256"]
+        == hashlib.sha256(released).hexdigest()
     )
 
 
@@ -166,7 +168,7 @@ def test_a_zeroed_pt_is_refused_at_conversion_against_its_pin(
     pin_files(monkeypatch, cache.parent, {"base.pt": released})
     manifest = manifest_for(server.base_url)
     ensure(server, cache, only=["base"])
-    before = glide_cache.read_records(cache)
+    before = glide_records.read_records(cache)
     (cache / "base.fp16.safetensors").unlink()  # so that it must be converted again
     overwrite_mib(cache / "base.pt", bytes(MIB))
     monkeypatch.setattr(glide_cache, "default_manifest", lambda: manifest)
@@ -176,7 +178,7 @@ def test_a_zeroed_pt_is_refused_at_conversion_against_its_pin(
         load_state_dict(cache, "base", SHAPES, manifest=manifest)
     assert not (cache / "base.pt").exists()  # deleted: `download` fetches it again
     assert not (cache / "base.fp16.safetensors").exists()
-    after = glide_cache.read_records(cache)
+    after = glide_records.read_records(cache)
     assert after["base.pt"] == before["base.pt"]  # the manifest never adopts the new hash
     ensure(server, cache, only=["base"])
     assert (cache / "base.pt").read_bytes() == released
@@ -210,7 +212,7 @@ def test_download_replaces_a_pt_that_changed_since_it_was_downloaded(
 ):
     """No pin: `text2img download` fetches the file again instead of converting it."""
     ensure(server, cache, only=["base"])
-    recorded = glide_cache.read_records(cache)["base.pt"]
+    recorded = glide_records.read_records(cache)["base.pt"]
     (cache / "base.fp16.safetensors").unlink()
     overwrite_mib(cache / "base.pt", bytes(MIB))
     n = server.body_bytes("/base.pt")
@@ -220,7 +222,7 @@ def test_download_replaces_a_pt_that_changed_since_it_was_downloaded(
     )
     assert server.body_bytes("/base.pt") == n + len(released)
     assert (cache / "base.pt").read_bytes() == released
-    assert glide_cache.read_records(cache)["base.pt"]["sha256"] == recorded["sha256"]
+    assert glide_records.read_records(cache)["base.pt"]["sha256"] == recorded["sha256"]
 
 
 def test_segment_digests_hash_each_segment_of_a_mapped_file_in_order(tmp_path, monkeypatch):

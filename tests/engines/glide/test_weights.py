@@ -30,6 +30,7 @@ from weights_helpers import (
 from text2img.engines import registry
 from text2img.engines.fetch.http import RetryPolicy
 from text2img.engines.glide import cache as glide_cache
+from text2img.engines.glide import records as glide_records
 from text2img.engines.glide.cache import tokenizer_paths
 from text2img.engines.glide.convert import load_state_dict
 from text2img.engines.glide.weights import ensure_weights
@@ -171,7 +172,7 @@ def test_a_pt_changed_after_download_is_never_adopted_nor_needed_to_start(server
     """Issue 13 item 5 without a pin: the download-time hash is the only one trusted."""
     manifest = fake_manifest(server.base_url)
     ensure(server, cache, only=["base"])
-    recorded = glide_cache.read_records(cache)["base.pt"]
+    recorded = glide_records.read_records(cache)["base.pt"]
     assert recorded["origin"] == "download"
     torch.save(random_state_dict(SHAPES_BASE, 7), cache / "base.pt")  # a valid, other file
     states = {s.name: s.state for s in glide_cache.weights_status(cache, manifest=manifest)}
@@ -181,7 +182,7 @@ def test_a_pt_changed_after_download_is_never_adopted_nor_needed_to_start(server
     sd = load_state_dict(cache, "base", SHAPES_BASE, manifest=manifest)
     source = random_state_dict(SHAPES_BASE, 1)
     torch.testing.assert_close(sd["out.2.weight"], source["out.2.weight"].half(), rtol=0, atol=0)
-    assert glide_cache.read_records(cache)["base.pt"] == recorded  # the manifest kept its word
+    assert glide_records.read_records(cache)["base.pt"] == recorded  # the manifest kept its word
     ensure(server, cache, only=["base"])  # `download` fetches the right .pt back
     assert (cache / "base.pt").read_bytes() == server.files["/base.pt"]
     assert all(s.ok for s in glide_cache.weights_status(cache, manifest=manifest, only=["base"]))
@@ -386,13 +387,13 @@ def test_a_copied_cache_is_hashed_once_then_trusted_again(server, cache, monkeyp
     pt = cache / "base.pt"
     os.utime(pt, ns=(1, 1))  # what `cp -r` without -p does to mtimes
     hashed: list[Path] = []
-    real = glide_cache.sha256_file
+    real = glide_records.sha256_file
 
     def counting(path: Path) -> str:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(glide_cache, "sha256_file", counting)
+    monkeypatch.setattr(glide_records, "sha256_file", counting)
     ensure(server, cache, only=["base"])  # hashes base.pt once, finds it unchanged
     assert hashed == [pt]
     load_state_dict(cache, "base", SHAPES_BASE, manifest=manifest)

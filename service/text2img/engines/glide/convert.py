@@ -30,8 +30,8 @@ from text2img.engines.glide.cache import (
     CheckpointSpec,
     Manifest,
     listing_fingerprint,
-    record,
 )
+from text2img.engines.glide.records import record
 from text2img.engines.registry import CACHE_ENV
 from text2img.errors import UserError
 

@@ -21,11 +21,10 @@ from text2img.engines.glide.cache import (
     RemoteFile,
     cache_is_current,
     default_cache_dir,
-    record,
-    refreshed_sha256,
     weights_status,
 )
 from text2img.engines.glide.convert import convert
+from text2img.engines.glide.records import record, refreshed_sha256
 
 # what a failed GLIDE download tells the user: a mirror, or the tiny model offline
 ADVICE = Advice(
