@@ -298,3 +298,34 @@ def test_the_queue_imports_neither_torch_nor_http():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def run_order(make, finishes: list[str]) -> tuple[list[str], SwatchEngine]:
+    """Jobs submitted while the first (matte) batch is held, one image per batch; the
+    prompts in the order they were drawn."""
+    scheduler, engine, gate = held(make, max_batch=1)
+    first = job("first", finish="matte")
+    scheduler.submit(first)
+    engine.started.wait(5)
+    later = [job(f"{f}{i}", finish=f, hue=i) for i, f in enumerate(finishes)]
+    for j in later:
+        scheduler.submit(j)
+    gate.set()
+    wait_for(lambda: all(j.finished for j in [first, *later]))
+    assert all(j.state is JobState.SUCCEEDED for j in later)
+    return [b[0].prompt for b in engine.batches], engine
+
+
+def test_jobs_on_the_loaded_weights_go_first_to_spare_swaps(make):
+    # SDXL-Lightning with 2/4/8 steps on a T4 draws one 1024 image per batch, and each
+    # step count is its own UNet (~5 GB): alternating requests must not swap every time
+    order, engine = run_order(make, ["gloss", "matte", "gloss", "matte", "gloss"])
+    assert order == ["first", "matte1", "matte3", "gloss0", "gloss2", "gloss4"]
+    assert engine.swaps == 1  # first come, first served: 5
+
+
+def test_a_job_is_passed_over_at_most_twice(make):
+    # a steady stream on the loaded weights does not starve a request for other weights
+    order, engine = run_order(make, ["gloss", "matte", "matte", "matte", "matte"])
+    assert order == ["first", "matte1", "matte2", "gloss0", "matte3", "matte4"]
+    assert engine.swaps == 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import colorsys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,11 @@ class SwatchSettings:
 
 @dataclass(frozen=True)
 class SwatchSpec(EngineSpec):
+    def weights_key(self, settings: EngineSettings) -> Hashable | None:
+        """Each finish is its own tin of paint: changing it is a weight swap (as SDXL's
+        step counts are), which the queue avoids where it fairly can."""
+        return settings.finish if isinstance(settings, SwatchSettings) else None
+
     def settings(self, **options: Any) -> SwatchSettings:
         self.check_option_names(options)
         width, height = parse_size(self.resolve_size(options.get("size")))
@@ -102,6 +107,9 @@ class SwatchEngine(Engine):
     settings_seen: list[EngineSettings] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)  # a batch has begun
     setup_s: float = 0.0  # seconds each generate spends "swapping weights" first
+    swap_s: float = 0.0  # seconds a change of finish (the swatch's weights) costs
+    loaded_finish: str | None = None  # the finish of the last batch
+    swaps: int = 0  # batches that changed the finish
 
     def generate(
         self,
@@ -118,6 +126,10 @@ class SwatchEngine(Engine):
         self.started.set()
         t0 = time.perf_counter()
         time.sleep(self.setup_s)
+        if self.loaded_finish not in (None, settings.finish):
+            self.swaps += 1
+            time.sleep(self.swap_s)
+        self.loaded_finish = settings.finish
         self.last_setup_seconds = time.perf_counter() - t0
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None

@@ -94,6 +94,7 @@ class Job:
     finished_at: float | None = None
     # worker bookkeeping (guarded by the scheduler's lock)
     next_index: int = 0
+    bypassed: int = 0  # times a later job went first to spare a weight swap (api.batching)
     done_count: int = 0
     cancel_requested: bool = False
     images: list[bytes | None] = field(default_factory=list)

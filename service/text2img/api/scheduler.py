@@ -6,7 +6,9 @@ failed as a `jobs.Failure` (`api.failures` decides what a client is told).
 - `submit` refuses a job when `queue_limit` jobs already wait (QueueFull).
 - The worker takes the oldest waiting job and fills one sampling batch, up to the
   engine's `max_batch` images, with images of later jobs whose engine settings
-  are equal (a job larger than a batch is spread over several batches).
+  are equal (a job larger than a batch is spread over several batches). A job that
+  needs the weights already loaded may go ahead of older ones that would swap them, at
+  most `batching.MAX_BYPASS` times per job passed over (`api.batching`).
 - A batch is cancelled (the engine checks `should_cancel` before every model call)
   once every job in it was cancelled or ran past its time limit.
 - Out of memory (the engine raises `OutOfMemory`): the batch is retried in halves, and
@@ -24,9 +26,10 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from text2img.api.batching import next_head
 from text2img.api.encoder import Encode, Encoder
 from text2img.api.jobs import Failure, FailureKind, Job, JobProgress, JobState
 from text2img.engines.base import BadOutput, Cancelled, Engine, ImageRequest, OutOfMemory, Progress
@@ -95,6 +98,7 @@ class Scheduler:
         self._draining = False
         self._thread: threading.Thread | None = None
         self._batch_seconds = 0.0  # moving average of a sampling batch, for Retry-After
+        self._loaded: Hashable | None = None  # weights key of the last batch taken
         # shown between two batches of one job: the engine's first stage
         self._next_stage = next(iter(engine.spec.stages), "queued")
 
@@ -241,13 +245,16 @@ class Scheduler:
                     return None
                 self._expire_waiting()
                 if self._queue:
-                    wait = self._window_left(self._queue[0])
+                    head, passed = next_head(self._queue, self._loaded, self._weights_key)
+                    wait = self._window_left(head)
                     if wait <= 0:
                         break
                     self._cond.wait(timeout=wait)  # a submit wakes us to re-check
                     continue
                 self._cond.wait(timeout=1.0)
-            head = self._queue[0]
+            for job in passed:
+                job.bypassed += 1
+            self._loaded = self._weights_key(head)
             items: list[_Item] = []
             for job in list(self._queue):
                 if job.settings != head.settings:
@@ -266,6 +273,9 @@ class Scheduler:
         for job in self._running:
             job.notify()
         return items
+
+    def _weights_key(self, job: Job) -> Hashable | None:
+        return self.engine.spec.weights_key(job.settings)
 
     def _window_left(self, head: Job) -> float:
         """Seconds to keep a fresh job waiting for compatible company (0 = start now).

@@ -16,7 +16,7 @@ Two halves, so that validation never needs torch:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -233,6 +233,13 @@ class EngineSpec(ABC):
                     f"{key} is not a setting of model {self.name}; it accepts {accepted}",
                     code="unsupported_parameter",
                 )
+
+    def weights_key(self, settings: EngineSettings) -> Hashable | None:
+        """What must be on the device to draw with `settings`, where that differs between
+        requests (SDXL-Lightning: one UNet per step count); None when this engine draws
+        every setting with the weights it has. The queue prefers batches that need no
+        swap, within a bound (api.batching)."""
+        return None
 
     @abstractmethod
     def settings(self, **options: Any) -> EngineSettings:

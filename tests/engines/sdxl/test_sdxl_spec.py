@@ -52,6 +52,24 @@ def test_settings_are_hashable_and_batch_only_when_equal(
     assert len({a, b, SDXL_LIGHTNING.settings(steps=8)}) == 2
 
 
+def test_the_weights_key_is_the_step_count_each_unet_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the queue lets requests for the loaded UNet go first (api.batching): two sizes at
+    # 4 steps share one UNet, 8 steps needs another; tiny-sdxl and GLIDE never swap
+    from text2img.engines.registry import get_spec
+
+    monkeypatch.setenv("TEXT2IMG_SDXL_STEPS", "2,4,8")
+    key = SDXL_LIGHTNING.weights_key
+    assert key(SDXL_LIGHTNING.settings(size="1216x832", steps=4)) == 4
+    assert key(SDXL_LIGHTNING.settings(size="1024x1024", steps=4)) == 4
+    assert key(SDXL_LIGHTNING.settings(steps=8)) == 8
+    assert key(SDXL_LIGHTNING.settings(steps=2)) == 2
+    assert TINY_SDXL.weights_key(TINY_SDXL.settings(steps=8)) is None
+    glide = get_spec("glide")
+    assert glide.weights_key(glide.settings()) is None
+
+
 def test_public_view_names_licence_and_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEXT2IMG_SDXL_STEPS", "2,4,8")
     public = SDXL_LIGHTNING.public()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from text2img.engines.base import EngineSpec, InvalidSetting, Option, parse_size
+from text2img.engines.base import EngineSettings, EngineSpec, InvalidSetting, Option, parse_size
 from text2img.errors import UserError
 
 NATIVE_SIZES = (
@@ -121,6 +121,12 @@ class SdxlSpec(EngineSpec):
         if not self.random_weights:
             out["options"]["steps"]["choices"] = list(enabled_steps())
         return out
+
+    def weights_key(self, settings: EngineSettings) -> Hashable | None:
+        """The step count: each has its own UNet (tiny-sdxl has one for all counts)."""
+        if self.random_weights or not isinstance(settings, SdxlSettings):
+            return None
+        return settings.steps
 
     def settings(self, **options: Any) -> SdxlSettings:
         self.check_option_names(options)
