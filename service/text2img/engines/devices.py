@@ -41,8 +41,34 @@ def resolve_device(device: str | None) -> torch.device:
     if resolved.type not in ("cuda", "cpu"):
         raise UserError(f"unsupported device {device!r}; use cuda or cpu")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise UserError(
+            f"device cuda was asked for but CUDA is not usable here: {cuda_failure()}. On a "
+            "GPU machine, check `nvidia-smi` (on the VM: `scripts/vm logs`) and that the "
+            "image's torch is a CUDA build; without a GPU, use --device cpu"
+        )
+    if resolved.type == "cuda":
+        index = resolved.index if resolved.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        log.info(
+            "CUDA device %d: %s (compute capability %d.%d), torch %s built for CUDA %s",
+            index, torch.cuda.get_device_name(index), major, minor, torch.__version__,
+            torch.version.cuda,
+        )  # fmt: skip
     return resolved
+
+
+def cuda_failure() -> str:
+    """Why CUDA cannot be used, in torch's words: no CUDA build, no driver, a driver too old
+    for this build's CUDA runtime, or no device."""
+    built = (
+        f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none (a CPU build)'}"
+    )
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # torch raises AssertionError (no CUDA build) or RuntimeError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{reason} ({built})"
+    return f"no CUDA device is visible ({built})"
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
