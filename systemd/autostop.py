@@ -63,8 +63,8 @@ class Observation:
     uptime: float  # seconds since boot
     status: Status | None  # None: the service did not answer with a valid status
     paused: bool = False
-    # the service answered 429: something on this VM sent wrong tokens from 127.0.0.1, so
-    # the service refuses that address for a while. It is up, but its jobs are unseen.
+    # the service answered 429: something on this VM sent wrong tokens from the address
+    # autostop uses too, so the service refuses it for a while. Up, but its jobs are unseen.
     throttled: bool = False
 
 
@@ -139,7 +139,7 @@ def decide(obs: Observation, prev: State, cfg: Config) -> tuple[Decision, State]
         state = dataclasses.replace(state, lost_at=None)
         limit = (idle_limit if state.ever_ready else grace) + THROTTLE_MAX_BLOCK_MINUTES
         idle = (obs.now - max(state.last_active_at, boot_at)) / 60
-        reason = "the service refuses 127.0.0.1 for wrong tokens (see its log); status unseen"
+        reason = "the service refuses this VM's requests after wrong tokens; status unseen"
         return Decision("throttled", idle, limit, idle >= limit, reason), state
 
     what = "not ready" if status is not None else "not answering"
