@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 
 from text2img.engines.sdxl.loading import check_listing, expected_listing, meta_module, read_listing
 from text2img.errors import UserError
@@ -117,3 +118,70 @@ def test_a_file_that_is_not_safetensors_is_named(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="header does not parse") as err:
         read_listing(broken)
     assert "run `text2img download --model sdxl-lightning`" in str(err.value)
+
+
+# a VAE small enough to build for real, with the mid-block attention the SDXL VAE has
+ATTENTION_VAE = {
+    "block_out_channels": (8, 8),
+    "down_block_types": ("DownEncoderBlock2D",) * 2,
+    "up_block_types": ("UpDecoderBlock2D",) * 2,
+    "layers_per_block": 1,
+    "norm_num_groups": 2,
+    "latent_channels": 4,
+    "mid_block_add_attention": True,
+}
+LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+
+def _saved_as_before_diffusers_0_14(vae: torch.nn.Module, path: Path, conv: bool) -> Path:
+    """The VAE's state dict with its attention under AttentionBlock's names (and, with
+    `conv`, the 1x1-convolution weight shape some such files have)."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for key, tensor in vae.state_dict().items():
+        for new, old in LEGACY.items():
+            if f".attentions.0.{new}." in key:
+                key = key.replace(f".{new}.", f".{old}.")
+                if conv and tensor.ndim == 2:
+                    tensor = tensor[:, :, None, None]
+        state[key] = tensor.contiguous()
+    save_file(state, str(path))
+    return path
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_a_vae_saved_with_legacy_attention_names_loads_the_same_tensors(
+    tmp_path: Path, conv: bool
+) -> None:
+    # diffusers' from_pretrained renames query/key/value/proj_attn on load; the real
+    # fp16-fix VAE may be such a file, and our strict load must take it as diffusers does
+    from diffusers import AutoencoderKL
+
+    from text2img.engines.sdxl.loading import load_strict
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**ATTENTION_VAE)
+    path = _saved_as_before_diffusers_0_14(vae, tmp_path / "vae.safetensors", conv)
+    assert any(".attentions.0.query." in k for k in read_listing(path))  # really legacy
+    loaded = load_strict(
+        meta_module("vae", ATTENTION_VAE), path, torch.device("cpu"), torch.float32, "the VAE"
+    )
+    for key, tensor in vae.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], tensor, rtol=0, atol=0)
+
+
+def test_a_vae_with_both_legacy_and_current_names_is_refused(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from text2img.engines.sdxl.loading import load_strict
+
+    vae = AutoencoderKL(**ATTENTION_VAE)
+    state = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    q = "decoder.mid_block.attentions.0.to_q.weight"
+    state[q.replace("to_q", "query")] = state[q].clone()
+    save_file(state, str(tmp_path / "vae.safetensors"))
+    with pytest.raises(UserError, match="twice"):
+        load_strict(meta_module("vae", ATTENTION_VAE), tmp_path / "vae.safetensors",
+                    torch.device("cpu"), torch.float32, "the VAE")  # fmt: skip

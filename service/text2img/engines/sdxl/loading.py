@@ -84,15 +84,44 @@ def expected_listing(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+# diffusers before 0.14 saved a VAE's attention as `AttentionBlock`: query, key, value and
+# proj_attn, in some files as 1x1-convolution weights [C, C, 1, 1]. Today's `Attention` has
+# to_q, to_k, to_v and to_out.0 as Linear [C, C]. diffusers' from_pretrained renames such
+# files on load (ModelMixin._convert_deprecated_attention_blocks); so does load_strict, so
+# a VAE saved either way loads, and nothing else is accepted.
+_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def current_name(key: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """(name, shape) a tensor has in today's diffusers modules."""
+    head, _, leaf = key.rpartition(".")
+    block, _, name = head.rpartition(".")
+    if name not in _LEGACY_ATTENTION or ".attentions." not in f".{block}.":
+        return key, shape
+    if len(shape) == 4 and shape[2:] == (1, 1):
+        shape = shape[:2]
+    return f"{block}.{_LEGACY_ATTENTION[name]}.{leaf}", shape
+
+
 def load_strict(
     module: torch.nn.Module, path: Path, device: torch.device, dtype: torch.dtype, what: str
 ) -> torch.nn.Module:
-    """Fill `module` (meta or real) from a safetensors file whose listing must match."""
+    """Fill `module` (meta or real) from a safetensors file whose listing must match
+    (legacy VAE attention names taken as today's: `current_name`)."""
     from safetensors.torch import load_file
 
-    check_listing(expected_listing(module), read_listing(path), what)
-    state = load_file(path, device=str(device))
-    state = {k: v.to(dtype) for k, v in state.items()}
+    listing = read_listing(path)
+    found = dict(current_name(k, shape) for k, shape in listing.items())
+    if len(found) != len(listing):
+        raise UserError(
+            f"{what} holds some attention tensors twice, under legacy and current names; "
+            f"run `{RUN} --force`"
+        )
+    check_listing(expected_listing(module), found, what)
+    state = {}
+    for key, tensor in load_file(path, device=str(device)).items():
+        name, shape = current_name(key, tuple(tensor.shape))
+        state[name] = tensor.reshape(shape).to(dtype)
     on_meta = next(module.parameters()).is_meta
     module.load_state_dict(state, strict=True, assign=on_meta)
     return module.eval().requires_grad_(False)
