@@ -49,26 +49,35 @@ def chunked_flood(
     """POST up to `total` bytes as chunked transfer encoding, stopping as soon as the
     server answers or closes; reports how much it managed to send."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sent = 0
     try:
         sock.sendall(_head("POST", path, {**headers, "Content-Type": "application/json",
                                            "Transfer-Encoding": "chunked"}))  # fmt: skip
         block = b"%x\r\n" % CHUNK + b"a" * CHUNK + b"\r\n"
-        while sent < total:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if readable:
-                break
-            try:
-                sock.sendall(block)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += CHUNK
-        else:
+        sent, whole = _send_until_answered(sock, block, total, counts=CHUNK)
+        if whole:
             sock.sendall(b"0\r\n\r\n")
         status, head = _read_answer(sock)
         return FloodResult(status, head, sent)
     finally:
         sock.close()
+
+
+def _send_until_answered(
+    sock: socket.socket, block: bytes, total: int, *, counts: int
+) -> tuple[int, bool]:
+    """Send `block` again and again, each counting `counts` bytes, until `total` are sent
+    or the server answers or closes: (bytes counted, whether all `total` went out)."""
+    sent = 0
+    while sent < total:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable:
+            return sent, False
+        try:
+            sock.sendall(block)
+        except (BrokenPipeError, ConnectionResetError):
+            return sent, False
+        sent += counts
+    return sent, True
 
 
 def slow_sender(port: int, prefix: bytes) -> socket.socket:
@@ -99,19 +108,10 @@ def header_flood(
     `total` bytes without ever ending the headers, stopping as soon as the server answers
     or closes; reports how much of the headers it managed to send."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sent = 0
     try:
         sock.sendall(prefix + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         block = header * max(1, CHUNK // len(header))
-        while sent < total:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if readable:
-                break
-            try:
-                sock.sendall(block)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += len(block)
+        sent, _ = _send_until_answered(sock, block, total, counts=len(block))
         status, head = _read_answer(sock)
         return FloodResult(status, head, sent, closed=_closed(sock, timeout))
     finally:
