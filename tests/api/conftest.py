@@ -4,9 +4,8 @@ server, and the real app served by uvicorn on 127.0.0.1:<free port>."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ import torch
 from api_support import JA_EN, FakeTranslate, make_settings, serve, wait_ready
 from fastapi.testclient import TestClient
 
+from tests.fakes.http_server import base_url, serve_http
 from text2img.api.app import create_app
 from text2img.engines.base import Engine
 from text2img.engines.registry import load_engine
@@ -86,14 +86,9 @@ def fake_translate() -> Iterator[FakeTranslate]:
                 )
             self._send(200, {"translations": out})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serve_http(Handler) as server:
+        fake.url = base_url(server)
+        yield fake
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ calls fail like the real API does.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -28,10 +29,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from tests.fakes.http_server import base_url, serve_http
 from text2img.gateway.settings import GatewaySettings
 
 BASE = r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)"
@@ -169,22 +171,18 @@ class FakeCompute:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._running = contextlib.ExitStack()
+        self._server = self._running.enter_context(serve_http(Handler))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for timer in self._timers:
             timer.cancel()
-        self._server.shutdown()
-        self._server.server_close()
+        self._running.close()
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return base_url(self._server)
 
     def gateway_settings(self, token: str, instance: str, **overrides: Any) -> GatewaySettings:
         """The gateway's settings for `instance` on this fake Compute API."""

@@ -16,15 +16,18 @@ permission.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.fakes.http_server import base_url, serve_http
 
 P = r"^/compute/v1/projects/(?P<project>[^/]+)"
 Z = P + r"/zones/(?P<zone>[^/]+)"
@@ -144,23 +147,21 @@ class FakeGoogleProject:
             def do_POST(self) -> None:
                 self._handle("POST")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._handler = Handler
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> FakeGoogleProject:
-        self._thread.start()
+        self._running = contextlib.ExitStack()
+        self._server = self._running.enter_context(serve_http(self._handler))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._running.close()
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return base_url(self._server)
 
     # -- helpers for tests ------------------------------------------------------------------
 

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.http_server import base_url, serve_http
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP = REPO / "systemd" / "startup.sh"
@@ -197,22 +199,17 @@ def _handler(fake: FakeGoogle) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def fake_google(address: tuple[str, int] = ("127.0.0.1", 0)) -> Iterator[FakeGoogle]:
     fake = FakeGoogle()
-    server = ThreadingHTTPServer(address, _handler(fake))
-    server.daemon_threads = True
-    # a client gone at shutdown (a long poll of the watcher) is not an error of the fake
-    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-    host, port = server.server_address[:2]
-    fake.url = f"http://{host}" if port == 80 else f"http://{host}:{port}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake
-    finally:
-        with fake.changed:
-            fake.etag_counter += 1000  # release waiting long polls
-            fake.changed.notify_all()
-        server.shutdown()
-        server.server_close()
+    with serve_http(_handler(fake), address=address) as server:
+        # a client gone at shutdown (a long poll of the watcher) is not an error of the fake
+        server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+        host, port = server.server_address[:2]
+        fake.url = f"http://{host!s}" if port == 80 else base_url(server)
+        try:
+            yield fake
+        finally:
+            with fake.changed:
+                fake.etag_counter += 1000  # release waiting long polls
+                fake.changed.notify_all()
 
 
 # ---- stub binaries ---------------------------------------------------------------------

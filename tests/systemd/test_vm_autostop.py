@@ -11,15 +11,16 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.fakes.http_server import base_url, serve_http
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 MIN = 60.0
@@ -260,13 +261,9 @@ def service() -> Iterator[FakeService]:
             self.end_headers()
             self.wfile.write(data)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1/status"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with serve_http(Handler) as server:
+        fake.url = f"{base_url(server)}/v1/status"
+        yield fake
 
 
 @dataclass

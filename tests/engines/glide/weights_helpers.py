@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import sys
-import threading
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fakes.http_server import base_url, serve_http
 from text2img.engines.glide.cache import CheckpointSpec, Manifest, RemoteFile
 
 
@@ -147,15 +147,9 @@ class _QuietServer(ThreadingHTTPServer):
 def serve(files: dict[str, bytes]) -> Generator[FileServer, None, None]:
     """Run a FileServer in a thread for the duration of a fixture."""
     state = FileServer(files=files)
-    httpd = _QuietServer(("127.0.0.1", 0), _handler(state))
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
+    with serve_http(_handler(state), poll_interval=0.02, server_class=_QuietServer) as httpd:
+        state.base_url = base_url(httpd)
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def random_state_dict(shapes: Mapping[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:

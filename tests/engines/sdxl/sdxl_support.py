@@ -14,16 +14,16 @@ import hashlib
 import json
 import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tests.fakes.http_server import base_url, serve_http
 from text2img.engines.sdxl import files, tiny
 
 PUBLISHED = Path(__file__).parent / "data" / "published_configs.json"
@@ -122,17 +122,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def serve(hub: FakeHub) -> Iterator[FakeHub]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve_http(_handler(hub), poll_interval=0.05) as server:
+        hub.url = base_url(server)
         yield hub
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def _safetensors(module: torch.nn.Module, dtype: torch.dtype) -> bytes:
